@@ -1,0 +1,128 @@
+"""Every configuration field, with its default and meaning.
+
+Experiment files (``configs/ve/ffhq_sr.py`` ...) call :func:`get_config` and override a few
+fields. Override from the command line as in score_sde: ``--config.training.batch_size=16``.
+The config is locked, so a field that does not exist fails with its name.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from utils.paths import shared_data_dir
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """Every ``config.data`` field with its default (unlocked; datasets tests use it)."""
+    data = ml_collections.ConfigDict()
+    data.source = 'folder'  # 'folder', 'tfrecord' or 'tfds' (see SOURCES).
+    # Folder of images, TFRecord file/glob ('{split}' is substituted), or tfds data_dir
+    # ('' = tfds default).
+    data.path = str(shared_data_dir() / 'celeba_id128')
+    data.tfds_name = ''  # tfds dataset name for source='tfds'.
+    data.tfds_image_key = 'image'  # Image feature of the tfds dataset.
+    data.tfds_id_key = ''  # Integer feature used as identity ('' = none: id -1).
+    data.image_size = 128  # HR size (square); must be divisible by downscale.
+    data.resize_mode = 'resize'  # 'resize' (squash) or 'center_crop' (square, then resize).
+    data.downscale = 8  # LR = HR downscaled by this factor (8 or 16).
+    data.down_kernel = 'bilinear'  # Kernel that makes LR (SDE-SR: antialiased bilinear).
+    data.up_kernel = 'bicubic'  # Kernel that upsamples LR back to HR size (lr_up).
+    data.antialias = True  # Antialiased resizing (jax.image.resize) for LR and lr_up.
+    data.random_flip = True  # Random horizontal flips of training batches.
+    data.centered = False  # Scaler maps [0, 1] -> [-1, 1] (applied by the training code).
+    data.noise_sigma = 0.0  # Gaussian noise std added to LR, [0, 1] units (0: off).
+    data.blur_sigma = 0.0  # Gaussian blur std of HR before downscaling, HR pixels (0: off).
+    data.jpeg_quality = 0  # JPEG quality 1..100 applied to LR via Pillow (0: off).
+    data.num_channels = 3  # 3 (RGB) or 1 (grayscale).
+    data.cache_mb = 2048  # Cache decoded uint8 HR images if the dataset fits (0: never).
+    return data
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42  # Root PRNG seed: parameter init, noise, data order.
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 64  # Global batch (all devices, all hosts).
+    training.n_iters = 1_300_001  # Total optimisation steps.
+    training.loss = 'dsm'  # 'dsm' (continuous), 'smld' (discrete VE), 'ddpm' (discrete VP).
+    training.reduce_mean = False  # Per-example loss: pixel mean (True) or half-sum (False).
+    training.likelihood_weighting = False  # Weight the DSM loss by g(t)^2 (score flow).
+    training.eps = 1e-5  # Smallest diffusion time drawn by the continuous loss.
+    training.log_freq = 50  # Steps between metric summaries and progress lines.
+    training.checkpoint_freq = 10_000  # Steps between checkpoints (and at the last step).
+    training.checkpoint_keep = 3  # How many checkpoints to keep on disk.
+    training.snapshot_freq = 10_000  # Steps between LR | SR | HR sample grids (0: never).
+    training.snapshot_batch = 8  # Images in a snapshot grid.
+
+    config.sde = sde = ml_collections.ConfigDict()
+    sde.name = 'vesde'  # 'vesde', 'vpsde' or 'subvpsde'.
+    sde.sigma_min = 0.01  # VE: smallest noise std.
+    sde.sigma_max = 348.0  # VE: largest noise std (max pairwise distance of 128^2 faces).
+    sde.beta_min = 0.1  # VP / sub-VP: beta(0).
+    sde.beta_max = 20.0  # VP / sub-VP: beta(1).
+    sde.num_scales = 2000  # N: discretisation steps (discrete losses, PC samplers).
+
+    config.score = score = ml_collections.ConfigDict()
+    # How the network output becomes the score: 'scaled_score' (VE, NCSN++ scale_by_sigma:
+    # score = output / sigma), 'eps' (VP: score = -output / std) or 'score' (raw).
+    score.parametrization = 'scaled_score'
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = 'ncsnpp'  # Registered network: 'ncsnpp' or 'ddpmpp'.
+    # Every other field is passed to the network as a keyword argument.
+    model.nf = 128  # Base channel count.
+    model.ch_mult = (1, 1, 2, 2, 2, 2, 2)  # Channel multiplier per resolution.
+    model.num_res_blocks = 2  # ResNet blocks per resolution.
+    model.attn_resolutions = (16,)  # Spatial sizes with self-attention.
+    model.dropout = 0.0
+    model.resamp_with_conv = True  # Learned conv in up/down-sampling layers.
+    model.fir = True  # FIR (1,3,3,1) up/down-sampling as in StyleGAN2.
+    model.fir_kernel = (1, 3, 3, 1)
+    model.skip_rescale = True  # Scale skip connections by 1/sqrt(2).
+    model.resblock_type = 'biggan'  # 'biggan' or 'ddpm' residual blocks.
+    model.progressive = 'none'  # Output pyramid: 'none', 'output_skip' or 'residual'.
+    model.progressive_input = 'input_skip'  # Input pyramid: 'none', 'input_skip', 'residual'.
+    model.progressive_combine = 'sum'  # How pyramids join the main path: 'sum' or 'cat'.
+    model.attention_type = 'ddpm'
+    model.embedding_type = 'fourier'  # Time embedding: 'fourier' (of log sigma) or 'positional'.
+    model.fourier_scale = 16.0
+    model.init_scale = 0.0
+    model.conditional = True  # Condition on the time label.
+    model.out_channels = 3
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = 'adam'
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.beta2 = 0.999
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = 5000  # Linear learning-rate warm-up steps.
+    optim.grad_clip = 1.0  # Global-norm clipping threshold (<= 0: off).
+    optim.ema_rate = 0.999  # EMA of parameters used for sampling.
+
+    config.data = data_config()
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = 'pc'  # Sampler: 'pc', 'ode', 'heun', 'dpm2m'.
+    sampling.predictor = 'euler_maruyama'  # PC predictor.
+    sampling.corrector = 'none'  # PC corrector: 'none', 'langevin', 'ald'.
+    sampling.snr = 0.16  # Langevin signal-to-noise ratio r.
+    sampling.n_steps_each = 1  # Corrector steps per predictor step (M).
+    sampling.noise_removal = True  # Final denoising step.
+    sampling.num_steps = 0  # Steps; 0 means config.sde.num_scales.
+    sampling.eps = 1e-5  # Final diffusion time.
+    sampling.rtol = 1e-5  # Adaptive ODE tolerances.
+    sampling.atol = 1e-5
+    sampling.schedule = 'karras'  # Few-step time grid: 'uniform', 'karras', 'logsnr'.
+    sampling.rho = 7.0  # Karras schedule exponent.
+    sampling.projection = 'none'  # Data-consistency projection: 'none' or 'ilvr'.
+
+    config.compute = compute = ml_collections.ConfigDict()
+    compute.dtype = 'float32'  # Network compute dtype: 'float32' or 'bfloat16' (params f32).
+    compute.cpu_devices = 0  # Host devices on a CPU (0: one per core).
+
+    # Locked: an experiment file or override that sets a misspelt field fails with its name.
+    config.lock()
+    return config

@@ -1,0 +1,31 @@
+"""The demo: trains a small VE model on real faces on a CPU in minutes, then super-resolves.
+
+64x64 faces from 8x downscaled (8x8) LR, NCSN++ with nf 32; snapshots use the few-step
+DPM-Solver++(2M) sampler so that a grid takes seconds. Faces are read from
+``../shared/data/celeba_id128`` (or ``$FACESR_DATA/celeba_id128``); any folder of face images
+works: ``--config.data.path=/my/faces``.
+"""
+
+from configs import default, presets
+
+
+def get_config(arg: str = ''):
+    config = default.get_config()
+    presets.apply_preset(config, 'ncsnpp_small')
+    config.sde.name = 'vesde'
+    config.sde.sigma_min, config.sde.sigma_max, config.sde.num_scales = 0.01, 90.0, 1000
+    config.score.parametrization = 'scaled_score'
+    config.data.image_size, config.data.downscale = 64, 8
+    config.training.batch_size = 16
+    config.training.n_iters = 2000
+    config.training.log_freq = 50
+    config.training.checkpoint_freq = 500
+    config.training.snapshot_freq = 1000
+    config.optim.warmup = 100
+    config.optim.lr = 5e-4
+    config.optim.ema_rate = 0.99
+    config.sampling.method, config.sampling.num_steps = 'dpm2m', 30
+    if arg == 'smoke':
+        presets.apply_smoke(config)
+        config.sampling.method = 'dpm2m'
+    return config

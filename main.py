@@ -1,0 +1,51 @@
+"""Command line: ``python main.py --config configs/ve/ffhq_sr.py --workdir W --mode train``.
+
+Flags and config only; each mode is a function ``run(config, workdir)`` registered in
+``modes.MODES``. Config fields are overridden as in score_sde: ``--config.training.n_iters=10``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from utils.cpu_devices import use_all_cpu_cores
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment configuration file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, summaries and outputs.')
+flags.DEFINE_string('mode', 'train', 'What to run: train (sr and eval as they land).')
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-host: host:port of process 0 (TPU pods and SLURM detect it).')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    # orbax logs every checkpoint phase at INFO through absl's logger; keep the console readable.
+    logging.getLogger('absl').setLevel(logging.WARNING)
+    config = FLAGS.config
+    # Must precede the first JAX import: one XLA device per core on CPU (STACK.md).
+    use_all_cpu_cores(config.compute.cpu_devices or None)
+    import jax
+
+    if FLAGS.distributed or FLAGS.coordinator_address:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+    import modes
+    from utils.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()
+    logging.info('devices: %s', jax.devices())
+    modes.MODES.get(FLAGS.mode)(config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,106 @@
+"""Basic layers shared by the score models (port of score_sde's ``models/layers.py``).
+
+Every helper takes a compute ``dtype``; parameters always stay float32 (Flax's default
+``param_dtype``) and are cast to ``dtype`` when used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def default_init(scale: float = 1.0) -> Callable[..., jax.Array]:
+    """DDPM's initialiser: variance scaling, fan_avg, uniform (scale 0 -> 1e-10)."""
+    scale = 1e-10 if scale == 0 else scale
+    return nn.initializers.variance_scaling(scale, 'fan_avg', 'uniform')
+
+
+def _conv(
+    x: jax.Array,
+    out_planes: int,
+    size: int,
+    stride: int,
+    bias: bool,
+    init_scale: float,
+    dtype: Any,
+) -> jax.Array:
+    return nn.Conv(
+        out_planes,
+        kernel_size=(size, size),
+        strides=(stride, stride),
+        padding='SAME',
+        use_bias=bias,
+        kernel_init=default_init(init_scale),
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+    )(x)
+
+
+def conv1x1(
+    x: jax.Array,
+    out_planes: int,
+    stride: int = 1,
+    bias: bool = True,
+    init_scale: float = 1.0,
+    dtype: Any = jnp.float32,
+) -> jax.Array:
+    """1x1 convolution with DDPM initialisation (must be called inside a compact module)."""
+    return _conv(x, out_planes, 1, stride, bias, init_scale, dtype)
+
+
+def conv3x3(
+    x: jax.Array,
+    out_planes: int,
+    stride: int = 1,
+    bias: bool = True,
+    init_scale: float = 1.0,
+    dtype: Any = jnp.float32,
+) -> jax.Array:
+    """3x3 SAME convolution with DDPM initialisation (must be called inside a compact module).
+
+    With ``stride=2`` on even sizes, SAME pads (0, 1), like score_sde's PyTorch
+    ``F.pad(x, (0, 1, 0, 1))`` followed by a VALID strided conv.
+    """
+    return _conv(x, out_planes, 3, stride, bias, init_scale, dtype)
+
+
+def group_norm(x: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """GroupNorm with ``min(C // 4, 32)`` groups, as in score_sde (statistics in float32)."""
+    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-6, dtype=dtype)(x)
+
+
+class NIN(nn.Module):
+    """Network-in-network: a dense layer over the channel axis (params ``W``, ``b``)."""
+
+    num_units: int
+    init_scale: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        W = self.param('W', default_init(self.init_scale), (x.shape[-1], self.num_units))
+        b = self.param('b', nn.initializers.zeros, (self.num_units,))
+        x = x.astype(self.dtype)
+        return jnp.einsum('...i,ij->...j', x, W.astype(self.dtype)) + b.astype(self.dtype)
+
+
+def get_timestep_embedding(
+    timesteps: jax.Array, embedding_dim: int, max_positions: int = 10000
+) -> jax.Array:
+    """Sinusoidal embedding of a [B] vector of (possibly fractional) timesteps -> [B, dim]."""
+    if timesteps.ndim != 1:
+        raise ValueError(f'timesteps must be 1-D, got shape {timesteps.shape}')
+    half_dim = embedding_dim // 2
+    freq = math.log(max_positions) / (half_dim - 1)
+    freq = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -freq)
+    emb = timesteps.astype(jnp.float32)[:, None] * freq[None, :]
+    emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=1)
+    if embedding_dim % 2 == 1:
+        emb = jnp.pad(emb, [[0, 0], [0, 1]])
+    return emb

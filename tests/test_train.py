@@ -1,0 +1,167 @@
+"""The training driver end to end: loss on real faces, kill and resume, multi-host, bad input.
+
+Runs that need a fresh process (SIGKILL, ``jax.distributed``) call ``main.py`` as users do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import train
+from configs import demo
+from utils.checkpoint import CheckpointError, Checkpointer, read_arrays
+from utils.paths import REPO_ROOT
+from utils.writers import read_metrics
+
+
+def _smoke_config(data_dir: Path, **training):
+    config = demo.get_config('smoke')
+    config.data.path = str(data_dir)
+    for key, value in training.items():
+        config.training[key] = value
+    return config
+
+
+def test_demo_training_lowers_loss_on_real_faces(celeba_id128, tmp_path):
+    config = _smoke_config(celeba_id128, n_iters=300, log_freq=10, checkpoint_freq=1000)
+    state = train.train(config, tmp_path)
+    assert int(state.step) == 300
+    losses = [m['loss'] for m in read_metrics(tmp_path / 'tensorboard')]
+    assert len(losses) == 30
+    first, last = np.mean(losses[:3]), np.mean(losses[-5:])
+    assert last < 0.5 * first, (first, last)
+    assert list((tmp_path / 'tensorboard').glob('events.out.tfevents*'))
+    assert Checkpointer(tmp_path / 'checkpoints', 3).steps() == [300]
+
+
+def _main_command(workdir: Path, data_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / 'main.py'), '--config',
+            str(REPO_ROOT / 'configs' / 'demo.py') + ':smoke', '--workdir', str(workdir),
+            f'--config.data.path={data_dir}', *overrides]
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['JAX_PLATFORMS'] = 'cpu'
+    env['FACESR_JAX_CACHE'] = os.environ['FACESR_TEST_JAX_CACHE']
+    env['PYTHONPATH'] = str(REPO_ROOT)
+    return env
+
+
+def _final_params(workdir: Path, step: int) -> dict:
+    return read_arrays(workdir / 'checkpoints' / str(step))['params']
+
+
+def _assert_same_tree(a, b):
+    flat_a, flat_b = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7, err_msg=str(path))
+
+
+def _wait_for_checkpoint(workdir: Path, step: int, proc: subprocess.Popen, timeout=300.0):
+    """Returns once checkpoint ``step`` is complete on disk (orbax renames it into place)."""
+    path = workdir / 'checkpoints' / str(step)
+    deadline = time.time() + timeout
+    while not (path / '_CHECKPOINT_METADATA').exists():
+        if proc.poll() is not None:
+            raise AssertionError(f'training exited early:\n{proc.stderr.read().decode()[-3000:]}')
+        if time.time() > deadline:
+            raise AssertionError(f'no checkpoint {path} after {timeout} s')
+        time.sleep(0.01)
+
+
+def test_killed_run_resumes_to_same_parameters(celeba_id128, tmp_path):
+    n_iters = 60
+    args = ('--config.training.n_iters=%d' % n_iters, '--config.training.checkpoint_freq=10',
+            '--config.training.log_freq=1')
+    reference = subprocess.run(_main_command(tmp_path / 'ref', celeba_id128, *args),
+                               env=_env(2), capture_output=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr.decode()[-3000:]
+
+    workdir = tmp_path / 'killed'
+    proc = subprocess.Popen(_main_command(workdir, celeba_id128, *args), env=_env(2),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_checkpoint(workdir, 20, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(Checkpointer(workdir / 'checkpoints', 10).steps())
+    assert killed_at < n_iters, 'the run finished before it could be killed'
+
+    resumed = subprocess.run(_main_command(workdir, celeba_id128, *args), env=_env(2),
+                             capture_output=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert f'from step {killed_at}' in resumed.stderr.decode()
+    _assert_same_tree(_final_params(workdir, n_iters), _final_params(tmp_path / 'ref', n_iters))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('localhost', 0))
+        return sock.getsockname()[1]
+
+
+def test_two_hosts_agree_with_one(celeba_id128, tmp_path):
+    args = ('--config.training.n_iters=6', '--config.training.checkpoint_freq=6')
+    single = subprocess.run(_main_command(tmp_path / 'single', celeba_id128, *args),
+                            env=_env(4), capture_output=True, timeout=600)
+    assert single.returncode == 0, single.stderr.decode()[-3000:]
+
+    address = f'localhost:{_free_port()}'
+    multi = tmp_path / 'multi'
+    procs = [subprocess.Popen(
+        _main_command(multi, celeba_id128, *args, f'--coordinator_address={address}',
+                      '--num_processes=2', f'--process_id={pid}'),
+        env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for pid in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    assert 'on 4 devices (2 hosts)' in err.decode()
+    _assert_same_tree(_final_params(multi, 6), _final_params(tmp_path / 'single', 6))
+
+
+def _tiny_state(value: float):
+    return {'step': np.int32(value), 'w': np.full((3, 4), value, np.float32)}
+
+
+def _corrupt(step_dir: Path) -> None:
+    """Truncates every data file of a checkpoint."""
+    files = [p for p in step_dir.rglob('*') if p.is_file() and p.stat().st_size > 0
+             and 'METADATA' not in p.name]
+    assert files, f'no files to corrupt in {step_dir}'
+    for path in files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def test_corrupt_checkpoint_falls_back_then_fails_loudly(tmp_path, caplog):
+    ckpt = Checkpointer(tmp_path, keep=5, async_save=False)
+    for step in (10, 20):
+        ckpt.save(step, _tiny_state(step))
+    ckpt.wait()
+    _corrupt(tmp_path / '20')
+    restored = ckpt.restore_latest(_tiny_state(0))
+    assert int(restored['step']) == 10
+    assert str(tmp_path / '20') in caplog.text
+    _corrupt(tmp_path / '10')
+    with pytest.raises(CheckpointError, match=str(tmp_path / '10')):
+        ckpt.restore_latest(_tiny_state(0))
+    ckpt.close()
+
+
+def test_config_typo_fails_with_key_name(tmp_path):
+    result = subprocess.run(
+        _main_command(tmp_path, tmp_path, '--config.training.batchsize=3'), env=_env(1),
+        capture_output=True, timeout=300)
+    assert result.returncode != 0
+    assert 'batchsize' in result.stderr.decode()

@@ -1,0 +1,147 @@
+"""``--mode train``: the data-parallel training driver.
+
+Linear on purpose (see STYLE.md): set-up, resume, loop. The loop fetches metrics from the
+devices only every ``log_freq`` steps, so the host prepares the next batches while the devices
+work. A SIGTERM (preemption) writes a checkpoint at the next step and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+import datasets
+import experiment
+import losses
+import sampling
+from degradations import resize
+from models.wrappers import init_params
+from utils import parallel
+from utils.checkpoint import Checkpointer
+from utils.images import make_grid, save_png
+from utils.progress import Progress
+from utils.writers import MetricWriter
+
+TRAIN_KEYS = ('hr', 'lr_up')
+
+
+class PreemptionFlag:
+    """Set by SIGTERM; the loop checkpoints and stops at the next step."""
+
+    def __init__(self):
+        self.raised = False
+
+    def _handler(self, signum, frame):
+        del frame
+        logging.warning('received signal %d: checkpointing and stopping', signum)
+        self.raised = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[PreemptionFlag]:
+        previous = signal.signal(signal.SIGTERM, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _make_state(exp: experiment.Experiment, optimizer, key: jax.Array) -> losses.TrainState:
+    """Initial parameters and optimizer state, built on and replicated over the mesh."""
+    def init(k):
+        return losses.init_train_state(init_params(exp.model, k, exp.hr_shape), optimizer)
+
+    return jax.jit(init, out_shardings=parallel.replicated_sharding(exp.mesh))(key)
+
+
+def _snapshot_fn(exp: experiment.Experiment, workdir: Path, writer: MetricWriter):
+    """A function ``(state, step)`` writing an LR | SR | HR grid of fixed eval faces."""
+    config = exp.config
+    batch = next(datasets.get_dataset(config.data, 'test', config.training.snapshot_batch,
+                                      seed=config.seed, process_index=jax.process_index(),
+                                      process_count=jax.process_count(), train=False))
+    scaler = datasets.get_data_scaler(config.data.centered)
+    inverse = datasets.get_data_inverse_scaler(config.data.centered)
+    cond = parallel.shard_batch({'lr_up': scaler(batch['lr_up']), 'lr': scaler(batch['lr'])},
+                                exp.mesh)
+    ids = parallel.shard_batch({'ids': np.asarray(batch['index'], np.int32)}, exp.mesh)['ids']
+    sample_fn = sampling.make_sampler(config.sampling, exp.sde, exp.model,
+                                      config.score.parametrization,
+                                      (len(batch['hr']), *exp.hr_shape), mesh=exp.mesh)
+    key = jax.random.PRNGKey(config.seed + 1)
+
+    def snapshot(state: losses.TrainState, step: int) -> None:
+        samples, _ = sample_fn(state.ema_params, key, cond, ids)
+        sr = np.asarray(inverse(multihost_utils.process_allgather(samples, tiled=True)))
+        if jax.process_index() == 0:
+            lr_big = np.asarray(resize(batch['lr'], exp.hr_shape[:2], 'nearest'))
+            grid = make_grid([lr_big, sr, batch['hr']])
+            save_png(grid, workdir / 'samples' / f'step_{step:08d}.png')
+            writer.write_images(step, {'samples/lr_sr_hr': grid})
+
+    return snapshot
+
+
+def train(config: Any, workdir: str | Path) -> losses.TrainState:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint."""
+    # ----- Set-up -----
+    workdir = Path(workdir)
+    exp = experiment.build(config)
+    tcfg = config.training
+    parallel.check_divisible(tcfg.batch_size, exp.mesh)
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    optimizer = losses.make_optimizer(config.optim)
+    schedule = losses.learning_rate_schedule(config.optim)
+    state = _make_state(exp, optimizer, init_key)
+    is_chief = jax.process_index() == 0
+    writer = MetricWriter(workdir / 'tensorboard', enabled=is_chief)
+
+    # ----- Resume -----
+    checkpointer = Checkpointer(workdir / 'checkpoints', tcfg.checkpoint_keep)
+    state = checkpointer.restore_latest(state) or state
+    start = int(state.step)
+    if start >= tcfg.n_iters:
+        logging.info('checkpoint step %d >= n_iters %d: nothing to train', start, tcfg.n_iters)
+        checkpointer.close()
+        return state
+    data = datasets.get_dataset(config.data, 'train', tcfg.batch_size, seed=config.seed,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count(), start_step=start)
+    loss_fn = losses.make_loss_fn(config, exp.sde, exp.model, train=True)
+    train_step = losses.jit_train_step(
+        losses.make_train_step(loss_fn, optimizer, config.optim.ema_rate, schedule,
+                               datasets.get_data_scaler(config.data.centered)), exp.mesh)
+    snapshot = _snapshot_fn(exp, workdir, writer) if tcfg.snapshot_freq > 0 else None
+    progress = Progress(tcfg.n_iters, start)
+    logging.info('training %s from step %d on %d devices (%d hosts)', config.model.name, start,
+                 exp.mesh.devices.size, jax.process_count())
+
+    # ----- Loop -----
+    with PreemptionFlag().installed() as preemption:
+        for step in range(start + 1, tcfg.n_iters + 1):
+            local = next(data)
+            batch = parallel.shard_batch({k: local[k] for k in TRAIN_KEYS}, exp.mesh)
+            state, metrics = train_step(state, batch, step_key)
+            if step % tcfg.log_freq == 0 or step == tcfg.n_iters:
+                metrics = jax.device_get(metrics)
+                progress.update(step)
+                writer.write_scalars(step, {**metrics, 'steps_per_sec': progress.rate})
+                if is_chief:
+                    logging.info(progress.line(f'loss {metrics["loss"]:.4f}'))
+            last = step == tcfg.n_iters or preemption.raised
+            if step % tcfg.checkpoint_freq == 0 or last:
+                checkpointer.save(step, state)
+            if snapshot is not None and (step % tcfg.snapshot_freq == 0 or step == tcfg.n_iters):
+                snapshot(state, step)
+            if preemption.raised:
+                break
+    checkpointer.close()
+    writer.close()
+    return state
