@@ -73,8 +73,7 @@ def _snapshot_fn(exp: experiment.Experiment, workdir: Path, writer: MetricWriter
                                 exp.mesh)
     ids = parallel.shard_batch({'ids': np.asarray(batch['index'], np.int32)}, exp.mesh)['ids']
     sample_fn = sampling.make_sampler(config.sampling, exp.sde, exp.model,
-                                      config.score.parametrization,
-                                      (len(batch['hr']), *exp.hr_shape), mesh=exp.mesh)
+                                      config.score.parametrization, exp.hr_shape, mesh=exp.mesh)
     key = jax.random.PRNGKey(config.seed + 1)
 
     def snapshot(state: losses.TrainState, step: int) -> None:
@@ -89,11 +88,14 @@ def _snapshot_fn(exp: experiment.Experiment, workdir: Path, writer: MetricWriter
     return snapshot
 
 
-def train(config: Any, workdir: str | Path) -> losses.TrainState:
-    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint."""
+def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.TrainState:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
+
+    ``devices`` (default: all devices of all hosts) is the data-parallel mesh.
+    """
     # ----- Set-up -----
     workdir = Path(workdir)
-    exp = experiment.build(config)
+    exp = experiment.build(config, devices)
     tcfg = config.training
     parallel.check_divisible(tcfg.batch_size, exp.mesh)
     init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -124,24 +126,26 @@ def train(config: Any, workdir: str | Path) -> losses.TrainState:
                  exp.mesh.devices.size, jax.process_count())
 
     # ----- Loop -----
-    with PreemptionFlag().installed() as preemption:
-        for step in range(start + 1, tcfg.n_iters + 1):
-            local = next(data)
-            batch = parallel.shard_batch({k: local[k] for k in TRAIN_KEYS}, exp.mesh)
-            state, metrics = train_step(state, batch, step_key)
-            if step % tcfg.log_freq == 0 or step == tcfg.n_iters:
-                metrics = jax.device_get(metrics)
-                progress.update(step)
-                writer.write_scalars(step, {**metrics, 'steps_per_sec': progress.rate})
-                if is_chief:
-                    logging.info(progress.line(f'loss {metrics["loss"]:.4f}'))
-            last = step == tcfg.n_iters or preemption.raised
-            if step % tcfg.checkpoint_freq == 0 or last:
-                checkpointer.save(step, state)
-            if snapshot is not None and (step % tcfg.snapshot_freq == 0 or step == tcfg.n_iters):
-                snapshot(state, step)
-            if preemption.raised:
-                break
-    checkpointer.close()
-    writer.close()
+    try:
+        with PreemptionFlag().installed() as preemption:
+            for step in range(start + 1, tcfg.n_iters + 1):
+                local = next(data)
+                batch = parallel.shard_batch({k: local[k] for k in TRAIN_KEYS}, exp.mesh)
+                state, metrics = train_step(state, batch, step_key)
+                last = step == tcfg.n_iters or preemption.raised
+                if step % tcfg.log_freq == 0 or last:
+                    metrics = jax.device_get(metrics)
+                    progress.update(step)
+                    writer.write_scalars(step, {**metrics, 'steps_per_sec': progress.rate})
+                    if is_chief:
+                        logging.info(progress.line(f'loss {metrics["loss"]:.4f}'))
+                if step % tcfg.checkpoint_freq == 0 or last:
+                    checkpointer.save(step, state)
+                if snapshot is not None and (step % tcfg.snapshot_freq == 0 or last):
+                    snapshot(state, step)
+                if preemption.raised:
+                    break
+    finally:  # Pending asynchronous checkpoint writes complete even if the loop failed.
+        checkpointer.close()
+        writer.close()
     return state

@@ -38,6 +38,31 @@ def data_config() -> ml_collections.ConfigDict:
     return data
 
 
+def sampling_config() -> ml_collections.ConfigDict:
+    """Every ``config.sampling`` field, with score_sde's PC sampler as the default."""
+    cfg = ml_collections.ConfigDict()
+    # 'pc' predictor-corrector | 'ode' probability flow with adaptive Dopri5 |
+    # 'heun' EDM 2nd-order Heun | 'dpm2m' DPM-Solver++(2M).
+    cfg.method = 'pc'
+    # PC predictor: 'euler_maruyama' | 'reverse_diffusion' | 'ancestral_sampling' | 'none'.
+    cfg.predictor = 'reverse_diffusion'
+    # PC corrector: 'langevin' (snr-controlled step) | 'ald' (annealed Langevin) | 'none'.
+    cfg.corrector = 'none'
+    cfg.snr = 0.16  # PC corrector signal-to-noise ratio r.
+    cfg.n_steps_each = 1  # PC corrector steps M per noise level.
+    # Final denoising: PC returns the last predictor mean; ode/heun/dpm2m add one Tweedie step.
+    cfg.noise_removal = True
+    # Steps N: PC noise levels, heun/dpm2m solver steps (not used by 'ode'); None -> sde.N.
+    cfg.num_steps = ml_collections.config_dict.placeholder(int)
+    cfg.eps = 1e-3  # Last time of the grid (score_sde: 1e-5 for VE, 1e-3 for VP/sub-VP).
+    cfg.rtol = 1e-5  # 'ode': relative tolerance of Dopri5.
+    cfg.atol = 1e-5  # 'ode': absolute tolerance of Dopri5.
+    cfg.schedule = 'uniform'  # Time grid: 'uniform' in t | 'karras' | 'logsnr'.
+    cfg.rho = 7.0  # 'karras' schedule exponent (uniform in sigma^(1/rho)).
+    cfg.projection = 'none'  # LR data consistency: 'none' | 'ilvr' (pc, heun, dpm2m).
+    return cfg
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42  # Root PRNG seed: parameter init, noise, data order.
@@ -104,20 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = data_config()
 
-    config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.method = 'pc'  # Sampler: 'pc', 'ode', 'heun', 'dpm2m'.
-    sampling.predictor = 'euler_maruyama'  # PC predictor.
-    sampling.corrector = 'none'  # PC corrector: 'none', 'langevin', 'ald'.
-    sampling.snr = 0.16  # Langevin signal-to-noise ratio r.
-    sampling.n_steps_each = 1  # Corrector steps per predictor step (M).
-    sampling.noise_removal = True  # Final denoising step.
-    sampling.num_steps = 0  # Steps; 0 means config.sde.num_scales.
-    sampling.eps = 1e-5  # Final diffusion time.
-    sampling.rtol = 1e-5  # Adaptive ODE tolerances.
-    sampling.atol = 1e-5
-    sampling.schedule = 'karras'  # Few-step time grid: 'uniform', 'karras', 'logsnr'.
-    sampling.rho = 7.0  # Karras schedule exponent.
-    sampling.projection = 'none'  # Data-consistency projection: 'none' or 'ilvr'.
+    config.sampling = sampling_config()
 
     config.compute = compute = ml_collections.ConfigDict()
     compute.dtype = 'float32'  # Network compute dtype: 'float32' or 'bfloat16' (params f32).

@@ -16,16 +16,16 @@ def get_config(arg: str = ''):
     config.sde.sigma_min, config.sde.sigma_max, config.sde.num_scales = 0.01, 90.0, 1000
     config.score.parametrization = 'scaled_score'
     config.data.image_size, config.data.downscale = 64, 8
-    config.training.batch_size = 16
-    config.training.n_iters = 2000
-    config.training.log_freq = 50
-    config.training.checkpoint_freq = 500
-    config.training.snapshot_freq = 1000
+    config.training.batch_size = 8
+    config.training.n_iters = 1500  # About 25 minutes on 2 CPU cores (0.9 s a step).
+    config.training.log_freq = 25
+    config.training.checkpoint_freq = 250
+    config.training.snapshot_freq = 500
     config.optim.warmup = 100
     config.optim.lr = 5e-4
     config.optim.ema_rate = 0.99
-    config.sampling.method, config.sampling.num_steps = 'dpm2m', 30
+    config.sampling.update(method='dpm2m', num_steps=30, schedule='logsnr', eps=1e-5)
     if arg == 'smoke':
         presets.apply_smoke(config)
-        config.sampling.method = 'dpm2m'
+        config.sampling.num_steps = 10
     return config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from configs import default
+
 PRESETS: dict[str, dict[str, Any]] = {
     # SDE-SR's network: NCSN++ at 128x128, about 65 M parameters.
     'ncsnpp_sr128': dict(
@@ -77,5 +79,25 @@ def apply_smoke(config: Any) -> None:
     config.training.checkpoint_freq = 10
     config.training.snapshot_freq = 0
     config.training.snapshot_batch = 8
-    config.sampling.num_steps = 10
+    config.sde.num_scales = 50  # Discrete VP tables need beta_max / N < 1.
+    config.sampling.num_steps = None  # = sde.num_scales, as discrete predictors require.
     config.optim.warmup = 10
+
+
+# SDE-SR's samplers (N = 2000): SDE-VE, SDE-VP, SDE-subVP, and SDE-VEcs (VE with M = 2
+# Langevin corrections; the signal-to-noise ratio r is config.sampling.snr).
+SDESR_SAMPLING: dict[str, dict[str, Any]] = {
+    've': dict(predictor='euler_maruyama', corrector='none', eps=1e-5),
+    'vp': dict(predictor='reverse_diffusion', corrector='none', eps=1e-3),
+    'subvp': dict(predictor='reverse_diffusion', corrector='none', eps=1e-3),
+    'vecs': dict(predictor='euler_maruyama', corrector='langevin', n_steps_each=2, eps=1e-5),
+}
+
+
+def sdesr_sampling_config(variant: str) -> Any:
+    """The sampling config of an SDE-SR variant: 've', 'vp', 'subvp' or 'vecs'."""
+    if variant not in SDESR_SAMPLING:
+        raise ValueError(f'unknown SDE-SR variant {variant!r}; known: {sorted(SDESR_SAMPLING)}')
+    cfg = default.sampling_config()
+    cfg.update(method='pc', num_steps=2000, **SDESR_SAMPLING[variant])
+    return cfg

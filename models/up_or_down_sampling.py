@@ -30,6 +30,28 @@ def setup_kernel(k: Sequence[float] | np.ndarray) -> np.ndarray:
     return k / np.sum(k)
 
 
+def _separable_taps(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(col, row)`` with ``k = outer(col, row)``, or None if ``k`` is not separable."""
+    col, row = k.sum(axis=1), k.sum(axis=0) / k.sum()
+    return (col, row) if np.allclose(np.outer(col, row), k, atol=1e-7) else None
+
+
+def _fir_1d(x: jax.Array, taps: np.ndarray, down: int, axis: int) -> jax.Array:
+    """Valid correlation of ``x`` with ``taps`` along ``axis`` with stride ``down``.
+
+    A few shifted, strided slices summed: for 4-tap kernels this is much cheaper on CPU than
+    XLA's depthwise (feature-grouped) convolution, which took 7x the time of the whole U-Net.
+    """
+    n_out = (x.shape[axis] - len(taps)) // down + 1
+    total = None
+    for j, w in enumerate(taps):
+        if w == 0:
+            continue
+        part = jax.lax.slice_in_dim(x, j, j + down * (n_out - 1) + 1, down, axis) * w
+        total = part if total is None else total + part
+    return total
+
+
 def upfirdn2d(
     x: jax.Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0, pad1: int = 0
 ) -> jax.Array:
@@ -41,8 +63,11 @@ def upfirdn2d(
     C = x.shape[-1]
     spatial = (pad0, pad1 + up - 1, up - 1)  # interior zeros + trailing zeros of the upsample
     x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), spatial, spatial, (0, 0, 0)])
-    w = jnp.asarray(np.asarray(k)[::-1, ::-1], dtype=x.dtype)  # true convolution
-    w = jnp.tile(w[:, :, None, None], (1, 1, 1, C))
+    flipped = np.asarray(k)[::-1, ::-1]  # true convolution
+    taps = _separable_taps(flipped)
+    if taps is not None:
+        return _fir_1d(_fir_1d(x, taps[0], down, axis=1), taps[1], down, axis=2)
+    w = jnp.tile(jnp.asarray(flipped, dtype=x.dtype)[:, :, None, None], (1, 1, 1, C))
     return jax.lax.conv_general_dilated(
         x, w, (down, down), 'VALID', dimension_numbers=_DIMS, feature_group_count=C
     )

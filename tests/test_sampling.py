@@ -9,6 +9,8 @@ exact endpoint, stochastic ones with the data moments.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,8 +20,9 @@ import pytest
 import degradations
 import sampling
 import sde_lib
+from configs import default, presets
 from models.wrappers import init_params
-from utils.parallel import make_mesh
+from utils.parallel import batch_sharding, make_mesh, replicate
 
 N_LEVELS = 200
 EPS = {'ve': 1e-5, 'vp': 1e-3, 'subvp': 1e-3}
@@ -197,8 +200,9 @@ def test_deterministic_samplers_reproduce_gaussian(method, sde_name):
     assert np.sqrt(np.mean((x.reshape(exact.shape) - exact) ** 2)) < 0.01
 
 
-@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
-@pytest.mark.parametrize('method', ['heun', 'dpm2m'])
+@pytest.mark.parametrize(
+    'method,sde_name', [('heun', 've'), ('heun', 'subvp'), ('dpm2m', 've'), ('dpm2m', 'vp')]
+)
 def test_few_step_error_shrinks_with_steps(method, sde_name):
     sde, (mu, U, lam) = make_toy_sde(sde_name), make_gaussian(4, 0.1)
     errors = []
@@ -219,22 +223,32 @@ def test_few_step_error_shrinks_with_steps(method, sde_name):
 def test_ode_is_deterministic_and_tighter_tolerance_costs_more():
     sde, (mu, U, lam) = make_toy_sde('ve'), make_gaussian(4, 0.1)
     score_fn, ts = gaussian_score(sde, mu, U, lam), np.array([sde.T, EPS['ve']])
-    shape, results = (2, 2, 1), {}
+    prior_keys = sampling.per_sample_keys(jax.random.key(0), jnp.arange(256))
+    x_T = sampling.prior_sample(sde, prior_keys, (2, 2, 1))
+    exact = exact_flow(sde, x_T, sde.T, EPS['ve'], mu, U, lam, noise_removal=True)
+    results = {}
     for tol in (1e-3, 1e-5):
-        x_T, x, nfe = run_sampler('ode', sde, shape, score_fn, ts, 256, rtol=tol, atol=tol)
-        exact = exact_flow(sde, x_T, sde.T, EPS['ve'], mu, U, lam, noise_removal=True)
-        results[tol] = (np.abs(x.reshape(exact.shape) - exact).max(), nfe)
+        ode = jax.jit(
+            functools.partial(
+                sampling.sample_ode,
+                score_fn=score_fn,
+                sde=sde,
+                x_T=x_T,
+                ts=ts,
+                cond={},
+                rtol=tol,
+                atol=tol,
+            )
+        )
+        x, nfe = ode(sampling.per_sample_keys(jax.random.key(1), jnp.arange(256)))
+        results[tol] = (np.abs(np.asarray(x).reshape(exact.shape) - exact).max(), int(nfe))
     print('ODE (max error, NFE) at rtol=atol=1e-3 / 1e-5:', results)
     assert results[1e-5][1] > results[1e-3][1]
     assert results[1e-5][0] < results[1e-3][0]
     assert 20 < results[1e-3][1] < results[1e-5][1] < 1000
     # Deterministic: the sampler ignores its keys.
-    prior_keys = sampling.per_sample_keys(jax.random.key(0), jnp.arange(8))
-    x_T = sampling.prior_sample(sde, prior_keys, shape)
-    ode = jax.jit(lambda k: sampling.sample_ode(k, score_fn, sde, x_T, ts, {})[0])
-    first = ode(sampling.per_sample_keys(jax.random.key(1), jnp.arange(8)))
-    second = ode(sampling.per_sample_keys(jax.random.key(2), jnp.arange(8)))
-    np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+    again, _ = ode(sampling.per_sample_keys(jax.random.key(2), jnp.arange(256)))
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(again))
 
 
 # ----------------------------------------------------------------------------- conditioning
@@ -292,11 +306,13 @@ def test_samples_depend_only_on_key_and_sample_id(method):
     ts = sampling.get_ts_uniform(sde, 19 if method == 'pc' else 10, 1e-3)
     opts = dict(corrector='langevin') if method == 'pc' else {}
     run = make_runner(method, sde, shape, score_fn, ts, **opts)
-    _, x8, _ = run(8)
-    _, x4, _ = run(4, ids=[7, 2, 0, 5])
-    np.testing.assert_allclose(x4, x8[[7, 2, 0, 5]], rtol=1e-5, atol=1e-5)
-    _, other, _ = run(4, key=1)
-    assert np.abs(other - x8[:4]).max() > 1e-2
+    _, x, _ = run(8)
+    # The same ids in another order and among other samples (the batch size is covered with
+    # make_sampler below).
+    _, y, _ = run(8, ids=[7, 2, 0, 5, 20, 21, 22, 23])
+    np.testing.assert_allclose(y[:4], x[[7, 2, 0, 5]], rtol=1e-5, atol=1e-5)
+    _, other, _ = run(8, key=1)
+    assert np.abs(other - x).max() > 1e-2
 
 
 @pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
@@ -318,17 +334,17 @@ def test_schedules(sde_name):
 
 
 def test_config_presets():
-    cfg = sampling.default_sampling_config()
+    cfg = default.sampling_config()
     assert cfg.num_steps is None and cfg.method in sampling.SAMPLERS
     for variant in ('ve', 'vp', 'subvp', 'vecs'):
-        cfg = sampling.sdesr_sampling_config(variant)
+        cfg = presets.sdesr_sampling_config(variant)
         sde = make_toy_sde({'vecs': 've'}.get(variant, variant), n=2000)
         assert sampling.time_steps(cfg, sde).shape == (2000,)
         assert set(sampling.sampler_options(sampling.get_sampler('pc'), cfg)) >= {'predictor'}
-    assert sampling.sdesr_sampling_config('vecs').n_steps_each == 2
+    assert presets.sdesr_sampling_config('vecs').n_steps_each == 2
     with pytest.raises(ValueError, match='num_steps'):  # VP's discrete predictor needs N levels
-        sampling.time_steps(sampling.sdesr_sampling_config('vp'), make_toy_sde('vp', 1000))
-    bad = sampling.default_sampling_config()
+        sampling.time_steps(presets.sdesr_sampling_config('vp'), make_toy_sde('vp', 1000))
+    bad = default.sampling_config()
     bad.update(method='ode', projection='ilvr')
     with pytest.raises(ValueError, match='projection'):
         sampling.sampler_options(sampling.get_sampler('ode'), bad)
@@ -354,7 +370,7 @@ SHAPE = (8, 8, 3)
 def tiny():
     """A tiny model, a VE SDE, two parameter sets, two conds of 8 samples, a sample_fn cache."""
     model, sde = TinyScoreNet(), sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0, N=6)
-    params = init_params(model, jax.random.key(0), SHAPE)
+    params = jax.jit(lambda key: init_params(model, key, SHAPE))(jax.random.key(0))
     noise = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
     params = [params, jax.tree.map(jnp.add, params, noise)]
     lr = [jax.random.uniform(jax.random.key(10 + i), (8, 4, 4, 3), minval=-1.0) for i in range(2)]
@@ -372,7 +388,7 @@ def tiny_sample_fn(tiny, name, n_devices=None):
     """make_sampler for CONFIGS[name] on a mesh of ``n_devices`` (None: no mesh), built once."""
     model, sde, _, _, cache = tiny
     if (name, n_devices) not in cache:
-        cfg = sampling.default_sampling_config()
+        cfg = default.sampling_config()
         cfg.update(eps=1e-3, **CONFIGS[name])
         mesh = None if n_devices is None else make_mesh(jax.devices()[:n_devices])
         cache[name, n_devices] = sampling.make_sampler(cfg, sde, model, 'scaled_score', SHAPE, mesh)
@@ -381,10 +397,15 @@ def tiny_sample_fn(tiny, name, n_devices=None):
 
 def test_make_sampler_compiles_once_per_shape_and_config(tiny):
     _, sde, params, conds, _ = tiny
-    sample_fn = tiny_sample_fn(tiny, 'pc', 8)
-    ids, keys = [jnp.arange(8), jnp.arange(8, 16)], [jax.random.key(0), jax.random.key(1)]
-    x0, info = sample_fn(params[0], keys[0], conds[0], ids[0])
-    x1, _ = sample_fn(params[1], keys[1], conds[1], ids[1])
+    sample_fn, mesh = tiny_sample_fn(tiny, 'pc', 8), make_mesh()
+    # Inputs placed as a caller would (utils.parallel); then the call itself transfers nothing.
+    params = [replicate(p, mesh) for p in params]
+    keys = [replicate(jax.random.key(i), mesh) for i in range(2)]
+    split = lambda tree: jax.device_put(tree, batch_sharding(mesh))
+    conds, ids = [split(c) for c in conds], [split(jnp.arange(8)), split(jnp.arange(8, 16))]
+    with jax.transfer_guard('disallow'):
+        x0, info = sample_fn(params[0], keys[0], conds[0], ids[0])
+        x1, _ = sample_fn(params[1], keys[1], conds[1], ids[1])
     assert sample_fn._cache_size() == 1
     assert x0.shape == (8, *SHAPE) and int(info['nfe']) == 2 * sde.N
     assert np.all(np.isfinite(np.asarray(x0))) and np.abs(np.asarray(x0 - x1)).max() > 1e-3

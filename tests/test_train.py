@@ -34,7 +34,7 @@ def _smoke_config(data_dir: Path, **training):
 
 def test_demo_training_lowers_loss_on_real_faces(celeba_id128, tmp_path):
     config = _smoke_config(celeba_id128, n_iters=300, log_freq=10, checkpoint_freq=1000)
-    state = train.train(config, tmp_path)
+    state = train.train(config, tmp_path, devices=jax.devices()[:2])  # One per core.
     assert int(state.step) == 300
     losses = [m['loss'] for m in read_metrics(tmp_path / 'tensorboard')]
     assert len(losses) == 30

@@ -17,8 +17,7 @@ def get_config(arg: str = ''):
     config.score.parametrization = 'scaled_score'
     config.data.image_size, config.data.downscale, config.data.centered = 128, 8, False
     config.training.batch_size = 16
-    config.sampling.method, config.sampling.predictor = 'pc', 'euler_maruyama'
-    config.sampling.corrector, config.sampling.eps = 'none', 1e-5
+    config.sampling.update(method='pc', **presets.SDESR_SAMPLING['ve'])
     if arg == 'smoke':
         presets.apply_smoke(config)
     return config

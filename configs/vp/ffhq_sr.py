@@ -16,8 +16,7 @@ def get_config(arg: str = ''):
     config.score.parametrization = 'eps'
     config.data.image_size, config.data.downscale, config.data.centered = 128, 8, True
     config.training.batch_size = 16
-    config.sampling.method, config.sampling.predictor = 'pc', 'reverse_diffusion'
-    config.sampling.corrector, config.sampling.eps = 'none', 1e-3
+    config.sampling.update(method='pc', **presets.SDESR_SAMPLING['vp'])
     if arg == 'smoke':
         presets.apply_smoke(config)
         config.model.embedding_type = 'positional'
