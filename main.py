@@ -1,12 +1,14 @@
 """Command line: ``python main.py --config configs/ve/ffhq_sr.py --workdir W --mode train``.
 
 Flags and config only; each mode is a function ``run(config, workdir)`` registered in
-``modes.MODES``. Config fields are overridden as in score_sde: ``--config.training.n_iters=10``.
+``modes.MODES``. Config fields are overridden as in score_sde: ``--config.training.n_iters=10``;
+``--sr.input=PATH`` is short for ``--config.sr.input=PATH`` (see :func:`expand_sr_flags`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -17,13 +19,21 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment configuration file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, summaries and outputs.')
-flags.DEFINE_string('mode', 'train', 'What to run: train (sr and eval as they land).')
+flags.DEFINE_string('mode', 'train', 'What to run: train, sr or eval.')
 flags.DEFINE_string('coordinator_address', None,
                     'Multi-host: host:port of process 0 (TPU pods and SLURM detect it).')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def expand_sr_flags(argv: list[str]) -> list[str]:
+    """Rewrites ``--sr.X...`` to ``--config.sr.X...`` (the SR mode's spelling) before absl."""
+    if '--' in argv:  # Arguments after '--' are not flags.
+        end = argv.index('--')
+        return expand_sr_flags(argv[:end]) + argv[end:]
+    return ['--config.' + a[2:] if a.startswith('--sr.') else a for a in argv]
 
 
 def main(argv: list[str]) -> None:
@@ -48,4 +58,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+    sys.argv[:] = expand_sr_flags(sys.argv)  # config_flags reads sys.argv for overrides.
     app.run(main)

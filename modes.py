@@ -14,3 +14,17 @@ MODES = Registry('mode')
 @MODES.register('train')
 def run_train(config: Any, workdir: str | Path) -> None:
     train.train(config, workdir)
+
+
+@MODES.register('sr')
+def run_sr(config: Any, workdir: str | Path) -> None:
+    import sr  # Written alongside; imported on use so that a mode's import cost is its own.
+
+    sr.run(config, workdir)
+
+
+@MODES.register('eval')
+def run_eval(config: Any, workdir: str | Path) -> None:
+    from evaluation import run as evaluation_run
+
+    evaluation_run.run(config, workdir)

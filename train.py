@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 import datasets
 import experiment
+import inference
 import losses
 import sampling
 from degradations import resize
@@ -55,33 +56,57 @@ class PreemptionFlag:
 
 def _make_state(exp: experiment.Experiment, optimizer, key: jax.Array) -> losses.TrainState:
     """Initial parameters and optimizer state, built on and replicated over the mesh."""
+
     def init(k):
         return losses.init_train_state(init_params(exp.model, k, exp.hr_shape), optimizer)
 
     return jax.jit(init, out_shardings=parallel.replicated_sharding(exp.mesh))(key)
 
 
-def _snapshot_fn(exp: experiment.Experiment, workdir: Path, writer: MetricWriter):
-    """A function ``(state, step)`` writing an LR | SR | HR grid of fixed eval faces."""
+def _snapshot_fn(
+    exp: experiment.Experiment, workdir: Path, writer: MetricWriter, state: losses.TrainState
+):
+    """A function ``(state, step)`` writing an LR | SR | HR grid of fixed eval faces.
+
+    The sampler is compiled here, ahead of time, so that hosts enter its collectives together.
+    """
     config = exp.config
-    batch = next(datasets.get_dataset(config.data, 'test', config.training.snapshot_batch,
-                                      seed=config.seed, process_index=jax.process_index(),
-                                      process_count=jax.process_count(), train=False))
+    batch = next(
+        datasets.get_dataset(
+            config.data,
+            'test',
+            config.training.snapshot_batch,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            train=False,
+        )
+    )
     scaler = datasets.get_data_scaler(config.data.centered)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
-    cond = parallel.shard_batch({'lr_up': scaler(batch['lr_up']), 'lr': scaler(batch['lr'])},
-                                exp.mesh)
+    cond = parallel.shard_batch(
+        {'lr_up': scaler(batch['lr_up']), 'lr': scaler(batch['lr'])}, exp.mesh
+    )
     ids = parallel.shard_batch({'ids': np.asarray(batch['index'], np.int32)}, exp.mesh)['ids']
-    sample_fn = sampling.make_sampler(config.sampling, exp.sde, exp.model,
-                                      config.score.parametrization, exp.hr_shape, mesh=exp.mesh)
+    # Every host holds a slice of the snapshot batch; the grid shows all of it.
+    lr_all, hr_all = (multihost_utils.process_allgather(batch[k], tiled=True) for k in ('lr', 'hr'))
+    sample_fn = sampling.make_sampler(
+        config.sampling,
+        exp.sde,
+        exp.model,
+        config.score.parametrization,
+        exp.hr_shape,
+        mesh=exp.mesh,
+    )
     key = jax.random.PRNGKey(config.seed + 1)
+    sample_fn = sample_fn.lower(state.ema_params, key, cond, ids).compile()
 
     def snapshot(state: losses.TrainState, step: int) -> None:
         samples, _ = sample_fn(state.ema_params, key, cond, ids)
         sr = np.asarray(inverse(multihost_utils.process_allgather(samples, tiled=True)))
         if jax.process_index() == 0:
-            lr_big = np.asarray(resize(batch['lr'], exp.hr_shape[:2], 'nearest'))
-            grid = make_grid([lr_big, sr, batch['hr']])
+            lr_big = np.asarray(resize(lr_all, exp.hr_shape[:2], 'nearest'))
+            grid = make_grid([lr_big, sr, hr_all])
             save_png(grid, workdir / 'samples' / f'step_{step:08d}.png')
             writer.write_images(step, {'samples/lr_sr_hr': grid})
 
@@ -104,8 +129,11 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
     state = _make_state(exp, optimizer, init_key)
     is_chief = jax.process_index() == 0
     writer = MetricWriter(workdir / 'tensorboard', enabled=is_chief)
+    if is_chief:
+        inference.save_config(config, workdir)
 
     # ----- Resume -----
+    parallel.barrier('initialised')  # Orbax's set-up starts with a cross-host collective.
     checkpointer = Checkpointer(workdir / 'checkpoints', tcfg.checkpoint_keep)
     state = checkpointer.restore_latest(state) or state
     start = int(state.step)
@@ -113,17 +141,40 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
         logging.info('checkpoint step %d >= n_iters %d: nothing to train', start, tcfg.n_iters)
         checkpointer.close()
         return state
-    data = datasets.get_dataset(config.data, 'train', tcfg.batch_size, seed=config.seed,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(), start_step=start)
+    data = datasets.get_dataset(
+        config.data,
+        'train',
+        tcfg.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        start_step=start,
+    )
     loss_fn = losses.make_loss_fn(config, exp.sde, exp.model, train=True)
     train_step = losses.jit_train_step(
-        losses.make_train_step(loss_fn, optimizer, config.optim.ema_rate, schedule,
-                               datasets.get_data_scaler(config.data.centered)), exp.mesh)
-    snapshot = _snapshot_fn(exp, workdir, writer) if tcfg.snapshot_freq > 0 else None
+        losses.make_train_step(
+            loss_fn,
+            optimizer,
+            config.optim.ema_rate,
+            schedule,
+            datasets.get_data_scaler(config.data.centered),
+        ),
+        exp.mesh,
+    )
+    snapshot = _snapshot_fn(exp, workdir, writer, state) if tcfg.snapshot_freq > 0 else None
+    batch_spec = jax.ShapeDtypeStruct(
+        (tcfg.batch_size, *exp.hr_shape), np.float32, sharding=parallel.batch_sharding(exp.mesh)
+    )
+    train_step = train_step.lower(state, dict.fromkeys(TRAIN_KEYS, batch_spec), step_key).compile()
+    parallel.barrier('compiled')  # Hosts compile at different speeds; collectives come next.
     progress = Progress(tcfg.n_iters, start)
-    logging.info('training %s from step %d on %d devices (%d hosts)', config.model.name, start,
-                 exp.mesh.devices.size, jax.process_count())
+    logging.info(
+        'training %s from step %d on %d devices (%d hosts)',
+        config.model.name,
+        start,
+        exp.mesh.devices.size,
+        jax.process_count(),
+    )
 
     # ----- Loop -----
     try:

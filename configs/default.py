@@ -63,6 +63,49 @@ def sampling_config() -> ml_collections.ConfigDict:
     return cfg
 
 
+def sr_config() -> ml_collections.ConfigDict:
+    """Every ``config.sr`` field (``--mode sr``; ``--sr.input=P`` is ``--config.sr.input=P``)."""
+    sr = ml_collections.ConfigDict()
+    # LR image file or folder (recursive; any size, resized to the model's LR size),
+    # or '' for the eval split of config.data (then HR and LR images are written too).
+    sr.input = ''
+    sr.output = ''  # Output folder ('' = <workdir>/sr); manifest.json is written last.
+    sr.checkpoint = 0  # Checkpoint step to load EMA weights from (0 = the latest readable).
+    sr.num_samples = 1  # SR samples per input (diversity): <name>_s<k>.png when > 1.
+    # SR images per sampler call; a batch holds whole inputs (batch_size // num_samples, at
+    # least 1) and is padded to a multiple of the device count.
+    sr.batch_size = 8
+    sr.seed = 0  # Sample k of input i draws its noise from fold_in(key(seed), i*num_samples+k).
+    sr.max_images = 0  # Only the first N inputs (0 = all).
+    sr.grid = True  # Also write an LR | SR... (| HR) grid per batch: grid_<batch>.png.
+    return sr
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """Every ``config.eval`` field (``--mode eval``, see ``evaluation/run.py``)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.name = ''  # Output folder W/eval/<name> ('' = from dataset, split, sampler, checkpoint).
+    cfg.split = 'test'  # Split evaluated (celeba_id128 'test': 60 identities never trained on).
+    cfg.max_images = 0  # Evaluate the first N images of the split (0 = all).
+    cfg.batch_size = 16  # Global batch; with 'sr', a multiple of the device count.
+    # What is evaluated, in table order: 'sr' (the model, sampled with config.sampling),
+    # 'bicubic' (the upsampled LR) and 'hr' (the HR itself: ceiling of the face metrics).
+    # Baselines only: no checkpoint is needed. CLI: --config.eval.methods=bicubic,hr
+    cfg.methods = ('sr', 'bicubic', 'hr')
+    cfg.checkpoint = 0  # Training step of the checkpoint to evaluate (0 = the latest).
+    cfg.seed = 0  # Sampling key: SR image i uses fold_in(PRNGKey(seed), dataset index i).
+    cfg.lpips = 'alex'  # LPIPS features: 'alex' | 'vgg' (about 5x slower on CPU) | '' (off).
+    cfg.face = 'sface'  # Face embedder for CS, verification, identification ('' = off).
+    cfg.far_targets = (1e-2, 1e-3)  # False accept rates at which TAR is reported.
+    cfg.ranks = (1, 5, 10)  # Identification ranks reported (the full CMC is also written).
+    cfg.grid_images = 8  # Rows of the LR | bicubic | SR | HR grid (first images of the split).
+    # Sweep: re-run 'sr' over values of one sampler field, e.g. 'sampling.snr' or
+    # 'sampling.num_steps' ('' = off), plotting PSNR and CS against it.
+    cfg.sweep_key = ''
+    cfg.sweep_values = ()  # The values of sweep_key; CLI: --config.eval.sweep_values=0.1,0.2
+    return cfg
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42  # Root PRNG seed: parameter init, noise, data order.
@@ -130,6 +173,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = data_config()
 
     config.sampling = sampling_config()
+
+    config.eval = eval_config()
+
+    config.sr = sr_config()
 
     config.compute = compute = ml_collections.ConfigDict()
     compute.dtype = 'float32'  # Network compute dtype: 'float32' or 'bfloat16' (params f32).

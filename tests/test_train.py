@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 import train
 from configs import demo
@@ -113,7 +114,8 @@ def _free_port() -> int:
 
 
 def test_two_hosts_agree_with_one(celeba_id128, tmp_path):
-    args = ('--config.training.n_iters=6', '--config.training.checkpoint_freq=6')
+    args = ('--config.training.n_iters=6', '--config.training.checkpoint_freq=6',
+            '--config.training.snapshot_freq=6')
     single = subprocess.run(_main_command(tmp_path / 'single', celeba_id128, *args),
                             env=_env(4), capture_output=True, timeout=600)
     assert single.returncode == 0, single.stderr.decode()[-3000:]
@@ -129,6 +131,9 @@ def test_two_hosts_agree_with_one(celeba_id128, tmp_path):
         assert proc.returncode == 0, err.decode()[-3000:]
     assert 'on 4 devices (2 hosts)' in err.decode()
     _assert_same_tree(_final_params(multi, 6), _final_params(tmp_path / 'single', 6))
+    # The chief writes one LR | SR | HR grid of the whole snapshot batch (8 rows of 32 px).
+    grid = np.asarray(Image.open(multi / 'samples' / 'step_00000006.png'))
+    assert grid.shape[0] == 8 * (32 + 2) + 2 and grid.shape[1] == 3 * (32 + 2) + 2
 
 
 def _tiny_state(value: float):

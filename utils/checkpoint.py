@@ -26,6 +26,8 @@ class CheckpointError(RuntimeError):
 def _abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of ``tree``: what restored arrays must look like."""
     def leaf(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x  # Already abstract (e.g. from jax.eval_shape, with a sharding).
         if isinstance(x, jax.Array):
             return ocp.utils.to_shape_dtype_struct(x)
         x = np.asarray(x)

@@ -48,3 +48,17 @@ def check_divisible(global_batch: int, mesh: Mesh, key: str = 'config.training.b
     n = mesh.devices.size
     if global_batch % n:
         raise ValueError(f'{key}={global_batch} is not divisible by the {n} devices of the mesh')
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+    """Waits until every process reaches ``name``; a no-op on one host.
+
+    Uses the coordination service of ``jax.distributed`` rather than a device collective: on
+    CPU, gloo gives up setting up a collective after 30 s, and compiling a U-Net can make one
+    process lag the other by more than that. Call it after compilation, before collectives.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # The public API exposes no barrier with a timeout.
+
+    distributed.global_state.client.wait_at_barrier(f'facesr_{name}', timeout_s * 1000)

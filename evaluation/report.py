@@ -1,0 +1,332 @@
+"""Summaries, tables and plots of ``--mode eval``, computed from per-image records.
+
+A record is one image of the eval split (see :mod:`evaluation.run`)::
+
+    {'index': 3, 'id': 7265, 'detected': True, 'emb_hr': '<base64 float32>',
+     'methods': {'bicubic': {'psnr': 25.1, 'ssim': 0.71, 'consistency': 2e-5,
+                             'lpips': 0.31, 'cs': 0.62, 'emb': '<base64 float32>'}, ...}}
+
+Face fields (``detected``, ``emb_hr``, ``cs``, ``emb``) and ``lpips`` are absent when that
+metric is off. Everything here is a pure function of the records, so a resumed eval and an
+uninterrupted one report the same numbers.
+
+Protocols (identities from the records; skipped when any identity is unknown, ``-1``):
+
+* 1:1 verification: every ordered pair ``(i, j)``, ``i != j``, of the eval images; the probe is
+  the output (SR) of ``i``, the gallery image the HR of ``j``; genuine when the identities are
+  equal. ROC, AUC and TAR at the FARs of ``eval.far_targets``. Pairs ``(i, i)`` (an SR image
+  against its own HR) are left out: that is the CS column.
+* 1:N identification (closed set): the gallery holds the HR of the first image (lowest
+  dataset index) of every identity, the probes are the outputs of all other images. Rank-k
+  rates (``eval.ranks``) and the full CMC curve. Ties rank pessimistically
+  (:mod:`evaluation.protocols`).
+
+Plots use matplotlib's object-oriented API (``Figure`` + Agg canvas): no pyplot global state.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation import protocols as pr
+from evaluation.image_metrics import summarize
+
+#: Per-image scalar metrics, in table order.
+SCALARS = ('psnr', 'ssim', 'consistency', 'cs', 'lpips')
+#: Consistency (an MSE on [0, 1] pixels) is shown multiplied by this in tables and plots.
+CONSISTENCY_SCALE = 1e5
+#: Points of the stored (log-FAR sampled) ROC curve.
+ROC_POINTS = 200
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def encode_embedding(vector: np.ndarray) -> str:
+    """A float32 vector as base64 text (exact, about 5 characters per value)."""
+    return base64.b64encode(np.asarray(vector, '<f4').tobytes()).decode('ascii')
+
+
+def decode_embedding(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), '<f4')
+
+
+def _embeddings(records: Sequence[dict], method: str | None) -> np.ndarray:
+    """``[N, D]`` embeddings of ``method``'s outputs, or of the HR images (``None``)."""
+    texts = [r['emb_hr'] if method is None else r['methods'][method]['emb'] for r in records]
+    return np.stack([decode_embedding(t) for t in texts])
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+def _sampled_roc(far: np.ndarray, tar: np.ndarray, n_impostors: int) -> dict[str, list]:
+    """The ROC at ``ROC_POINTS`` log-spaced FARs from ``1 / n_impostors`` to 1 (and FAR 0)."""
+    grid = np.r_[0.0, np.logspace(np.log10(1.0 / n_impostors), 0.0, ROC_POINTS)]
+    at = tar[np.searchsorted(far, grid, side='right') - 1]  # Best TAR with FAR <= grid.
+    return {'far': grid.tolist(), 'tar': at.tolist()}
+
+
+def verification(ids: np.ndarray, probes: np.ndarray, gallery: np.ndarray,
+                 far_targets: Sequence[float]) -> dict[str, Any] | None:
+    """ROC, AUC and TAR@FAR of probes ``i`` against gallery images ``j != i`` (module doc).
+
+    ``None`` when identities are unknown or there are no genuine or no impostor pairs.
+    """
+    ids = np.asarray(ids)
+    if (ids < 0).any():
+        return None
+    probe, other, labels = pr.verification_pairs(ids)
+    if labels.all() or not labels.any():
+        return None
+    scores = pr.similarity_matrix(probes, gallery)[probe, other]
+    far, tar, _ = pr.roc_curve(scores, labels)
+    n_impostors = int(np.sum(labels == 0))
+    return {
+        'auc': pr.auc(scores, labels),
+        'tar_at_far': {far_key(f): pr.tar_at_far(scores, labels, f) for f in far_targets},
+        'n_genuine': int(np.sum(labels)),
+        'n_impostor': n_impostors,
+        'roc': _sampled_roc(far, tar, n_impostors),
+    }
+
+
+def identification(ids: np.ndarray, probes: np.ndarray, gallery: np.ndarray,
+                   ranks: Sequence[int]) -> dict[str, Any] | None:
+    """Rank-k and CMC: gallery = HR of each identity's first image, probes = the rest."""
+    ids = np.asarray(ids)
+    if (ids < 0).any():
+        return None
+    in_gallery = np.zeros(len(ids), bool)
+    in_gallery[np.unique(ids, return_index=True)[1]] = True
+    if in_gallery.all():
+        return None
+    sim = pr.similarity_matrix(probes[~in_gallery], gallery[in_gallery])
+    probe_ids, gallery_ids = ids[~in_gallery], ids[in_gallery]
+    return {
+        'rank': {str(k): pr.rank_k(sim, probe_ids, gallery_ids, k) for k in ranks},
+        'cmc': pr.cmc(sim, probe_ids, gallery_ids).tolist(),
+        'n_probes': int(np.sum(~in_gallery)),
+        'n_gallery': int(np.sum(in_gallery)),
+    }
+
+
+def far_key(far: float) -> str:
+    """``1e-2`` for 0.01: the FAR as written in keys and column headers."""
+    return f'{far:.0e}'.replace('e-0', 'e-').replace('e+0', 'e')
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def method_summary(records: Sequence[dict], method: str, ecfg: Any) -> dict[str, Any]:
+    """Mean/std/n of every per-image metric of ``method``, and the face protocols."""
+    values = [r['methods'][method] for r in records]
+    with np.errstate(invalid='ignore'):  # std of PSNR inf (hr) is nan, not a warning.
+        out: dict[str, Any] = {k: summarize([v[k] for v in values]) for k in SCALARS
+                               if k in values[0]}
+    nfe = [v['nfe'] for v in values if 'nfe' in v]
+    if nfe:
+        out['nfe'] = float(np.mean(nfe))
+    if 'emb' in values[0]:
+        ids = np.array([r['id'] for r in records])
+        probes, gallery = _embeddings(records, method), _embeddings(records, None)
+        out['verification'] = verification(ids, probes, gallery, ecfg.far_targets)
+        out['identification'] = identification(ids, probes, gallery, ecfg.ranks)
+    return out
+
+
+def summarize_records(records: Sequence[dict], methods: Sequence[str], ecfg: Any
+                      ) -> dict[str, Any]:
+    """The summary of every method over ``records`` (sorted by index)."""
+    summary = {m: method_summary(records, m, ecfg) for m in methods}
+    detected = [r['detected'] for r in records if 'detected' in r]
+    return {'n_images': len(records),
+            'n_identities': len({r['id'] for r in records}),
+            'n_face_fallback': int(len(detected) - np.sum(detected)) if detected else None,
+            'methods': summary}
+
+
+def per_image_rows(records: Sequence[dict], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One flat row per (method, image): the per-image part of metrics.json and metrics.csv."""
+    rows = []
+    for m in methods:
+        for r in records:
+            values = {k: v for k, v in r['methods'][m].items() if k != 'emb'}
+            rows.append({'method': m, 'index': r['index'], 'id': r['id'],
+                         'detected': r.get('detected'), **values})
+    return rows
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path`` and renames it into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """JSON with Python's extensions for non-finite floats (PSNR of HR is ``Infinity``)."""
+    atomic_write_text(path, json.dumps(obj, indent=1) + '\n')
+
+
+def write_csv(path: Path, rows: Sequence[dict], summary: dict[str, Any]) -> None:
+    """Per-image rows (``row=image``) then per-method ``mean`` and ``std`` rows."""
+    fields = ['method', 'row', 'index', 'id', 'detected', *SCALARS, 'nfe']
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fields, extrasaction='ignore', lineterminator='\n')
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({'row': 'image', **row})
+    for method, stats in summary['methods'].items():
+        for stat in ('mean', 'std'):
+            writer.writerow({'method': method, 'row': stat,
+                             **{k: stats[k][stat] for k in SCALARS if k in stats}})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _mean_std(stats: dict | None, digits: int, scale: float = 1.0) -> str:
+    if not stats:
+        return '–'
+    mean, std = stats['mean'] * scale, stats['std'] * scale
+    if math.isinf(mean):
+        return '∞'
+    return f'{mean:.{digits}f} ± {std:.{digits}f}'
+
+
+def _number(value: float | None) -> str:
+    return '–' if value is None else f'{value:.4f}'
+
+
+def table_row(method: str, stats: dict[str, Any], ecfg: Any) -> list[str]:
+    """One Markdown table row: image metrics (mean ± std), then the face protocols."""
+    ver, ide = stats.get('verification') or {}, stats.get('identification') or {}
+    cells = [method, _mean_std(stats.get('psnr'), 2), _mean_std(stats.get('ssim'), 4),
+             _mean_std(stats.get('consistency'), 2, CONSISTENCY_SCALE),
+             _mean_std(stats.get('cs'), 4), _mean_std(stats.get('lpips'), 4),
+             _number(ver.get('auc'))]
+    cells += [_number(ver.get('tar_at_far', {}).get(far_key(f))) for f in ecfg.far_targets]
+    cells += [_number(ide.get('rank', {}).get(str(k))) for k in ecfg.ranks]
+    return cells
+
+
+def markdown_table(summary: dict[str, Any], ecfg: Any, caption: str) -> str:
+    """The SDE-SR Table I layout plus LPIPS, AUC, TAR@FAR and rank-k; ``caption`` below."""
+    header = ['method', 'PSNR', 'SSIM', 'Consistency', 'CS', 'LPIPS', 'AUC']
+    header += [f'TAR@{far_key(f)}' for f in ecfg.far_targets]
+    header += [f'Rank-{k}' for k in ecfg.ranks]
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for method, stats in summary['methods'].items():
+        lines.append('| ' + ' | '.join(table_row(method, stats, ecfg)) + ' |')
+    return '\n'.join(lines) + '\n\n' + caption + '\n'
+
+
+def table_caption(name: str, summary: dict[str, Any], config: Any) -> str:
+    """What the numbers are, with units (consistency scale) and protocol sizes."""
+    data, ecfg = config.data, config.eval
+    lr = data.image_size // data.downscale
+    first = next(iter(summary['methods'].values()), {})
+    ver, ide = first.get('verification') or {}, first.get('identification') or {}
+    face = (f'CS: cosine similarity of {ecfg.face} embeddings of output and HR, both cut with '
+            'the transform found on the HR (mean ± std). Verification: AUC and TAR at FAR '
+            f'over {ver.get("n_genuine", 0)} genuine and {ver.get("n_impostor", 0)} impostor '
+            'pairs (output probe vs HR of another image). Identification: rank-k rate of '
+            f'{ide.get("n_probes", 0)} output probes against a gallery of '
+            f'{ide.get("n_gallery", 0)} HR images (first image of each identity). '
+            if ecfg.face else 'Face metrics off. ')
+    return (f'**{name}**: {summary["n_images"]} images ({summary["n_identities"]} identities) '
+            f'of split `{ecfg.split}` of `{Path(data.path).name}`, {data.downscale}x '
+            f'({lr}x{lr} LR -> {data.image_size}x{data.image_size}). PSNR (dB) and SSIM on RGB '
+            'in [0, 1]. Consistency: MSE between the output downscaled with the LR kernel '
+            f'({data.down_kernel}) and the LR input, on [0, 1] pixels, x1e-5 (mean ± std). '
+            + face + (f'LPIPS ({ecfg.lpips}). ' if ecfg.lpips else '')
+            + 'bicubic: the upsampled LR; hr: the HR image itself (ceiling of the face '
+            'metrics). Rates are fractions.')
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure(width: float = 5.0, height: float = 4.0, columns: int = 1) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure  # Imported on use: only eval plots need it.
+
+    fig = Figure(figsize=(width * columns, height), dpi=100, layout='constrained')
+    return fig, fig.subplots(1, columns)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Writes a matplotlib figure as PNG through a temporary file and rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    fig.savefig(tmp, format='png')
+    os.replace(tmp, path)
+
+
+def plot_roc(path: Path, summary: dict[str, Any], far_targets: Sequence[float]) -> None:
+    """TAR against FAR (log scale) per method, FAR targets marked."""
+    fig, ax = _figure()
+    for method, stats in summary['methods'].items():
+        ver = stats.get('verification')
+        if ver:
+            far, tar = np.asarray(ver['roc']['far']), np.asarray(ver['roc']['tar'])
+            ax.step(far[1:], tar[1:], where='post', label=f'{method} (AUC {ver["auc"]:.3f})')
+    for f in far_targets:
+        ax.axvline(f, color='grey', lw=0.8, ls=':')
+    ax.set(xscale='log', xlabel='false accept rate', ylabel='true accept rate',
+           title='1:1 verification (output vs HR)', ylim=(0, 1.01))
+    ax.legend(loc='lower right')
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_cmc(path: Path, summary: dict[str, Any]) -> None:
+    """Identification rate against rank per method."""
+    fig, ax = _figure()
+    for method, stats in summary['methods'].items():
+        ide = stats.get('identification')
+        if ide:
+            curve = np.asarray(ide['cmc'])
+            ax.plot(np.arange(1, len(curve) + 1), curve, marker='.',
+                    label=f'{method} (rank-1 {curve[0]:.3f})')
+    ax.set(xlabel='rank', ylabel='identification rate', ylim=(0, 1.01),
+           title='1:N identification (output probes, HR gallery)')
+    ax.legend(loc='lower right')
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_sweep(path: Path, sweep: dict[str, Any]) -> None:
+    """PSNR and CS (mean ± std) against the swept value, and per-image CS against PSNR."""
+    fig, (ax_p, ax_c, ax_s) = _figure(4.5, 3.8, columns=3)
+    values = np.asarray(sweep['values'], np.float64)
+    for ax, key, label in ((ax_p, 'psnr', 'PSNR (dB)'), (ax_c, 'cs', 'CS')):
+        mean, std = np.asarray(sweep[key]['mean']), np.asarray(sweep[key]['std'])
+        ax.errorbar(values, mean, yerr=std, marker='o', capsize=3, label='sr')
+        for method, level in sweep.get('baselines', {}).get(key, {}).items():
+            if np.isfinite(level):
+                ax.axhline(level, ls='--', lw=1, color='grey')
+                ax.annotate(method, (values.min(), level), fontsize=8, va='bottom')
+        ax.set(xlabel=sweep['key'], ylabel=label)
+        ax.grid(alpha=0.3)
+    for value, points in zip(values, sweep['per_image'], strict=True):
+        ax_s.scatter(points['psnr'], points['cs'], s=8, label=f'{value:g}')
+    ax_s.set(xlabel='PSNR (dB)', ylabel='CS', title='per image')
+    ax_s.legend(title=sweep['key'], fontsize=7)
+    ax_s.grid(alpha=0.3)
+    fig.suptitle(f'Pearson r(PSNR, CS): {sweep["correlation"]["means"]:.3f} over the sweep '
+                 f'means, {sweep["correlation"]["per_image"]:.3f} over images')
+    save_figure(fig, path)

@@ -1,0 +1,469 @@
+"""``--mode eval``: super-resolves an eval split and measures SR and baselines (SDE-SR Table I).
+
+``python main.py --config C --workdir W --mode eval`` writes ``W/eval/<name>/``:
+
+* ``records.jsonl``: one line per image, by dataset index: identity, whether YuNet found a
+  face on the HR, the HR embedding and, per method, PSNR, SSIM, LR consistency, LPIPS, CS and
+  the output's embedding (format in :mod:`evaluation.report`). The file is rewritten through a
+  temporary file and a rename after every batch, so a killed eval keeps every finished batch;
+  a restart skips the images already recorded, so nothing is counted twice. ``settings.json``
+  holds what the values depend on (data, sampler, checkpoint step, seed, metric networks); a
+  restart with other settings stops with an error instead of mixing them.
+* ``metrics.json`` (settings, summary and per-image values), ``metrics.csv`` (per-image rows,
+  then per-method mean and std rows), ``table.md``, ``roc.png`` and ``cmc.png``: computed at
+  the end from the records of the first ``eval.max_images`` images, so a resumed and an
+  uninterrupted eval report the same numbers.
+* ``grid.png``: LR | bicubic | SR | HR of the first ``eval.grid_images`` images.
+
+Methods (``eval.methods``): ``sr`` samples ``config.sampling`` with the EMA parameters of
+checkpoint ``eval.checkpoint`` (0: the latest); ``bicubic`` is the batch's ``lr_up`` (the
+``data.up_kernel`` upsampling of the LR); ``hr`` is the HR image itself (PSNR inf, CS 1: the
+ceiling of the identity metrics). With baselines only, no model is built or loaded. SR image
+``i`` is sampled with ``fold_in(PRNGKey(eval.seed), i)``: it depends neither on the batch nor
+on the devices, so a resumed eval samples the same images. Outputs are clipped to [0, 1].
+
+Face metrics align on the HR image (YuNet landmarks -> ArcFace template) and cut HR and output
+with the same transform, so an SR artefact never moves the crop (:mod:`evaluation.face`).
+
+Sweep (``eval.sweep_key='sampling.snr'``, ``eval.sweep_values=(...)``): evaluates ``sr`` once
+per value (each in its own folder, resumable), the baselines once, and writes
+``W/eval/<name>-sweep-<key>/sweep.json`` and ``sweep.png``: PSNR and CS against the value and
+their Pearson correlation, over the sweep means and over all (value, image) pairs (SDE-SR
+Figs. 4 and 5).
+
+Multi-host: every host samples its slice of each batch; process 0 gathers the batch and the
+SR images, computes the metrics and writes every file (``W`` must be shared, as for
+checkpoints).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+import datasets
+import experiment
+import sampling
+from degradations import resize
+from evaluation import image_metrics as im
+from evaluation import report
+from evaluation.protocols import cosine_similarity
+from inference import load_ema_params
+from utils import parallel
+from utils.images import make_grid, save_png
+from utils.progress import Progress
+
+METHODS = ('sr', 'bicubic', 'hr')
+RECORDS, SETTINGS = 'records.jsonl', 'settings.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """What ``sr`` samples with: the experiment (SDE, network, mesh), EMA params, their step."""
+
+    exp: experiment.Experiment
+    params: Any
+    step: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricFns:
+    """The metrics that load networks, built once per run (``None``: off)."""
+
+    lpips: Callable[[Any, Any], jax.Array] | None
+    embedder: Any | None
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def parse_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """``eval.methods`` in table order; entries may hold commas (``--config.eval.methods=a,b``)."""
+    names = {m.strip() for item in methods for m in str(item).split(',') if m.strip()}
+    if not names or not names <= set(METHODS):
+        raise ValueError(f'config.eval.methods={tuple(methods)!r}: give one or more of {METHODS}')
+    return tuple(m for m in METHODS if m in names)
+
+
+def sampler_tag(s: Any) -> str:
+    """A readable name of the sampler settings of ``config.sampling`` (``s``)."""
+    parts = [s.method]
+    if s.method == 'pc':
+        parts += [s.predictor, s.corrector]
+        if s.corrector != 'none':
+            parts += [f'snr{s.snr:g}', f'm{s.n_steps_each}']
+    if s.method == 'ode':
+        parts.append(f'tol{s.rtol:g}')
+    else:
+        parts += [f'n{s.num_steps or "N"}', s.schedule]
+    if s.projection != 'none':
+        parts.append(s.projection)
+    return '-'.join(parts)
+
+
+def eval_name(config: Any, methods: Sequence[str], step: int | None) -> str:
+    """``<dataset>-<split>-x<factor>-`` then the sampler and checkpoint, or ``baselines``."""
+    data = config.data
+    base = (f'{Path(data.path).name or data.source}-{datasets.split_name(config.eval.split)}'
+            f'-x{data.downscale}')
+    if 'sr' not in methods:
+        return f'{base}-baselines'
+    return f'{base}-{sampler_tag(config.sampling)}-step{step}'
+
+
+def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict[str, Any]:
+    """What the per-image values depend on (JSON types), stored as ``settings.json``."""
+    ecfg = config.eval
+    settings = {'data': config.data.to_dict(), 'split': datasets.split_name(ecfg.split),
+                'lpips': ecfg.lpips, 'face': ecfg.face}
+    if 'sr' in methods:
+        settings.update(checkpoint_step=step, seed=ecfg.seed, sde=config.sde.to_dict(),
+                        model=config.model.to_dict(), score=config.score.to_dict(),
+                        sampling=config.sampling.to_dict())
+    return json.loads(json.dumps(settings))
+
+
+def check_settings(out: Path, settings: dict[str, Any], write: bool) -> None:
+    """Fails if ``out`` holds records made with other settings; records them if new."""
+    path = out / SETTINGS
+    if path.exists():
+        stored = json.loads(path.read_text())
+        differ = sorted(k for k in stored.keys() | settings.keys()
+                        if stored.get(k) != settings.get(k))
+        if differ:
+            raise ValueError(f'{out} holds records made with other settings ({", ".join(differ)}'
+                             ' differ): set --config.eval.name or remove that folder')
+    elif write:
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_json(path, settings)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def load_records(path: Path) -> dict[int, dict[str, Any]]:
+    """The per-image records of an earlier (possibly interrupted) run, by dataset index."""
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r['index']: r for r in records}
+
+
+def save_records(path: Path, records: dict[int, dict[str, Any]]) -> None:
+    """All records, sorted by index, written to a temporary file then renamed (atomic)."""
+    report.atomic_write_text(path, ''.join(json.dumps(records[i]) + '\n' for i in sorted(records)))
+
+
+def missing(record: dict[str, Any] | None, methods: Sequence[str]) -> list[str]:
+    """The methods ``record`` has no values for (all of them for an unseen image)."""
+    done = record['methods'] if record else {}
+    return [m for m in methods if m not in done]
+
+
+# ----------------------------------------------------------------------------- per batch
+
+
+def image_metrics(out: np.ndarray, batch: dict[str, np.ndarray], data_config: Any
+                  ) -> dict[str, np.ndarray]:
+    """PSNR and SSIM (RGB) against the HR and LR consistency, ``[B]`` each."""
+    factor, kernel = int(data_config.downscale), data_config.down_kernel
+    return {'psnr': np.asarray(im.psnr(out, batch['hr'])),
+            'ssim': np.asarray(im.ssim(out, batch['hr'])),
+            'consistency': np.asarray(im.consistency(out, batch['lr'], factor, kernel))}
+
+
+def face_metrics(embedder: Any, hr: np.ndarray, outputs: dict[str, np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Faces found on the HR, HR embeddings and each output's, all cut with the HR transform."""
+    alignment = embedder.align(hr)
+    hr_emb = embedder.embed(embedder.apply_alignment(hr, alignment))
+    embs = {m: hr_emb if m == 'hr' else embedder.embed(embedder.apply_alignment(out, alignment))
+            for m, out in outputs.items()}
+    return alignment.detected, hr_emb, embs
+
+
+def batch_records(batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+                  rows: list[int], fns: MetricFns, config: Any,
+                  nfe: np.ndarray | None = None) -> dict[int, dict[str, Any]]:
+    """Records of batch ``rows`` with every metric of every method in ``outputs``."""
+    values = {m: image_metrics(out, batch, config.data) for m, out in outputs.items()}
+    for m, out in outputs.items():
+        if fns.lpips is not None:
+            values[m]['lpips'] = np.asarray(fns.lpips(out, batch['hr']))
+        if m == 'sr' and nfe is not None:
+            values[m]['nfe'] = nfe
+    records = {}
+    for r in rows:
+        index = int(batch['index'][r])
+        methods = {m: {k: float(v[r]) for k, v in vals.items()} for m, vals in values.items()}
+        records[index] = {'index': index, 'id': int(batch['id'][r]), 'methods': methods}
+    if fns.embedder is not None:
+        detected, hr_emb, embs = face_metrics(
+            fns.embedder, batch['hr'][rows], {m: out[rows] for m, out in outputs.items()})
+        cs = {m: cosine_similarity(e, hr_emb) for m, e in embs.items()}
+        for j, r in enumerate(rows):
+            record = records[int(batch['index'][r])]
+            record.update(detected=bool(detected[j]), emb_hr=report.encode_embedding(hr_emb[j]))
+            for m in outputs:
+                record['methods'][m].update(cs=float(cs[m][j]),
+                                            emb=report.encode_embedding(embs[m][j]))
+    return records
+
+
+def merge_records(records: dict[int, dict], new: dict[int, dict]) -> None:
+    """Adds ``new`` to ``records``, keeping methods an image already had values for."""
+    for index, record in new.items():
+        if index in records:
+            record['methods'] = {**records[index]['methods'], **record['methods']}
+        records[index] = record
+
+
+def write_grid(path: Path, batch: dict[str, np.ndarray], sr: np.ndarray | None,
+               rows: list[int], n: int) -> None:
+    """LR (nearest) | bicubic | SR (if sampled) | HR of the first ``n`` of ``rows``."""
+    rows = rows[:n]
+    hr = batch['hr'][rows]
+    lr = np.asarray(resize(batch['lr'][rows], hr.shape[1:3], 'nearest'))
+    columns = [lr, batch['lr_up'][rows]] + ([sr[rows]] if sr is not None else []) + [hr]
+    save_png(make_grid(columns), path)
+
+
+def eval_batches(config: Any, start: int, hosts: int) -> Iterator[dict[str, np.ndarray]]:
+    """Eval batches from batch ``start``: this host's rows if ``hosts`` > 1, else all rows."""
+    index = jax.process_index() if hosts > 1 else 0
+    return datasets.get_dataset(config.data, config.eval.split, config.eval.batch_size,
+                                seed=config.seed, process_index=index, process_count=hosts,
+                                start_step=start, train=False)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
+    """The experiment over ``devices`` and the EMA parameters of ``eval.checkpoint``."""
+    exp = experiment.build(config, devices)
+    parallel.check_divisible(config.eval.batch_size, exp.mesh, 'config.eval.batch_size')
+    params, step = load_ema_params(exp, workdir, config.eval.checkpoint or None)
+    logging.info('eval: checkpoint %d of %s', step, workdir)
+    return Model(exp, params, step)
+
+
+def make_sample_fn(config: Any, model: Model
+                   ) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+    """``sample(local_batch) -> (sr, nfe)`` for the global batch, on every host.
+
+    ``sr`` ``[B, H, W, C]`` in [0, 1] (clipped), ``nfe`` ``[B]`` network evaluations.
+    """
+    exp = model.exp
+    fn = sampling.make_sampler(config.sampling, exp.sde, exp.model,
+                               config.score.parametrization, exp.hr_shape, mesh=exp.mesh)
+    scaler = datasets.get_data_scaler(config.data.centered)
+    inverse = datasets.get_data_inverse_scaler(config.data.centered)
+    key = jax.random.PRNGKey(config.eval.seed)
+
+    def sample(local: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        cond = parallel.shard_batch({'lr_up': scaler(local['lr_up']), 'lr': scaler(local['lr'])},
+                                    exp.mesh)
+        ids = np.maximum(local['index'], 0).astype(np.int32)  # Padding rows: any key.
+        ids = parallel.shard_batch({'ids': ids}, exp.mesh)['ids']
+        x, info = fn(model.params, key, cond, ids)
+        x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        nfe = np.asarray(jax.device_get(info['nfe']), np.float64).reshape(-1)
+        nfe = nfe if nfe.shape == (len(x),) else np.full(len(x), nfe.mean())
+        return np.clip(inverse(x), 0.0, 1.0), nfe
+
+    return sample
+
+
+def make_metric_fns(ecfg: Any) -> MetricFns:
+    """LPIPS (``eval.lpips``) and the face embedder (``eval.face``), each ``None`` if off."""
+    from evaluation.face import get_embedder
+    from evaluation.lpips import make_lpips
+
+    return MetricFns(lpips=make_lpips(ecfg.lpips) if ecfg.lpips else None,
+                     embedder=get_embedder(ecfg.face) if ecfg.face else None)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(out: Path, name: str, records: list[dict], methods: Sequence[str],
+                 settings: dict[str, Any], config: Any) -> dict[str, Any]:
+    """metrics.json, metrics.csv, table.md, roc.png and cmc.png from the per-image records."""
+    ecfg = config.eval
+    summary = report.summarize_records(records, methods, ecfg)
+    metrics = {'name': name, 'settings': settings, **summary,
+               'per_image': report.per_image_rows(records, methods)}
+    report.write_json(out / 'metrics.json', metrics)
+    report.write_csv(out / 'metrics.csv', metrics['per_image'], summary)
+    caption = report.table_caption(name, summary, config)
+    table = report.markdown_table(summary, ecfg, caption)
+    report.atomic_write_text(out / 'table.md', table)
+    stats = summary['methods'].values()
+    if any(s.get('verification') for s in stats):
+        report.plot_roc(out / 'roc.png', summary, ecfg.far_targets)
+    if any(s.get('identification') for s in stats):
+        report.plot_cmc(out / 'cmc.png', summary)
+    logging.info('eval %s:\n%s', name, table)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def evaluate(config: Any, workdir: str | Path, methods: Sequence[str], model: Model | None,
+             fns: MetricFns, name: str = '') -> dict[str, Any]:
+    """Evaluates ``methods`` into ``W/eval/<name>``, resuming its records; metrics.json's dict.
+
+    Non-chief hosts sample their share and return ``{}``.
+    """
+    # ----- Set-up -----
+    ecfg, chief = config.eval, jax.process_index() == 0
+    step = model.step if model is not None else None
+    name = name or ecfg.name or eval_name(config, methods, step)
+    out = Path(workdir) / 'eval' / name
+    settings = eval_settings(config, methods, step)
+    check_settings(out, settings, write=chief)
+    records = load_records(out / RECORDS)
+    size = datasets.dataset_size(config.data, ecfg.split)
+    limit = min(size, ecfg.max_images) if ecfg.max_images > 0 else size
+    todo = [i for i in range(limit) if missing(records.get(i), methods)]
+    sample_fn = make_sample_fn(config, model) if 'sr' in methods and todo else None
+    if not chief and sample_fn is None:
+        return {}
+    hosts = jax.process_count() if sample_fn is not None else 1  # Baselines: chief alone.
+    batch_size = ecfg.batch_size
+    start, stop = (todo[0] // batch_size, -(-limit // batch_size)) if todo else (0, 0)
+    data = eval_batches(config, start, hosts) if todo else iter(())
+    progress = Progress(limit, limit - len(todo), 'images')
+    logging.info('eval %s: %d of %d images to do (%s)', name, len(todo), limit, ', '.join(methods))
+
+    # ----- Loop -----
+    for batch_step, local in zip(range(start, stop), data, strict=False):
+        batch = multihost_utils.process_allgather(local, tiled=True) if hosts > 1 else local
+        rows = [r for r in range(batch_size) if batch['mask'][r] and batch['index'][r] < limit
+                and missing(records.get(int(batch['index'][r])), methods)]
+        need = [m for m in methods
+                if any(m in missing(records.get(int(batch['index'][r])), methods) for r in rows)]
+        sr, nfe = sample_fn(local) if 'sr' in need else (None, None)
+        if not chief or not rows:
+            continue
+        outputs = {m: {'sr': sr, 'bicubic': batch['lr_up'], 'hr': batch['hr']}[m] for m in need}
+        if batch_step == 0:  # Before the records: a recorded first batch implies a grid.
+            write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
+        merge_records(records, batch_records(batch, outputs, rows, fns, config, nfe))
+        save_records(out / RECORDS, records)
+        progress.update(progress.done + len(rows))
+        logging.info('eval %s: %s', name, progress.line())
+
+    # ----- Report -----
+    if not chief:
+        return {}
+    absent = [i for i in range(limit) if missing(records.get(i), methods)]
+    if absent:
+        raise RuntimeError(f'{out / RECORDS}: no records for images {absent[:10]}')
+    return write_report(out, name, [records[i] for i in range(limit)], methods, settings, config)
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def with_value(config: Any, key: str, value: Any) -> Any:
+    """A copy of ``config`` with field ``key`` (dotted, e.g. ``sampling.snr``) set to ``value``."""
+    point = copy.deepcopy(config)
+    *parents, leaf = key.split('.')
+    node = point
+    for part in parents:
+        node = node[part]
+    if leaf not in node:
+        raise KeyError(f'config.eval.sweep_key={key!r}: config has no field {key}')
+    node[leaf] = value
+    return point
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    """Pearson correlation over the pairs where both are finite; ``nan`` if undefined."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep] - a[keep].mean(), b[keep] - b[keep].mean()
+    denom = np.sqrt(np.sum(a * a) * np.sum(b * b))
+    return float(np.sum(a * b) / denom) if keep.sum() >= 2 and denom > 0 else float('nan')
+
+
+def sweep_summary(key: str, values: Sequence[Any], results: Sequence[dict],
+                  baselines: dict | None) -> dict[str, Any]:
+    """PSNR and CS of ``sr`` per value, their correlations, and the baselines' levels."""
+    def column(result: dict, metric: str) -> list[float]:
+        return [row.get(metric, float('nan')) for row in result['per_image']
+                if row['method'] == 'sr']
+
+    def stat(metric: str, which: str) -> list[float]:
+        return [(r['methods']['sr'].get(metric) or {}).get(which, float('nan')) for r in results]
+
+    per_image = [{'psnr': column(r, 'psnr'), 'cs': column(r, 'cs')} for r in results]
+    levels = {metric: {m: s[metric]['mean'] for m, s in baselines['methods'].items()
+                       if metric in s} for metric in ('psnr', 'cs')} if baselines else {}
+    return {
+        'key': key, 'values': list(values), 'names': [r['name'] for r in results],
+        'psnr': {'mean': stat('psnr', 'mean'), 'std': stat('psnr', 'std')},
+        'cs': {'mean': stat('cs', 'mean'), 'std': stat('cs', 'std')},
+        'nfe': [r['methods']['sr'].get('nfe') for r in results],
+        'correlation': {
+            'means': pearson(stat('psnr', 'mean'), stat('cs', 'mean')),
+            'per_image': pearson(sum((p['psnr'] for p in per_image), []),
+                                 sum((p['cs'] for p in per_image), []))},
+        'baselines': levels,
+        'per_image': per_image,
+    }
+
+
+def run_sweep(config: Any, workdir: str | Path, methods: Sequence[str], model: Model | None,
+              fns: MetricFns) -> dict[str, Any]:
+    """Evaluates ``sr`` for each of ``eval.sweep_values`` of ``eval.sweep_key`` (module doc)."""
+    ecfg = config.eval
+    key, values = ecfg.sweep_key, list(ecfg.sweep_values)
+    if not key.startswith('sampling.') or not values or model is None:
+        raise ValueError('a sweep needs eval.sweep_key="sampling.<field>", eval.sweep_values '
+                         f'and "sr" in eval.methods; got {key!r}, {values}, {methods}')
+    points = [with_value(config, key, v) for v in values]
+    leaf = key.rsplit('.', 1)[-1]
+    names = [ecfg.name or eval_name(p, ('sr',), model.step) for p in points]
+    if len(set(names)) < len(names):  # The swept field is not part of the derived name.
+        names = [f'{n}-{leaf}{v}' for n, v in zip(names, values, strict=True)]
+    results = [evaluate(p, workdir, ('sr',), model, fns, n)
+               for p, n in zip(points, names, strict=True)]
+    others = tuple(m for m in methods if m != 'sr')
+    base = evaluate(config, workdir, others, None, fns) if others else None
+    if jax.process_index() != 0:
+        return {}
+    sweep = sweep_summary(key, values, results, base)
+    base_name = ecfg.name or eval_name(config, ('sr',), model.step)
+    out = Path(workdir) / 'eval' / f'{base_name}-sweep-{key}'
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / 'sweep.json', sweep)
+    report.plot_sweep(out / 'sweep.png', sweep)
+    logging.info('eval sweep of %s over %s: PSNR %s, CS %s, r %s', key, values,
+                 sweep['psnr']['mean'], sweep['cs']['mean'], sweep['correlation'])
+    return sweep
+
+
+def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]:
+    """``--mode eval`` (see the module doc); returns metrics.json's (or sweep.json's) content.
+
+    ``devices`` (default: all devices of all hosts) is the sampling mesh.
+    """
+    methods = parse_methods(config.eval.methods)
+    model = load_model(config, workdir, devices) if 'sr' in methods else None
+    fns = make_metric_fns(config.eval)
+    if config.eval.sweep_key:
+        return run_sweep(config, workdir, methods, model, fns)
+    return evaluate(config, workdir, methods, model, fns)

@@ -1,0 +1,405 @@
+"""``--mode sr``: super-resolves LR face images, or the eval split, with a trained model.
+
+    python main.py --config C --workdir W --mode sr --sr.input=PATH --sr.output=DIR
+
+(``--sr.X`` is ``--config.sr.X``; every field is in ``configs/default.py::sr_config``.)
+
+Inputs: ``sr.input`` is an image file or a folder of them (recursive, as
+``datasets.list_images``), or ``''`` for the eval split of ``config.data`` (LR made from HR by
+``datasets.make_lr``, as in training). Every input file is treated as an LR image: one of
+another size than ``image_size // downscale`` is resized to it with the data kernels
+(``down_kernel`` when shrinking, ``up_kernel`` when enlarging), after a centre crop when
+``data.resize_mode`` is ``'center_crop'`` (else squashed), and a warning names the file. An
+input of the HR size is downscaled like any other (the warning says so): the output is then
+a reconstruction from that LR, not an enlargement of the input. All input files are decoded
+before anything is written, so an undecodable one stops the run early, named.
+
+Outputs under ``sr.output`` (default ``W/sr``), each written atomically: ``<name>.png`` per
+input (``<name>_s<k>.png`` for ``num_samples > 1``), where ``<name>`` is the file's path
+relative to the input folder without its extension (dataset inputs: the index, ``000042``,
+plus ``<name>_lr.png`` and ``<name>_hr.png``); ``grid_<batch>.png`` per batch (rows: LR |
+samples | HR); ``manifest.json`` last. A folder is a complete result only when it holds the
+manifest: a stale one is deleted before the first image is written, and a failed run writes
+no manifest. Two inputs mapping to the same output name are refused before anything is written.
+
+Determinism: sample ``k`` of input ``i`` has sample id ``i * num_samples + k`` and draws its
+noise from ``fold_in(PRNGKey(sr.seed), id)`` (see ``sampling``), so outputs depend neither on
+``sr.batch_size`` nor on the device count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+import datasets
+import degradations
+import experiment
+import inference
+import sampling
+from utils import parallel
+from utils.images import make_grid, save_png
+from utils.progress import Progress
+
+MANIFEST = 'manifest.json'
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What to super-resolve: a name and a source per input, and their batches in order."""
+
+    names: list[str]  # Output name of each input (relative, no extension).
+    sources: list[str]  # Where each input comes from (a file, or a dataset entry).
+    batches: Callable[[int], Iterator[Batch]]  # inputs per batch -> 'lr', 'lr_up' (, 'hr').
+    with_hr: bool
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def lr_size(data_config: Any) -> int:
+    """The model's LR side: ``image_size // downscale``."""
+    return int(data_config.image_size) // int(data_config.downscale)
+
+
+def _on_host(fn: Callable[..., Any], *args: Any) -> np.ndarray:
+    """Runs a (small, eager) JAX image op on the host CPU and returns numpy."""
+    with jax.default_device(jax.local_devices(backend='cpu')[0]):
+        return np.asarray(fn(*args))
+
+
+def fit_lr(image: np.ndarray, data_config: Any, name: str) -> np.ndarray:
+    """uint8 ``[h, w, C]`` -> float32 ``[s, s, C]`` in [0, 1], ``s`` the LR size.
+
+    Another size is resized with the data kernels (see the module docstring); a warning names
+    the file and says what was done.
+    """
+    size, hr = lr_size(data_config), int(data_config.image_size)
+    h, w = image.shape[:2]
+    x = image.astype(np.float32) / 255.0
+    if (h, w) == (size, size):
+        return x
+    notes = [f'{name}: {w}x{h} is not the model LR size {size}x{size}']
+    if h != w and data_config.resize_mode == 'center_crop':
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = x[top : top + side, left : left + side]
+        notes.append('not square: centre-cropped')
+    elif h != w:
+        notes.append('not square: squashed (aspect ratio not kept)')
+    if (h, w) == (hr, hr):
+        notes.append('it is the HR size, but inputs are LR images: downscaled first')
+    kernel = data_config.down_kernel if max(x.shape[:2]) > size else data_config.up_kernel
+    notes.append(f'resized with the {kernel} kernel')
+    logging.warning('; '.join(notes))
+    resized = _on_host(degradations.resize, x, (size, size), kernel, bool(data_config.antialias))
+    return np.clip(resized, 0.0, 1.0)
+
+
+def upsample_lr(lr: np.ndarray, data_config: Any) -> np.ndarray:
+    """``lr_up`` as ``datasets.make_lr`` makes it: ``up_kernel`` upscaling, clipped to [0, 1]."""
+    up = _on_host(
+        degradations.upscale,
+        np.asarray(lr, np.float32),
+        int(data_config.downscale),
+        data_config.up_kernel,
+        bool(data_config.antialias),
+    )
+    return np.clip(up, 0.0, 1.0)
+
+
+def file_inputs(path: str | os.PathLike, data_config: Any, max_images: int = 0) -> Inputs:
+    """An image file or a folder of them (decoded and fitted now; see the module docstring)."""
+    path = Path(path)
+    if path.is_dir():
+        files, root = datasets.list_images(path), path
+    elif path.is_file():
+        files, root = [path], path.parent
+    else:
+        raise datasets.DataError(f'SR input {path} does not exist')
+    if not files:
+        raise datasets.DataError(f'no image files in {path}')
+    files = files[:max_images] if max_images else files
+    channels = int(data_config.num_channels)
+    lr = np.stack([fit_lr(datasets.decode_image(f, channels), data_config, str(f)) for f in files])
+
+    def batches(per_batch: int) -> Iterator[Batch]:
+        for start in range(0, len(lr), per_batch):
+            chunk = lr[start : start + per_batch]
+            yield {'lr': chunk, 'lr_up': upsample_lr(chunk, data_config)}
+
+    names = [f.relative_to(root).with_suffix('').as_posix() for f in files]
+    return Inputs(names, [str(f) for f in files], batches, with_hr=False)
+
+
+def dataset_inputs(config: Any, max_images: int = 0) -> Inputs:
+    """The eval split of ``config.data`` in order (LR made as in training, ``config.seed``)."""
+    source = datasets.open_source(config.data, 'eval')
+    n = min(len(source), max_images) if max_images else len(source)
+    files = getattr(source.source, 'files', None)  # Folder sources know their files.
+    where = f'{config.data.source}:{config.data.path}[eval]'
+    sources = [str(files[i]) if files else f'{where}[{i}]' for i in range(n)]
+
+    def batches(per_batch: int) -> Iterator[Batch]:
+        data = datasets.get_dataset(config.data, 'eval', per_batch, seed=config.seed, train=False)
+        for batch in data:
+            keep = batch['mask'] & (batch['index'] < n)
+            if not keep.any():
+                return
+            yield {k: batch[k][keep] for k in ('lr', 'lr_up', 'hr')}
+
+    return Inputs([f'{i:06d}' for i in range(n)], sources, batches, with_hr=True)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def plan_outputs(inputs: Inputs, num_samples: int, num_grids: int) -> tuple[list[dict], list[str]]:
+    """Output file names (relative to the output folder) per input, and the grid names.
+
+    Raises :class:`datasets.DataError` naming both inputs when two outputs would share a name.
+    """
+    items = []
+    for name, source in zip(inputs.names, inputs.sources, strict=True):
+        srs = (
+            [f'{name}.png']
+            if num_samples == 1
+            else [f'{name}_s{k}.png' for k in range(num_samples)]
+        )
+        item = {'input': source, 'sr': srs}
+        if inputs.with_hr:
+            item.update(lr=f'{name}_lr.png', hr=f'{name}_hr.png')
+        items.append(item)
+    grids = [f'grid_{b:04d}.png' for b in range(num_grids)]
+    owners: dict[str, str] = {g: 'a grid' for g in grids}
+    for item in items:
+        for out in item['sr'] + [item[k] for k in ('lr', 'hr') if k in item]:
+            if out in owners:
+                raise datasets.DataError(
+                    f'{item["input"]} and {owners[out]} would both be written to {out}: '
+                    'rename one of them'
+                )
+            owners[out] = item['input']
+    return items, grids
+
+
+def _save(image: np.ndarray, path: Path) -> None:
+    save_png(image[..., 0] if image.shape[-1] == 1 else image, path)
+
+
+def write_batch(
+    out_dir: Path, items: list[dict], batch: Batch, sr: np.ndarray, grid: str | None
+) -> None:
+    """One batch's images: ``sr`` [inputs, num_samples, H, W, C] in [0, 1], and its grid."""
+    for j, item in enumerate(items):
+        for k, name in enumerate(item['sr']):
+            _save(sr[j, k], out_dir / name)
+        for key in ('lr', 'hr'):
+            if key in item:
+                _save(batch[key][j], out_dir / item[key])
+    if grid is not None:
+        factor = sr.shape[2] // batch['lr'].shape[1]
+        lr_big = batch['lr'].repeat(factor, axis=1).repeat(factor, axis=2)
+        columns = [lr_big] + [sr[:, k] for k in range(sr.shape[1])]
+        _save(make_grid(columns + ([batch['hr']] if 'hr' in batch else [])), out_dir / grid)
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """``manifest.json`` through a temporary file and a rename: it marks the run complete."""
+    path = out_dir / MANIFEST
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(manifest, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _validate(cfg: Any) -> None:
+    for name, low in (('num_samples', 1), ('batch_size', 1), ('max_images', 0), ('checkpoint', 0)):
+        if cfg[name] < low:
+            raise ValueError(f'sr.{name} must be >= {low}, got {cfg[name]}')
+
+
+def _compiled_sampler(exp: experiment.Experiment, params: Any, rows: int) -> Callable:
+    """The configured sampler, compiled ahead of time for ``rows`` samples over the mesh."""
+    config = exp.config
+    sample_fn = sampling.make_sampler(
+        config.sampling,
+        exp.sde,
+        exp.model,
+        config.score.parametrization,
+        exp.hr_shape,
+        mesh=exp.mesh,
+    )
+    split = parallel.batch_sharding(exp.mesh)
+    lr_shape = (lr_size(config.data),) * 2 + (exp.hr_shape[-1],)
+
+    def spec(shape, dtype=jnp.float32):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=split)
+
+    cond = {'lr_up': spec((rows,) + exp.hr_shape), 'lr': spec((rows,) + lr_shape)}
+    like = jax.random.PRNGKey(0)
+    key = jax.ShapeDtypeStruct(
+        like.shape, like.dtype, sharding=parallel.replicated_sharding(exp.mesh)
+    )
+    return sample_fn.lower(params, key, cond, spec((rows,), jnp.int32)).compile()
+
+
+def _sampler_inputs(batch: Batch, first: int, num_samples: int, rows: int, centered: bool) -> Batch:
+    """Global sampler rows (input-major, zero-padded to ``rows``): scaled cond and sample ids."""
+    scaler = datasets.get_data_scaler(centered)
+    count = len(batch['lr']) * num_samples
+
+    def pad(x):
+        return np.concatenate([x, np.zeros((rows - count,) + x.shape[1:], x.dtype)])
+
+    ids = np.arange(first * num_samples, first * num_samples + count, dtype=np.int32)
+    return {
+        'lr_up': pad(scaler(np.repeat(batch['lr_up'], num_samples, axis=0)).astype(np.float32)),
+        'lr': pad(scaler(np.repeat(batch['lr'], num_samples, axis=0)).astype(np.float32)),
+        'ids': pad(ids),
+    }
+
+
+def _local_rows(global_rows: Batch) -> Batch:
+    """This host's slice of the global rows (every host builds all of them)."""
+    n, i = jax.process_count(), jax.process_index()
+    return {k: np.split(v, n)[i] for k, v in global_rows.items()}
+
+
+def _sample_batches(
+    exp: experiment.Experiment,
+    sampler: Callable,
+    params: Any,
+    inputs: Inputs,
+    per_batch: int,
+    rows: int,
+) -> Iterator:
+    """Yields ``(batch, sr [inputs, num_samples, H, W, C] in [0, 1], nfe)`` per batch."""
+    config, num_samples = exp.config, exp.config.sr.num_samples
+    key = parallel.replicate(jax.random.PRNGKey(config.sr.seed), exp.mesh)
+    inverse = datasets.get_data_inverse_scaler(config.data.centered)
+    for b, batch in enumerate(inputs.batches(per_batch)):
+        local = _local_rows(
+            _sampler_inputs(batch, b * per_batch, num_samples, rows, config.data.centered)
+        )
+        sharded = parallel.shard_batch(local, exp.mesh)
+        samples, info = sampler(
+            params, key, {'lr_up': sharded['lr_up'], 'lr': sharded['lr']}, sharded['ids']
+        )
+        samples = np.asarray(multihost_utils.process_allgather(samples, tiled=True))
+        count = len(batch['lr'])
+        sr = inverse(samples[: count * num_samples]).reshape((count, num_samples) + exp.hr_shape)
+        yield batch, sr, int(np.max(info['nfe'].addressable_data(0)))
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How the inputs are batched, and the output names of every input and batch grid."""
+
+    per_batch: int  # Inputs per batch.
+    rows: int  # Samples per sampler call: per_batch * num_samples, padded to the devices.
+    items: list[dict[str, Any]]  # Per input: 'input' and its outputs ('sr', 'lr', 'hr').
+    grids: list[str]  # Per batch (empty when sr.grid is off).
+
+
+def make_plan(inputs: Inputs, cfg: Any, num_devices: int) -> Plan:
+    """Batching over ``num_devices`` and output names (see :func:`plan_outputs`)."""
+    n = len(inputs.names)
+    per_batch = min(n, max(1, cfg.batch_size // cfg.num_samples))
+    rows = -(-per_batch * cfg.num_samples // num_devices) * num_devices
+    num_grids = -(-n // per_batch) if cfg.grid else 0
+    return Plan(per_batch, rows, *plan_outputs(inputs, cfg.num_samples, num_grids))
+
+
+def _sample_and_write(exp, sampler, params, inputs: Inputs, plan: Plan, out_dir: Path) -> dict:
+    """Samples every batch, writes its images (process 0); images, NFE, seconds and rate."""
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # Stale: the outputs are about to change.
+    num_batches = -(-len(inputs.names) // plan.per_batch)
+    progress = Progress(len(plan.items) * exp.config.sr.num_samples, unit='images')
+    nfe, start = 0, time.perf_counter()
+    batches = _sample_batches(exp, sampler, params, inputs, plan.per_batch, plan.rows)
+    for b, (batch, sr, batch_nfe) in enumerate(batches):
+        if is_chief:
+            items = plan.items[b * plan.per_batch : b * plan.per_batch + len(sr)]
+            write_batch(out_dir, items, batch, sr, plan.grids[b] if plan.grids else None)
+        nfe = max(nfe, batch_nfe)
+        progress.update(progress.done + sr.shape[0] * sr.shape[1])
+        logging.info(progress.line(f'batch {b + 1}/{num_batches}, NFE {nfe}'))
+    seconds = time.perf_counter() - start
+    return {
+        'images': progress.done,
+        'nfe': nfe,
+        'seconds': round(seconds, 3),
+        'images_per_sec': round(progress.done / seconds, 3),
+    }
+
+
+def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]:
+    """Super-resolves ``config.sr.input`` with the checkpoint in ``workdir``; the manifest.
+
+    ``devices`` (default: all devices of all hosts) is the data-parallel mesh.
+    """
+    # ----- Checks: inputs, checkpoint, output names (nothing is written before they pass) -----
+    cfg = config.sr
+    _validate(cfg)
+    workdir = Path(workdir)
+    out_dir = Path(cfg.output) if cfg.output else workdir / 'sr'
+    if cfg.input:
+        inputs = file_inputs(cfg.input, config.data, cfg.max_images)
+    else:
+        inputs = dataset_inputs(config, cfg.max_images)
+    exp = experiment.build(config, devices)
+    params, step = inference.load_ema_params(exp, workdir, cfg.checkpoint or None)
+    plan = make_plan(inputs, cfg, exp.mesh.devices.size)
+    logging.info(
+        'super-resolving %d inputs x %d samples with checkpoint %d of %s into %s (%d samples '
+        'per call on %d devices)', len(plan.items), cfg.num_samples, step, workdir, out_dir,
+        plan.rows, exp.mesh.devices.size)  # fmt: skip
+    compile_start = time.perf_counter()
+    sampler = _compiled_sampler(exp, params, plan.rows)
+    compile_seconds = round(time.perf_counter() - compile_start, 3)
+
+    # ----- Sample and write; the manifest goes last -----
+    stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir)
+    manifest = {
+        'complete': True,
+        'input': cfg.input or f'eval split of {config.data.path}',
+        'output': str(out_dir),
+        'workdir': str(workdir),
+        'checkpoint_step': step,
+        'num_inputs': len(plan.items),
+        'sr': config.sr.to_dict(),
+        'sampling': config.sampling.to_dict(),
+        'lr_size': lr_size(config.data),
+        'hr_size': exp.hr_shape[0],
+        'devices': exp.mesh.devices.size,
+        'compile_seconds': compile_seconds,
+        **stats,
+        'items': plan.items,
+        'grids': plan.grids,
+    }
+    if jax.process_index() == 0:
+        write_manifest(out_dir, manifest)
+    logging.info('%d SR images at %.2f images/s; wrote %s', stats['images'],
+                 stats['images_per_sec'], out_dir / MANIFEST)  # fmt: skip
+    return manifest

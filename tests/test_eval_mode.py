@@ -1,0 +1,178 @@
+"""``--mode eval`` (evaluation/run.py) on a tiny trained model and a handful of real faces.
+
+Every artefact, the HR ceiling, resume without double counting, the settings guard, the
+sampler sweep and the baselines-only path (no checkpoint at all).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import train
+from configs import demo
+from evaluation.report import decode_embedding
+from evaluation.run import parse_methods, run
+
+#: Four test identities, three faces each (their first files by name). At 32 px SFace ranks
+#: every HR probe's own identity first by a cosine margin of at least 0.27 (measured), so the
+#: HR ceiling of rank-1 is exactly 1 on these faces; harder faces could legitimately miss.
+IDENTITIES = ('7270', '7381', '7215', '7437')
+N_FACES = 12
+DEVICES = 2  # One per core.
+
+
+@pytest.fixture(scope='session')
+def eval_faces(celeba_id128: Path, tmp_path_factory) -> Path:
+    """A folder whose faces.csv lists the 12 faces, then 2 of another identity.
+
+    The last two lie beyond ``max_images=12``: they only count if the limit were ignored.
+    """
+    with open(celeba_id128 / 'faces.csv') as f:
+        rows = [r for r in csv.DictReader(f) if r['split'] == 'test']
+    by_id: dict[str, list[str]] = {}
+    for r in rows:
+        by_id.setdefault(r['identity'], []).append(r['file'])
+    extra = next(i for i in sorted(by_id) if i not in IDENTITIES and len(by_id[i]) >= 2)
+    chosen = [(i, f) for i in IDENTITIES for f in sorted(by_id[i])[:3]]
+    chosen += [(extra, f) for f in sorted(by_id[extra])[:2]]
+    folder = tmp_path_factory.mktemp('eval_faces')
+    with open(folder / 'faces.csv', 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['file', 'identity', 'split'])
+        writer.writerows([str(celeba_id128 / name), i, 'test'] for i, name in chosen)
+    return folder
+
+
+@pytest.fixture(scope='session')
+def trained(celeba_id128: Path, tmp_path_factory) -> tuple[Any, Path]:
+    """The smoke demo model (32x32 from 8x8 LR), trained 20 steps on the train split.
+
+    The training step is test_train's, so a full test run compiles it once (XLA cache).
+    """
+    config = demo.get_config('smoke')
+    config.data.path = str(celeba_id128)
+    workdir = tmp_path_factory.mktemp('eval_model')
+    train.train(config, workdir, devices=jax.devices()[:DEVICES])
+    return config, workdir
+
+
+def _config(trained_config: Any, faces: Path, **eval_fields: Any) -> Any:
+    config = copy.deepcopy(trained_config)
+    config.data.path = str(faces)
+    config.eval.update({'max_images': N_FACES, 'batch_size': 4, 'grid_images': 4, **eval_fields})
+    return config
+
+
+def _run(config: Any, workdir: Path) -> dict[str, Any]:
+    return run(config, workdir, devices=jax.devices()[:DEVICES])
+
+
+def test_eval_writes_every_artefact_with_hr_ceiling(trained, eval_faces):
+    config, workdir = trained
+    metrics = _run(_config(config, eval_faces, name='artefacts'), workdir)
+    out = workdir / 'eval' / 'artefacts'
+    for name in ('metrics.json', 'metrics.csv', 'table.md', 'records.jsonl', 'settings.json'):
+        assert (out / name).stat().st_size > 0, name
+    for name in ('roc.png', 'cmc.png'):
+        assert Image.open(out / name).size[0] > 100, name
+    assert Image.open(out / 'grid.png').size == (4 * 34 + 2, 4 * 34 + 2)  # LR|bic|SR|HR x 4.
+    saved = json.loads((out / 'metrics.json').read_text())
+    assert saved['n_images'] == N_FACES and list(saved['methods']) == ['sr', 'bicubic', 'hr']
+    assert saved['settings']['checkpoint_step'] == 20
+    hr, bicubic, sr = (saved['methods'][m] for m in ('hr', 'bicubic', 'sr'))
+    assert abs(hr['cs']['mean'] - 1) < 1e-5 and hr['cs']['std'] < 1e-5
+    assert hr['identification']['rank']['1'] == 1.0
+    assert hr['psnr']['mean'] == math.inf and hr['ssim']['mean'] == pytest.approx(1.0)
+    assert hr['consistency']['mean'] < 1e-10 and hr['lpips']['mean'] < 1e-6
+    assert hr['verification']['auc'] == 1.0
+    ver = bicubic['verification']
+    assert (ver['n_genuine'], ver['n_impostor']) == (4 * 3 * 2, N_FACES * 11 - 24)
+    assert bicubic['identification']['n_probes'] == 8 and len(bicubic['identification']['cmc']) == 4
+    assert 15 < bicubic['psnr']['mean'] < 40 and bicubic['cs']['mean'] < 0.99
+    for stats in (bicubic, sr):  # Real measurements (SR of a 20-step model is poor).
+        assert np.isfinite(stats['psnr']['mean']) and stats['cs']['mean'] < 0.99
+        assert stats['consistency']['n'] == N_FACES
+    assert sr['nfe'] > 0  # The returned dict is metrics.json's (NaN std of PSNR inf: via JSON).
+    assert json.dumps(metrics['methods']) == json.dumps(saved['methods'])
+    # CS is the cosine of the stored embeddings; records hold the same values as metrics.json.
+    records = [json.loads(line) for line in (out / 'records.jsonl').read_text().splitlines()]
+    assert [r['index'] for r in records] == list(range(N_FACES))
+    cs = [float(decode_embedding(r['methods']['sr']['emb']) @ decode_embedding(r['emb_hr']))
+          for r in records]
+    np.testing.assert_allclose(cs, [r['cs'] for r in saved['per_image'] if r['method'] == 'sr'],
+                               atol=1e-6)
+    table = (out / 'table.md').read_text().splitlines()
+    assert table[0].startswith('| method | PSNR | SSIM | Consistency | CS | LPIPS | AUC')
+    assert [line.split('|')[1].strip() for line in table[2:5]] == ['sr', 'bicubic', 'hr']
+    with open(out / 'metrics.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert sum(r['row'] == 'image' for r in rows) == 3 * N_FACES
+    assert [(r['method'], r['row']) for r in rows if r['row'] != 'image'] == [
+        (m, s) for m in ('sr', 'bicubic', 'hr') for s in ('mean', 'std')]
+
+
+def test_resume_after_interruption_never_double_counts(trained, eval_faces):
+    config, workdir = trained
+    n = 8  # Two batches of 4.
+    cfg = _config(config, eval_faces, name='resume', lpips='', max_images=n)
+    first = _run(cfg, workdir)
+    out = workdir / 'eval' / 'resume'
+    (out / 'metrics.json').unlink()
+    lines = (out / 'records.jsonl').read_text().splitlines()
+    assert len(lines) == n
+    (out / 'records.jsonl').write_text('\n'.join(lines[:4]) + '\n')  # Killed after batch 1.
+    second = _run(cfg, workdir)
+    lines = (out / 'records.jsonl').read_text().splitlines()
+    assert sorted(json.loads(line)['index'] for line in lines) == list(range(n))
+    for stats in second['methods'].values():
+        assert stats['psnr']['n'] == stats['cs']['n'] == n
+    assert json.dumps(second, sort_keys=True) == json.dumps(first, sort_keys=True)
+    assert json.loads((out / 'metrics.json').read_text())['n_images'] == n
+    cfg.eval.seed = 1  # Other SR samples: the folder's records must not be mixed in.
+    with pytest.raises(ValueError, match='seed'):
+        _run(cfg, workdir)
+
+
+def test_sweep_over_num_steps(trained, eval_faces):
+    config, workdir = trained
+    cfg = _config(config, eval_faces, max_images=4, lpips='', methods=('sr', 'bicubic'),
+                  sweep_key='sampling.num_steps', sweep_values=(2, 4))
+    sweep = _run(cfg, workdir)
+    [out] = (workdir / 'eval').glob('*-sweep-sampling.num_steps')
+    assert Image.open(out / 'sweep.png').size[0] > 100
+    saved = json.loads((out / 'sweep.json').read_text())
+    assert saved['values'] == [2, 4] and saved['key'] == 'sampling.num_steps'
+    assert saved['nfe'][0] < saved['nfe'][1]
+    for metric in ('psnr', 'cs'):
+        assert len(saved[metric]['mean']) == 2 and np.all(np.isfinite(saved[metric]['mean']))
+    means = np.corrcoef(saved['psnr']['mean'], saved['cs']['mean'])[0, 1]
+    assert saved['correlation']['means'] == pytest.approx(means)
+    pooled = [np.concatenate([p[k] for p in saved['per_image']]) for k in ('psnr', 'cs')]
+    assert saved['correlation']['per_image'] == pytest.approx(np.corrcoef(*pooled)[0, 1])
+    assert set(saved['baselines']['psnr']) == {'bicubic'}
+    for name in saved['names']:  # Each value is an ordinary, resumable eval folder.
+        point = json.loads((workdir / 'eval' / name / 'metrics.json').read_text())
+        assert point['n_images'] == 4 and list(point['methods']) == ['sr']
+    assert sweep['names'] == saved['names'] and len(set(saved['names'])) == 2
+
+
+def test_baselines_need_no_checkpoint(eval_faces, tmp_path):
+    config = _config(demo.get_config('smoke'), eval_faces,
+                     methods=parse_methods(['bicubic,hr']), max_images=6, lpips='')
+    metrics = _run(config, tmp_path)
+    assert not (tmp_path / 'checkpoints').exists()
+    out = tmp_path / 'eval' / f'{eval_faces.name}-test-x4-baselines'
+    assert list(metrics['methods']) == ['bicubic', 'hr'] and (out / 'table.md').is_file()
+    assert 'sampling' not in metrics['settings']
+    with pytest.raises(ValueError, match='methods'):
+        parse_methods(['bicubic', 'nearest'])

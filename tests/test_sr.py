@@ -1,0 +1,247 @@
+"""``--mode sr`` end to end with a tiny model trained once on real faces.
+
+Runs call ``sr.run`` in-process on two devices (one per core; the compile cache is shared);
+one test goes through ``main.py`` for the ``--sr.*`` spelling of the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import datasets
+import main
+import sr
+import train
+from configs import demo
+from utils.checkpoint import CheckpointError
+from utils.images import to_uint8
+from utils.paths import REPO_ROOT
+
+DEVICES = 2  # One per core.
+HR, LR = 32, 8  # The smoke model: 32x32 from 4x downscaled 8x8.
+
+
+def _config(data_dir: Path, **sr_fields):
+    config = demo.get_config('smoke')
+    config.data.path = str(data_dir)
+    config.sr.update(sr_fields)
+    return config
+
+
+def _run(config, workdir: Path) -> dict:
+    return sr.run(config, workdir, devices=jax.devices()[:DEVICES])
+
+
+def _env(devices: int) -> dict[str, str]:
+    """A subprocess environment with ``devices`` CPU devices and the tests' compile cache."""
+    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT))
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['FACESR_JAX_CACHE'] = os.environ['FACESR_TEST_JAX_CACHE']
+    return env
+
+
+def _read(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert('RGB'))
+
+
+@pytest.fixture(scope='module')
+def workdir(celeba_id128, tmp_path_factory) -> Path:
+    """A smoke model trained for 20 steps: checkpoints 10 and 20."""
+    path = tmp_path_factory.mktemp('sr_workdir')
+    config = _config(celeba_id128)
+    config.training.update(n_iters=20, checkpoint_freq=10)
+    train.train(config, path, devices=jax.devices()[:DEVICES])
+    return path
+
+
+@pytest.fixture(scope='module')
+def lr_dir(celebahq32, tmp_path_factory) -> Path:
+    """Four 8x8 LR faces, one 12x9 (not square) and one 32x32 (the HR size)."""
+    path = tmp_path_factory.mktemp('lr')
+    for i in range(4):
+        with Image.open(celebahq32 / f'{i:03d}.png') as face:
+            face.convert('RGB').resize((LR, LR), Image.Resampling.BILINEAR).save(
+                path / f'face{i}.png'
+            )
+    with Image.open(celebahq32 / '004.png') as face:
+        face.convert('RGB').resize((12, 9)).save(path / 'odd.png')
+        face.convert('RGB').resize((HR, HR)).save(path / 'zz_hr_size.png')
+    return path
+
+
+def test_folder_of_lr_faces(workdir, lr_dir, tmp_path, caplog):
+    out = tmp_path / 'out'
+    manifest = _run(_config(lr_dir, input=str(lr_dir), output=str(out), batch_size=4), workdir)
+    names = ['face0', 'face1', 'face2', 'face3', 'odd', 'zz_hr_size']
+    for name in names:
+        assert _read(out / f'{name}.png').shape == (HR, HR, 3), name
+    assert _read(out / 'grid_0000.png').shape == (4 * 34 + 2, 2 * 34 + 2, 3)  # LR | SR rows.
+    assert _read(out / 'grid_0001.png').shape == (2 * 34 + 2, 2 * 34 + 2, 3)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f'{n}.png' for n in names] + ['grid_0000.png', 'grid_0001.png', 'manifest.json']
+    )
+    on_disk = json.loads((out / 'manifest.json').read_text())
+    assert on_disk == json.loads(json.dumps(manifest, default=str))
+    assert on_disk['checkpoint_step'] == 20 and on_disk['num_inputs'] == 6
+    assert [i['input'] for i in on_disk['items']] == [str(lr_dir / f'{n}.png') for n in names]
+    assert on_disk['nfe'] == 11 and on_disk['images_per_sec'] > 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert any('odd.png: 12x9' in w and 'not square' in w for w in warnings), warnings
+    assert any('zz_hr_size.png: 32x32' in w and 'HR size' in w for w in warnings), warnings
+    assert not any('face0.png' in w for w in warnings)
+
+
+def test_eval_split_writes_sr_lr_and_hr(workdir, celeba_id128):
+    config = _config(celeba_id128, max_images=3, batch_size=2, checkpoint=10)
+    manifest = _run(config, workdir)
+    out = workdir / 'sr'  # The default output folder.
+    assert manifest['checkpoint_step'] == 10 and manifest['num_inputs'] == 3
+    reference = next(datasets.get_dataset(config.data, 'eval', 3, seed=config.seed))
+    for i in range(3):
+        assert _read(out / f'{i:06d}.png').shape == (HR, HR, 3)
+        np.testing.assert_array_equal(_read(out / f'{i:06d}_hr.png'), to_uint8(reference['hr'][i]))
+        np.testing.assert_array_equal(_read(out / f'{i:06d}_lr.png'), to_uint8(reference['lr'][i]))
+    assert Path(manifest['items'][0]['input']).parent == celeba_id128 / 'images'
+    assert _read(out / 'grid_0000.png').shape == (2 * 34 + 2, 3 * 34 + 2, 3)  # LR | SR | HR.
+    assert (out / 'manifest.json').is_file()
+
+
+def test_samples_differ_but_do_not_depend_on_batch_size(workdir, lr_dir, tmp_path):
+    def run(batch_size: int, seed: int = 0, max_images: int = 3) -> dict[str, np.ndarray]:
+        out = tmp_path / f'b{batch_size}_seed{seed}'
+        config = _config(
+            lr_dir,
+            input=str(lr_dir),
+            output=str(out),
+            num_samples=2,
+            max_images=max_images,
+            batch_size=batch_size,
+            seed=seed,
+            grid=False,
+        )
+        _run(config, workdir)
+        return {p.name: _read(p) for p in sorted(out.glob('*.png'))}
+
+    two, four = run(2), run(4)
+    assert sorted(two) == [f'face{i}_s{k}.png' for i in range(3) for k in range(2)]
+    for name in two:
+        np.testing.assert_array_equal(two[name], four[name], err_msg=name)
+    for i in range(3):
+        assert np.abs(two[f'face{i}_s0.png'].astype(int) - two[f'face{i}_s1.png']).mean() > 5
+    other_seed = run(2, seed=1, max_images=1)
+    assert not np.array_equal(other_seed['face0_s0.png'], four['face0_s0.png'])
+
+
+def _bad_folder(tmp_path: Path, lr_dir: Path, kind: str) -> tuple[Path, Path]:
+    folder = tmp_path / 'inputs'
+    folder.mkdir()
+    (folder / 'face0.png').write_bytes((lr_dir / 'face0.png').read_bytes())
+    bad = folder / 'bad.png'
+    if kind == 'not_an_image':
+        bad.write_text('this is not a PNG')
+    else:
+        data = (lr_dir / 'zz_hr_size.png').read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    return folder, bad
+
+
+@pytest.mark.parametrize('kind', ['not_an_image', 'truncated'])
+def test_bad_input_file_is_named_and_nothing_is_written(workdir, lr_dir, tmp_path, kind):
+    folder, bad = _bad_folder(tmp_path, lr_dir, kind)
+    out = tmp_path / 'out'
+    with pytest.raises(datasets.DataError, match=re.escape(str(bad))):
+        _run(_config(lr_dir, input=str(folder), output=str(out)), workdir)
+    assert not out.exists()
+
+
+def test_failure_mid_run_leaves_no_manifest(workdir, lr_dir, tmp_path):
+    """A truncated face in a dataset is found in the second batch: the first is written."""
+    data = tmp_path / 'faces'
+    data.mkdir()
+    for i in range(3):
+        (data / f'{i}.png').write_bytes((lr_dir / 'zz_hr_size.png').read_bytes())
+    _, bad = _bad_folder(tmp_path, lr_dir, 'truncated')
+    bad.rename(data / 'truncated.png')
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'manifest.json').write_text('{"complete": true}')  # From an earlier run.
+    with pytest.raises(datasets.DataError, match=re.escape(str(data / 'truncated.png'))):
+        _run(_config(data, output=str(out), batch_size=2), workdir)
+    assert (out / '000000.png').is_file() and (out / '000001_hr.png').is_file()
+    assert not (out / 'manifest.json').exists()
+
+
+def test_missing_or_mismatched_checkpoint(workdir, lr_dir, tmp_path):
+    out = tmp_path / 'out'
+    config = _config(lr_dir, input=str(lr_dir), output=str(out))
+    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / 'empty' / 'checkpoints'))):
+        _run(config, tmp_path / 'empty')
+    config.sr.checkpoint = 15
+    with pytest.raises(CheckpointError, match=r'no checkpoint 15 .* available: \[10, 20\]'):
+        _run(config, workdir)
+    config.sr.checkpoint = 0
+    config.model.nf = 32  # The checkpoint has nf=16; training recorded its config.
+    with pytest.raises(ValueError, match=r'config\.model\.nf: trained 16, now 32'):
+        _run(config, workdir)
+    assert not out.exists()
+
+
+def test_two_inputs_with_one_output_name_are_refused():
+    inputs = sr.Inputs(['a/x', 'a/x'], ['a/x.png', 'a/x.jpg'], lambda n: iter(()), False)
+    with pytest.raises(datasets.DataError, match='a/x.jpg and a/x.png .* a/x.png'):
+        sr.plan_outputs(inputs, 1, 0)
+    inputs = sr.Inputs(['grid_0000'], ['grid_0000.png'], lambda n: iter(()), False)
+    with pytest.raises(datasets.DataError, match='grid_0000.png and a grid'):
+        sr.plan_outputs(inputs, 1, 1)
+    items, grids = sr.plan_outputs(sr.Inputs(['x'], ['x.png'], lambda n: iter(()), True), 2, 1)
+    assert items == [
+        {'input': 'x.png', 'sr': ['x_s0.png', 'x_s1.png'], 'lr': 'x_lr.png', 'hr': 'x_hr.png'}
+    ] and grids == ['grid_0000.png']
+
+
+def test_sr_flags_are_config_overrides():
+    argv = ['main.py', '--mode', 'sr', '--sr.input=a.png', '--sr.num_samples', '2', '--', '--sr.x']
+    assert main.expand_sr_flags(argv) == [
+        'main.py',
+        '--mode',
+        'sr',
+        '--config.sr.input=a.png',
+        '--config.sr.num_samples',
+        '2',
+        '--',
+        '--sr.x',
+    ]
+
+
+def test_command_line(workdir, lr_dir, tmp_path):
+    out = tmp_path / 'cli'
+    command = [
+        sys.executable,
+        str(REPO_ROOT / 'main.py'),
+        '--config',
+        str(REPO_ROOT / 'configs/demo.py') + ':smoke',
+        '--workdir',
+        str(workdir),
+        '--mode',
+        'sr',
+        f'--sr.input={lr_dir / "face1.png"}',
+        '--sr.output',
+        str(out),
+        '--sr.grid=false',
+    ]
+    result = subprocess.run(command, env=_env(DEVICES), capture_output=True, timeout=300)
+    log = result.stderr.decode()
+    assert result.returncode == 0, log[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ['face1.png', 'manifest.json']
+    assert 'images/s' in log and 'face1' in (out / 'manifest.json').read_text()
