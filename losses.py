@@ -2,7 +2,8 @@
 
 Losses are registered by name (``config.training.loss``): ``dsm`` is the continuous-time
 objective of Song et al. (2021) (``reduce_mean`` and ``likelihood_weighting`` options), ``smld``
-and ``ddpm`` the discrete objectives of NCSN and DDPM. Every loss has the signature
+and ``ddpm`` the discrete objectives of NCSN and DDPM. A builder sees the network only as
+``score_model(params, dropout_key) -> score_fn``; every loss has the signature
 ``loss_fn(params, batch, key) -> loss`` with ``batch['hr']`` and ``batch['lr_up']`` already in
 the model's value range.
 
@@ -26,11 +27,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from models.wrappers import make_score_fn
-from sde_lib import SDE, batch_mul
+from sde_lib import SDE, ScoreFn, batch_mul
 from utils.registry import Registry
 
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[Any, Batch, jax.Array], jax.Array]
+# ``score_model(params, dropout_key) -> score_fn``: the network wrapped for one set of params.
+ScoreModel = Callable[[Any, jax.Array], ScoreFn]
 LOSSES = Registry('loss')
 
 
@@ -49,14 +52,13 @@ def _reduce_fn(reduce_mean: bool) -> Callable[[jax.Array], jax.Array]:
     return lambda x: 0.5 * jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
-def _score_at(model, params, sde, parametrization, train, key, x, t, batch):
-    score_fn = make_score_fn(model, params, sde, parametrization, train=train, dropout_key=key)
-    return score_fn(x, t, {'lr_up': batch['lr_up']})
+def _score_at(score_model: ScoreModel, params, key, x, t, batch):
+    return score_model(params, key)(x, t, {'lr_up': batch['lr_up']})
 
 
 @LOSSES.register('dsm')
 def get_dsm_loss_fn(
-    sde: SDE, model: nn.Module, parametrization: str, train: bool, tcfg: Any
+    sde: SDE, score_model: ScoreModel, tcfg: Any
 ) -> LossFn:
     """Continuous DSM: ``E_t E_z || std(t) s(x_t, t) + z ||^2`` (or likelihood weighting)."""
     reduce = _reduce_fn(tcfg.reduce_mean)
@@ -68,7 +70,7 @@ def get_dsm_loss_fn(
         z = jax.random.normal(z_key, x.shape)
         mean, std = sde.marginal_prob(x, t)
         perturbed = mean + batch_mul(std, z)
-        score = _score_at(model, params, sde, parametrization, train, drop_key, perturbed, t, batch)
+        score = _score_at(score_model, params, drop_key, perturbed, t, batch)
         if tcfg.likelihood_weighting:
             g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
             losses = reduce(jnp.square(score + batch_mul(1.0 / std, z))) * g2
@@ -87,7 +89,7 @@ def _discrete_t(sde: SDE, key: jax.Array, batch_size: int) -> tuple[jax.Array, j
 
 @LOSSES.register('smld')
 def get_smld_loss_fn(
-    sde: SDE, model: nn.Module, parametrization: str, train: bool, tcfg: Any
+    sde: SDE, score_model: ScoreModel, tcfg: Any
 ) -> LossFn:
     """NCSN: ``sigma_i^2 || s(x + sigma_i z, sigma_i) + z / sigma_i ||^2`` over discrete sigmas."""
     if not hasattr(sde, 'discrete_sigmas'):
@@ -100,9 +102,7 @@ def get_smld_loss_fn(
         idx, t = _discrete_t(sde, t_key, x.shape[0])
         sigma = sde.discrete_sigmas[idx]
         z = jax.random.normal(z_key, x.shape)
-        score = _score_at(
-            model, params, sde, parametrization, train, drop_key, x + batch_mul(sigma, z), t, batch
-        )
+        score = _score_at(score_model, params, drop_key, x + batch_mul(sigma, z), t, batch)
         return jnp.mean(reduce(jnp.square(batch_mul(sigma, score) + z)))
 
     return loss_fn
@@ -110,7 +110,7 @@ def get_smld_loss_fn(
 
 @LOSSES.register('ddpm')
 def get_ddpm_loss_fn(
-    sde: SDE, model: nn.Module, parametrization: str, train: bool, tcfg: Any
+    sde: SDE, score_model: ScoreModel, tcfg: Any
 ) -> LossFn:
     """DDPM: ``|| eps_hat - z ||^2`` with ``eps_hat = -sqrt(1 - alphabar_i) s(x_i, t_i)``."""
     if not hasattr(sde, 'alphas_cumprod'):
@@ -124,7 +124,7 @@ def get_ddpm_loss_fn(
         alphabar = sde.alphas_cumprod[idx]
         z = jax.random.normal(z_key, x.shape)
         perturbed = batch_mul(jnp.sqrt(alphabar), x) + batch_mul(jnp.sqrt(1.0 - alphabar), z)
-        score = _score_at(model, params, sde, parametrization, train, drop_key, perturbed, t, batch)
+        score = _score_at(score_model, params, drop_key, perturbed, t, batch)
         return jnp.mean(reduce(jnp.square(batch_mul(jnp.sqrt(1.0 - alphabar), score) + z)))
 
     return loss_fn
@@ -133,7 +133,12 @@ def get_ddpm_loss_fn(
 def make_loss_fn(config: Any, sde: SDE, model: nn.Module, train: bool = True) -> LossFn:
     """The loss named by ``config.training.loss``."""
     build = LOSSES.get(config.training.loss)
-    return build(sde, model, config.score.parametrization, train, config.training)
+
+    def score_model(params: Any, key: jax.Array) -> ScoreFn:
+        return make_score_fn(model, params, sde, config.score.parametrization, train=train,
+                             dropout_key=key, sigma_data=config.score.sigma_data)
+
+    return build(sde, score_model, config.training)
 
 
 def learning_rate_schedule(optim: Any) -> optax.Schedule:

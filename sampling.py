@@ -653,19 +653,21 @@ def make_sampler(
     parametrization: str,
     shape: tuple[int, ...],
     mesh: Mesh | None = None,
+    sigma_data: float = 0.5,
 ) -> SampleFn:
     """The jitted ``sample_fn(params, key, cond, sample_ids) -> (samples, {'nfe': ...})``.
 
     ``config`` is ``config.sampling``; ``shape`` is one sample's shape (H, W, C); the batch size
     is that of ``sample_ids``. Sample ``i`` depends only on ``(key, sample_ids[i], cond[i])``.
     ``params`` are an argument (compiled once per shape and config); with a ``mesh``, params and
-    key are replicated and ``cond``/``sample_ids`` split over its 'data' axis.
+    key are replicated and ``cond``/``sample_ids`` split over its 'data' axis. ``sigma_data``
+    is ``config.score.sigma_data`` (used by the 'edm' parametrization).
     """
     sampler = get_sampler(config.method)
     ts, opts = time_steps(config, sde), sampler_options(sampler, config)
 
     def sample_fn(params, key, cond, sample_ids):
-        score_fn = make_score_fn(model, params, sde, parametrization)
+        score_fn = make_score_fn(model, params, sde, parametrization, sigma_data=sigma_data)
         prior_keys, loop_keys = split_keys(per_sample_keys(key, sample_ids))
         x_T = prior_sample(sde, prior_keys, shape)
         x, nfe = sampler(loop_keys, score_fn, sde, x_T, ts, cond, **opts)

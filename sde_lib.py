@@ -74,6 +74,10 @@ class SDE(abc.ABC):
         """Std of the perturbation kernel at ``t``; independent of x for these SDEs."""
         return self.marginal_prob(jnp.zeros((jnp.shape(t)[0], 1)), t)[1]
 
+    def mean_coeff(self, t: jax.Array) -> jax.Array:
+        """``alpha(t)`` with ``mean = alpha(t) x(0)``; shape [B]."""
+        return self.marginal_prob(jnp.ones((jnp.shape(t)[0], 1)), t)[0][:, 0]
+
     def discrete_index(self, t: jax.Array) -> jax.Array:
         """The index in ``0..N-1`` of the discrete noise level nearest below ``t``."""
         return (t * (self.N - 1) / self.T).astype(jnp.int32)

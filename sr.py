@@ -243,6 +243,7 @@ def _compiled_sampler(exp: experiment.Experiment, params: Any, rows: int) -> Cal
         config.score.parametrization,
         exp.hr_shape,
         mesh=exp.mesh,
+        sigma_data=config.score.sigma_data,
     )
     split = parallel.batch_sharding(exp.mesh)
     lr_shape = (lr_size(config.data),) * 2 + (exp.hr_shape[-1],)

@@ -97,6 +97,7 @@ def _snapshot_fn(
         config.score.parametrization,
         exp.hr_shape,
         mesh=exp.mesh,
+        sigma_data=config.score.sigma_data,
     )
     key = jax.random.PRNGKey(config.seed + 1)
     sample_fn = sample_fn.lower(state.ema_params, key, cond, ids).compile()

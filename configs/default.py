@@ -98,7 +98,7 @@ def eval_config() -> ml_collections.ConfigDict:
     cfg.face = 'sface'  # Face embedder for CS, verification, identification ('' = off).
     cfg.far_targets = (1e-2, 1e-3)  # False accept rates at which TAR is reported.
     cfg.ranks = (1, 5, 10)  # Identification ranks reported (the full CMC is also written).
-    cfg.grid_images = 8  # Rows of the LR | bicubic | SR | HR grid (first images of the split).
+    cfg.grid_images = 8  # Rows of the LR | bicubic | SR | HR grid (first batch, <= batch_size).
     # Sweep: re-run 'sr' over values of one sampler field, e.g. 'sampling.snr' or
     # 'sampling.num_steps' ('' = off), plotting PSNR and CS against it.
     cfg.sweep_key = ''
@@ -134,7 +134,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.score = score = ml_collections.ConfigDict()
     # How the network output becomes the score: 'scaled_score' (VE, NCSN++ scale_by_sigma:
     # score = output / sigma), 'eps' (VP: score = -output / std) or 'score' (raw).
+    # 'edm': Karras et al. preconditioning, the network's x0 estimate is bounded at every noise
+    # level (trains to usable samples much sooner; see configs/demo.py).
     score.parametrization = 'scaled_score'
+    score.sigma_data = 0.5  # Data std assumed by the 'edm' parametrization.
 
     config.model = model = ml_collections.ConfigDict()
     model.name = 'ncsnpp'  # Registered network: 'ncsnpp' or 'ddpmpp'.

@@ -257,18 +257,35 @@ def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
     return Model(exp, params, step)
 
 
-def make_sample_fn(config: Any, model: Model
+def compile_sampler(config: Any, model: Model, key: jax.Array) -> Callable[..., Any]:
+    """The sampler of ``config.sampling`` compiled ahead of time for eval batches."""
+    exp = model.exp
+    fn = sampling.make_sampler(config.sampling, exp.sde, exp.model,
+                               config.score.parametrization, exp.hr_shape, mesh=exp.mesh,
+                               sigma_data=config.score.sigma_data)
+    split = parallel.batch_sharding(exp.mesh)
+    b, (h, w, c), f = config.eval.batch_size, exp.hr_shape, config.data.downscale
+
+    def spec(*shape: int, dtype: Any = np.float32) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=split)
+
+    cond = {'lr_up': spec(b, h, w, c), 'lr': spec(b, h // f, w // f, c)}
+    return fn.lower(model.params, key, cond, spec(b, dtype=np.int32)).compile()
+
+
+def make_sample_fn(config: Any, model: Model, name: str
                    ) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
     """``sample(local_batch) -> (sr, nfe)`` for the global batch, on every host.
 
-    ``sr`` ``[B, H, W, C]`` in [0, 1] (clipped), ``nfe`` ``[B]`` network evaluations.
+    ``sr`` ``[B, H, W, C]`` in [0, 1] (clipped), ``nfe`` ``[B]`` network evaluations. Compiled
+    here, then hosts wait for each other (``name``), so that they enter collectives together.
     """
     exp = model.exp
-    fn = sampling.make_sampler(config.sampling, exp.sde, exp.model,
-                               config.score.parametrization, exp.hr_shape, mesh=exp.mesh)
     scaler = datasets.get_data_scaler(config.data.centered)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
     key = jax.random.PRNGKey(config.eval.seed)
+    fn = compile_sampler(config, model, key)
+    parallel.barrier(f'eval_sampler_{name}')
 
     def sample(local: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         cond = parallel.shard_batch({'lr_up': scaler(local['lr_up']), 'lr': scaler(local['lr'])},
@@ -337,7 +354,7 @@ def evaluate(config: Any, workdir: str | Path, methods: Sequence[str], model: Mo
     size = datasets.dataset_size(config.data, ecfg.split)
     limit = min(size, ecfg.max_images) if ecfg.max_images > 0 else size
     todo = [i for i in range(limit) if missing(records.get(i), methods)]
-    sample_fn = make_sample_fn(config, model) if 'sr' in methods and todo else None
+    sample_fn = make_sample_fn(config, model, name) if 'sr' in methods and todo else None
     if not chief and sample_fn is None:
         return {}
     hosts = jax.process_count() if sample_fn is not None else 1  # Baselines: chief alone.

@@ -138,6 +138,13 @@ def test_resume_after_interruption_never_double_counts(trained, eval_faces):
         assert stats['psnr']['n'] == stats['cs']['n'] == n
     assert json.dumps(second, sort_keys=True) == json.dumps(first, sort_keys=True)
     assert json.loads((out / 'metrics.json').read_text())['n_images'] == n
+    # Recorded images are read back, not recomputed: a marked value survives a re-run.
+    records = [json.loads(line) for line in lines]
+    records[0]['methods']['bicubic']['psnr'] = 99.0
+    (out / 'records.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+    third = _run(cfg, workdir)
+    assert third['per_image'][n]['method'] == 'bicubic' and third['per_image'][n]['index'] == 0
+    assert third['per_image'][n]['psnr'] == 99.0
     cfg.eval.seed = 1  # Other SR samples: the folder's records must not be mixed in.
     with pytest.raises(ValueError, match='seed'):
         _run(cfg, workdir)
@@ -145,13 +152,14 @@ def test_resume_after_interruption_never_double_counts(trained, eval_faces):
 
 def test_sweep_over_num_steps(trained, eval_faces):
     config, workdir = trained
+    # 10 is the smoke config's own value: that sampler is in the XLA cache from the first test.
     cfg = _config(config, eval_faces, max_images=4, lpips='', methods=('sr', 'bicubic'),
-                  sweep_key='sampling.num_steps', sweep_values=(2, 4))
+                  sweep_key='sampling.num_steps', sweep_values=(4, 10))
     sweep = _run(cfg, workdir)
     [out] = (workdir / 'eval').glob('*-sweep-sampling.num_steps')
     assert Image.open(out / 'sweep.png').size[0] > 100
     saved = json.loads((out / 'sweep.json').read_text())
-    assert saved['values'] == [2, 4] and saved['key'] == 'sampling.num_steps'
+    assert saved['values'] == [4, 10] and saved['key'] == 'sampling.num_steps'
     assert saved['nfe'][0] < saved['nfe'][1]
     for metric in ('psnr', 'cs'):
         assert len(saved[metric]['mean']) == 2 and np.all(np.isfinite(saved[metric]['mean']))

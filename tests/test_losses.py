@@ -41,7 +41,8 @@ class ExactScoreNet(nn.Module):
     def __call__(self, x, label, train=False):
         x = x[..., :3]  # The network input is [noisy HR, upsampled LR].
         if hasattr(self.sde, 'sigma_max'):
-            t = jnp.log(label / self.sde.sigma_min) / np.log(self.sde.sigma_max / self.sde.sigma_min)
+            sde = self.sde
+            t = jnp.log(label / sde.sigma_min) / np.log(sde.sigma_max / sde.sigma_min)
         else:
             t = label / 999.0
         bias = self.param('bias', nn.initializers.zeros, ())
@@ -67,9 +68,14 @@ def _batch(key, n=512):
     return {'hr': hr, 'lr_up': jnp.zeros_like(hr)}
 
 
+def _score_model(model, sde, parametrization, train):
+    return lambda params, key: make_score_fn(model, params, sde, parametrization, train=train,
+                                             dropout_key=key)
+
+
 def _loss(sde, loss_name, scale, key, **tcfg):
-    model = ExactScoreNet(sde, scale)
-    loss_fn = losses.LOSSES.get(loss_name)(sde, model, 'score', False, _tcfg(**tcfg))
+    model = _score_model(ExactScoreNet(sde, scale), sde, 'score', False)
+    loss_fn = losses.LOSSES.get(loss_name)(sde, model, _tcfg(**tcfg))
     return float(loss_fn({'bias': jnp.zeros(())}, _batch(jax.random.PRNGKey(0)), key))
 
 
@@ -106,7 +112,8 @@ def test_likelihood_weighting_also_minimised_by_exact_score():
 
 def test_wrong_sde_for_discrete_loss_fails():
     with pytest.raises(ValueError, match='vesde'):
-        losses.LOSSES.get('smld')(SDES['vpsde'], ExactScoreNet(SDES['vpsde']), 'score', True,
+        sde = SDES['vpsde']
+        losses.LOSSES.get('smld')(sde, _score_model(ExactScoreNet(sde), sde, 'score', True),
                                   _tcfg())
 
 
@@ -146,7 +153,8 @@ def _run_steps(devices, n_steps=3):
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *SHAPE[:2], 6)), jnp.ones((1,)))
     optimizer = optax.adam(1e-2)
     state = parallel.replicate(losses.init_train_state(params['params'], optimizer), mesh)
-    loss_fn = losses.LOSSES.get('dsm')(sde, model, 'scaled_score', True, _tcfg())
+    loss_fn = losses.LOSSES.get('dsm')(sde, _score_model(model, sde, 'scaled_score', True),
+                                       _tcfg())
     step = losses.jit_train_step(
         losses.make_train_step(loss_fn, optimizer, 0.9, optax.constant_schedule(1e-2)), mesh)
     for i in range(n_steps):

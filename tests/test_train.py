@@ -20,7 +20,7 @@ from PIL import Image
 
 import train
 from configs import demo
-from utils.checkpoint import CheckpointError, Checkpointer, read_arrays
+from utils.checkpoint import Checkpointer, CheckpointError, read_arrays
 from utils.paths import REPO_ROOT
 from utils.writers import read_metrics
 
@@ -85,7 +85,7 @@ def _wait_for_checkpoint(workdir: Path, step: int, proc: subprocess.Popen, timeo
 
 def test_killed_run_resumes_to_same_parameters(celeba_id128, tmp_path):
     n_iters = 60
-    args = ('--config.training.n_iters=%d' % n_iters, '--config.training.checkpoint_freq=10',
+    args = (f'--config.training.n_iters={n_iters}', '--config.training.checkpoint_freq=10',
             '--config.training.log_freq=1')
     reference = subprocess.run(_main_command(tmp_path / 'ref', celeba_id128, *args),
                                env=_env(2), capture_output=True, timeout=600)

@@ -1,0 +1,115 @@
+"""Helpers shared by the sampler benchmarks: configs with ``--set`` overrides, tables, results.
+
+Importing this module does not import JAX, so a script can still call ``use_all_cpu_cores``
+after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.train_step import load_config as _load_config_file
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+_TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
+
+
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with ``--config``, ``--config_arg`` and repeatable ``--set key=value``."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', required=True, help='config file, e.g. configs/demo.py')
+    parser.add_argument('--config_arg', default='', help="get_config's argument, e.g. smoke")
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='config override, repeatable (e.g. sampling.schedule=karras)')
+    return parser
+
+
+def parse_value(text: str, kind: type, current: Any) -> Any:
+    """``text`` as the type of a config field (``kind``; tuples take their items' type)."""
+    if text.lower() == 'none':
+        return None
+    if kind is bool:
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(f'not a boolean: {text!r}')
+        return text.lower() in _TRUE
+    if kind is tuple:
+        item = type(current[0]) if current else str
+        return tuple(parse_value(v.strip(), item, None) for v in text.split(',') if v.strip())
+    return kind(text)
+
+
+def apply_sets(config: Any, sets: Sequence[str]) -> list[str]:
+    """Applies ``key=value`` overrides (dotted keys, e.g. ``sampling.schedule=karras``)."""
+    for item in sets:
+        key, sep, text = item.partition('=')
+        if not sep:
+            raise ValueError(f'--set {item!r}: expected key=value')
+        *parents, leaf = key.strip().split('.')
+        node = config
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f'--set {item!r}: config has no field {key}')
+        node[leaf] = parse_value(text.strip(), node.get_ref(leaf).get_type(), node[leaf])
+    return list(sets)
+
+
+def load_config(path: str, arg: str = '', sets: Sequence[str] = ()) -> Any:
+    """The config of ``path`` (``get_config(arg)``) with the ``--set`` overrides applied."""
+    config = _load_config_file(path, arg)
+    apply_sets(config, sets)
+    return config
+
+
+def sampling_variant(config: Any, **fields: Any) -> Any:
+    """A copy of ``config.sampling`` with ``fields`` changed."""
+    cfg = copy.deepcopy(config.sampling)
+    cfg.update(fields)
+    return cfg
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+    lines += ['| ' + ' | '.join(str(v) for v in row) + ' |' for row in rows]
+    return '\n'.join(lines)
+
+
+def append_jsonl(path: str | Path, records: Sequence[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        for record in records:
+            f.write(json.dumps(record) + '\n')
+    return path
+
+
+def compile_timed(fn, args) -> tuple[Any, dict]:
+    """``fn`` (jitted) compiled ahead of time for ``args``, and the trace and compile seconds."""
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    timings = dict(trace_lower_s=round(time.perf_counter() - start, 2))
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    timings['compile_s'] = round(time.perf_counter() - start, 2)
+    return compiled, timings
+
+
+def timed_runs(fn, args, repeats: int) -> tuple[dict, Any]:
+    """Compiles ``fn`` for ``args``, warms up, runs it ``repeats`` times: timings, last output."""
+    import jax
+
+    compiled, timings = compile_timed(fn, args)
+    out = jax.block_until_ready(compiled(*args))  # Warm-up.
+    timings['run_s_all'] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        timings['run_s_all'].append(round(time.perf_counter() - start, 4))
+    return timings, out
