@@ -189,6 +189,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
                     metrics = jax.device_get(metrics)
                     progress.update(step)
                     writer.write_scalars(step, {**metrics, 'steps_per_sec': progress.rate})
+                    writer.flush()  # Summaries survive a kill; cheap at log_freq.
                     if is_chief:
                         logging.info(progress.line(f'loss {metrics["loss"]:.4f}'))
                 if step % tcfg.checkpoint_freq == 0 or last:
