@@ -38,8 +38,10 @@ class Experiment:
 
     def init_params(self, key: jax.Array) -> Any:
         """Initial parameters, computed once and replicated over the mesh."""
-        init = jax.jit(lambda k: init_params(self.model, k, self.hr_shape),
-                       out_shardings=parallel.replicated_sharding(self.mesh))
+        init = jax.jit(
+            lambda k: init_params(self.model, k, self.hr_shape),
+            out_shardings=parallel.replicated_sharding(self.mesh),
+        )
         return init(key)
 
 

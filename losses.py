@@ -57,9 +57,7 @@ def _score_at(score_model: ScoreModel, params, key, x, t, batch):
 
 
 @LOSSES.register('dsm')
-def get_dsm_loss_fn(
-    sde: SDE, score_model: ScoreModel, tcfg: Any
-) -> LossFn:
+def get_dsm_loss_fn(sde: SDE, score_model: ScoreModel, tcfg: Any) -> LossFn:
     """Continuous DSM: ``E_t E_z || std(t) s(x_t, t) + z ||^2`` (or likelihood weighting)."""
     reduce = _reduce_fn(tcfg.reduce_mean)
 
@@ -88,9 +86,7 @@ def _discrete_t(sde: SDE, key: jax.Array, batch_size: int) -> tuple[jax.Array, j
 
 
 @LOSSES.register('smld')
-def get_smld_loss_fn(
-    sde: SDE, score_model: ScoreModel, tcfg: Any
-) -> LossFn:
+def get_smld_loss_fn(sde: SDE, score_model: ScoreModel, tcfg: Any) -> LossFn:
     """NCSN: ``sigma_i^2 || s(x + sigma_i z, sigma_i) + z / sigma_i ||^2`` over discrete sigmas."""
     if not hasattr(sde, 'discrete_sigmas'):
         raise ValueError('the smld loss needs discrete sigmas: config.sde.name="vesde"')
@@ -109,9 +105,7 @@ def get_smld_loss_fn(
 
 
 @LOSSES.register('ddpm')
-def get_ddpm_loss_fn(
-    sde: SDE, score_model: ScoreModel, tcfg: Any
-) -> LossFn:
+def get_ddpm_loss_fn(sde: SDE, score_model: ScoreModel, tcfg: Any) -> LossFn:
     """DDPM: ``|| eps_hat - z ||^2`` with ``eps_hat = -sqrt(1 - alphabar_i) s(x_i, t_i)``."""
     if not hasattr(sde, 'alphas_cumprod'):
         raise ValueError('the ddpm loss needs a VP-type SDE (config.sde.name="vpsde"/"subvpsde")')
@@ -135,8 +129,15 @@ def make_loss_fn(config: Any, sde: SDE, model: nn.Module, train: bool = True) ->
     build = LOSSES.get(config.training.loss)
 
     def score_model(params: Any, key: jax.Array) -> ScoreFn:
-        return make_score_fn(model, params, sde, config.score.parametrization, train=train,
-                             dropout_key=key, sigma_data=config.score.sigma_data)
+        return make_score_fn(
+            model,
+            params,
+            sde,
+            config.score.parametrization,
+            train=train,
+            dropout_key=key,
+            sigma_data=config.score.sigma_data,
+        )
 
     return build(sde, score_model, config.training)
 

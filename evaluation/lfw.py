@@ -46,18 +46,21 @@ def read_lfw_pairs(root: Path, max_pairs_per_fold: int | None = None) -> dict[st
                 count[key] = count.get(key, 0) + 1
                 kept.append(r)
         rows = kept
-    return {'fold': np.array([int(r['fold']) for r in rows]),
-            'same': np.array([int(r['same']) for r in rows]),
-            'a': np.array([r['image_a'] for r in rows]),
-            'b': np.array([r['image_b'] for r in rows])}
+    return {
+        'fold': np.array([int(r['fold']) for r in rows]),
+        'same': np.array([int(r['same']) for r in rows]),
+        'a': np.array([r['image_a'] for r in rows]),
+        'b': np.array([r['image_b'] for r in rows]),
+    }
 
 
 def _load(root: Path, names: list[str]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(root / n).convert('RGB')) for n in names])
 
 
-def embed_lfw_images(root: Path, names: list[str], embedder: FaceEmbedder,
-                     chunk: int = 256, log: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def embed_lfw_images(
+    root: Path, names: list[str], embedder: FaceEmbedder, chunk: int = 256, log: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings ``[N, D]`` of LFW images and a ``[N]`` bool mask of detected faces."""
     images = _load(root, names)
     h, w = images.shape[1:3]
@@ -72,16 +75,21 @@ def embed_lfw_images(root: Path, names: list[str], embedder: FaceEmbedder,
     alignment = alignment_from_faces(faces, np.median(np.stack(found), axis=0))
     embs = []
     for i in range(0, len(images), chunk):
-        crops = warp_affine(images[i:i + chunk], alignment.matrices[i:i + chunk]) / 255.0
+        crops = warp_affine(images[i : i + chunk], alignment.matrices[i : i + chunk]) / 255.0
         embs.append(embedder.embed(crops))
         if log:
-            print(f'embedded {min(i + chunk, len(images))}/{len(images)}', file=sys.stderr,
-                  flush=True)
+            print(
+                f'embedded {min(i + chunk, len(images))}/{len(images)}', file=sys.stderr, flush=True
+            )
     return np.concatenate(embs), alignment.detected
 
 
-def lfw_verification(root: Path | None = None, embedder: FaceEmbedder | None = None,
-                     max_pairs_per_fold: int | None = None, log: bool = False) -> dict[str, Any]:
+def lfw_verification(
+    root: Path | None = None,
+    embedder: FaceEmbedder | None = None,
+    max_pairs_per_fold: int | None = None,
+    log: bool = False,
+) -> dict[str, Any]:
     """Runs LFW View-2; returns accuracy (mean, std, per fold), AUC and bookkeeping."""
     start = time.perf_counter()
     root = Path(root) if root is not None else shared_data_dir() / 'lfw_pairs'
@@ -95,10 +103,13 @@ def lfw_verification(root: Path | None = None, embedder: FaceEmbedder | None = N
     scores = cosine_similarity(emb[ia], emb[ib])
     acc = lfw_10fold_accuracy(scores, pairs['same'], pairs['fold'])
     return {
-        'accuracy_mean': acc['mean'], 'accuracy_std': acc['std'],
-        'fold_accuracies': acc['accuracies'], 'fold_thresholds': acc['thresholds'],
+        'accuracy_mean': acc['mean'],
+        'accuracy_std': acc['std'],
+        'fold_accuracies': acc['accuracies'],
+        'fold_thresholds': acc['thresholds'],
         'auc': auc(scores, pairs['same']),
-        'n_pairs': int(len(scores)), 'n_images': len(names),
+        'n_pairs': int(len(scores)),
+        'n_images': len(names),
         'n_fallback': int(np.sum(~detected)),
         'fallback_images': [n for n, d in zip(names, detected, strict=True) if not d],
         'seconds': time.perf_counter() - start,

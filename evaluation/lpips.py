@@ -46,8 +46,7 @@ def load_lpips(net: str = 'vgg') -> tuple[Any, dict]:
     return module, {'params': params}
 
 
-def make_lpips(net: str = 'vgg', batch_size: int | None = None
-               ) -> Callable[[Any, Any], jax.Array]:
+def make_lpips(net: str = 'vgg', batch_size: int | None = None) -> Callable[[Any, Any], jax.Array]:
     """A jitted ``fn(a, b) -> [B]`` LPIPS distance for ``[B, H, W, 3]`` images in [0, 1].
 
     ``batch_size`` bounds memory: inputs are processed in chunks of that size (the last one
@@ -72,10 +71,11 @@ def make_lpips(net: str = 'vgg', batch_size: int | None = None
             return distance(a, b)
         pad = -n % batch_size
         a, b = (jnp.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0))) for x in (a, b))
-        out = [distance(a[i:i + batch_size], b[i:i + batch_size])
-               for i in range(0, n + pad, batch_size)]
+        out = [
+            distance(a[i : i + batch_size], b[i : i + batch_size])
+            for i in range(0, n + pad, batch_size)
+        ]
         return jnp.concatenate(out)[:n]
 
     lpips.__doc__ = f'LPIPS ({net}) per image pair, [B]; inputs [B, H, W, 3] in [0, 1].'
     return lpips
-

@@ -95,8 +95,9 @@ def tar_at_far(scores: Any, labels: Any, far: float) -> float:
     return float(tars[np.nonzero(fars <= far)[0][-1]])
 
 
-def verification_pairs(ids: Any, include_self: bool = False, max_impostors: int | None = None,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def verification_pairs(
+    ids: Any, include_self: bool = False, max_impostors: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probe/gallery index pairs from identity labels: ``(probe_idx, gallery_idx, labels)``.
 
     For SR evaluation image ``i``'s SR output is the probe and image ``j``'s HR original the
@@ -194,5 +195,9 @@ def lfw_10fold_accuracy(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
         accs.append(float(np.mean((s[test] >= t) == y[test])))
         thresholds.append(t)
     accs_a = np.array(accs)
-    return {'mean': float(accs_a.mean()), 'std': float(accs_a.std()),
-            'accuracies': accs, 'thresholds': thresholds}
+    return {
+        'mean': float(accs_a.mean()),
+        'std': float(accs_a.std()),
+        'accuracies': accs,
+        'thresholds': thresholds,
+    }

@@ -77,8 +77,9 @@ def _sampled_roc(far: np.ndarray, tar: np.ndarray, n_impostors: int) -> dict[str
     return {'far': grid.tolist(), 'tar': at.tolist()}
 
 
-def verification(ids: np.ndarray, probes: np.ndarray, gallery: np.ndarray,
-                 far_targets: Sequence[float]) -> dict[str, Any] | None:
+def verification(
+    ids: np.ndarray, probes: np.ndarray, gallery: np.ndarray, far_targets: Sequence[float]
+) -> dict[str, Any] | None:
     """ROC, AUC and TAR@FAR of probes ``i`` against gallery images ``j != i`` (module doc).
 
     ``None`` when identities are unknown or there are no genuine or no impostor pairs.
@@ -101,8 +102,9 @@ def verification(ids: np.ndarray, probes: np.ndarray, gallery: np.ndarray,
     }
 
 
-def identification(ids: np.ndarray, probes: np.ndarray, gallery: np.ndarray,
-                   ranks: Sequence[int]) -> dict[str, Any] | None:
+def identification(
+    ids: np.ndarray, probes: np.ndarray, gallery: np.ndarray, ranks: Sequence[int]
+) -> dict[str, Any] | None:
     """Rank-k and CMC: gallery = HR of each identity's first image, probes = the rest."""
     ids = np.asarray(ids)
     if (ids < 0).any():
@@ -133,8 +135,9 @@ def method_summary(records: Sequence[dict], method: str, ecfg: Any) -> dict[str,
     """Mean/std/n of every per-image metric of ``method``, and the face protocols."""
     values = [r['methods'][method] for r in records]
     with np.errstate(invalid='ignore'):  # std of PSNR inf (hr) is nan, not a warning.
-        out: dict[str, Any] = {k: summarize([v[k] for v in values]) for k in SCALARS
-                               if k in values[0]}
+        out: dict[str, Any] = {
+            k: summarize([v[k] for v in values]) for k in SCALARS if k in values[0]
+        }
     nfe = [v['nfe'] for v in values if 'nfe' in v]
     if nfe:
         out['nfe'] = float(np.mean(nfe))
@@ -146,15 +149,16 @@ def method_summary(records: Sequence[dict], method: str, ecfg: Any) -> dict[str,
     return out
 
 
-def summarize_records(records: Sequence[dict], methods: Sequence[str], ecfg: Any
-                      ) -> dict[str, Any]:
+def summarize_records(records: Sequence[dict], methods: Sequence[str], ecfg: Any) -> dict[str, Any]:
     """The summary of every method over ``records`` (sorted by index)."""
     summary = {m: method_summary(records, m, ecfg) for m in methods}
     detected = [r['detected'] for r in records if 'detected' in r]
-    return {'n_images': len(records),
-            'n_identities': len({r['id'] for r in records}),
-            'n_face_fallback': int(len(detected) - np.sum(detected)) if detected else None,
-            'methods': summary}
+    return {
+        'n_images': len(records),
+        'n_identities': len({r['id'] for r in records}),
+        'n_face_fallback': int(len(detected) - np.sum(detected)) if detected else None,
+        'methods': summary,
+    }
 
 
 def per_image_rows(records: Sequence[dict], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -163,8 +167,15 @@ def per_image_rows(records: Sequence[dict], methods: Sequence[str]) -> list[dict
     for m in methods:
         for r in records:
             values = {k: v for k, v in r['methods'][m].items() if k != 'emb'}
-            rows.append({'method': m, 'index': r['index'], 'id': r['id'],
-                         'detected': r.get('detected'), **values})
+            rows.append(
+                {
+                    'method': m,
+                    'index': r['index'],
+                    'id': r['id'],
+                    'detected': r.get('detected'),
+                    **values,
+                }
+            )
     return rows
 
 
@@ -194,8 +205,13 @@ def write_csv(path: Path, rows: Sequence[dict], summary: dict[str, Any]) -> None
         writer.writerow({'row': 'image', **row})
     for method, stats in summary['methods'].items():
         for stat in ('mean', 'std'):
-            writer.writerow({'method': method, 'row': stat,
-                             **{k: stats[k][stat] for k in SCALARS if k in stats}})
+            writer.writerow(
+                {
+                    'method': method,
+                    'row': stat,
+                    **{k: stats[k][stat] for k in SCALARS if k in stats},
+                }
+            )
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -215,10 +231,15 @@ def _number(value: float | None) -> str:
 def table_row(method: str, stats: dict[str, Any], ecfg: Any) -> list[str]:
     """One Markdown table row: image metrics (mean ± std), then the face protocols."""
     ver, ide = stats.get('verification') or {}, stats.get('identification') or {}
-    cells = [method, _mean_std(stats.get('psnr'), 2), _mean_std(stats.get('ssim'), 4),
-             _mean_std(stats.get('consistency'), 2, CONSISTENCY_SCALE),
-             _mean_std(stats.get('cs'), 4), _mean_std(stats.get('lpips'), 4),
-             _number(ver.get('auc'))]
+    cells = [
+        method,
+        _mean_std(stats.get('psnr'), 2),
+        _mean_std(stats.get('ssim'), 4),
+        _mean_std(stats.get('consistency'), 2, CONSISTENCY_SCALE),
+        _mean_std(stats.get('cs'), 4),
+        _mean_std(stats.get('lpips'), 4),
+        _number(ver.get('auc')),
+    ]
     cells += [_number(ver.get('tar_at_far', {}).get(far_key(f))) for f in ecfg.far_targets]
     cells += [_number(ide.get('rank', {}).get(str(k))) for k in ecfg.ranks]
     return cells
@@ -241,21 +262,27 @@ def table_caption(name: str, summary: dict[str, Any], config: Any) -> str:
     lr = data.image_size // data.downscale
     first = next(iter(summary['methods'].values()), {})
     ver, ide = first.get('verification') or {}, first.get('identification') or {}
-    face = (f'CS: cosine similarity of {ecfg.face} embeddings of output and HR, both cut with '
-            'the transform found on the HR (mean ± std). Verification: AUC and TAR at FAR '
-            f'over {ver.get("n_genuine", 0)} genuine and {ver.get("n_impostor", 0)} impostor '
-            'pairs (output probe vs HR of another image). Identification: rank-k rate of '
-            f'{ide.get("n_probes", 0)} output probes against a gallery of '
-            f'{ide.get("n_gallery", 0)} HR images (first image of each identity). '
-            if ecfg.face else 'Face metrics off. ')
-    return (f'**{name}**: {summary["n_images"]} images ({summary["n_identities"]} identities) '
-            f'of split `{ecfg.split}` of `{Path(data.path).name}`, {data.downscale}x '
-            f'({lr}x{lr} LR -> {data.image_size}x{data.image_size}). PSNR (dB) and SSIM on RGB '
-            'in [0, 1]. Consistency: MSE between the output downscaled with the LR kernel '
-            f'({data.down_kernel}) and the LR input, on [0, 1] pixels, x1e-5 (mean ± std). '
-            + face + (f'LPIPS ({ecfg.lpips}). ' if ecfg.lpips else '')
-            + 'bicubic: the upsampled LR; hr: the HR image itself (ceiling of the face '
-            'metrics). Rates are fractions.')
+    face = (
+        f'CS: cosine similarity of {ecfg.face} embeddings of output and HR, both cut with '
+        'the transform found on the HR (mean ± std). Verification: AUC and TAR at FAR '
+        f'over {ver.get("n_genuine", 0)} genuine and {ver.get("n_impostor", 0)} impostor '
+        'pairs (output probe vs HR of another image). Identification: rank-k rate of '
+        f'{ide.get("n_probes", 0)} output probes against a gallery of '
+        f'{ide.get("n_gallery", 0)} HR images (first image of each identity). '
+        if ecfg.face
+        else 'Face metrics off. '
+    )
+    return (
+        f'**{name}**: {summary["n_images"]} images ({summary["n_identities"]} identities) '
+        f'of split `{ecfg.split}` of `{Path(data.path).name}`, {data.downscale}x '
+        f'({lr}x{lr} LR -> {data.image_size}x{data.image_size}). PSNR (dB) and SSIM on RGB '
+        'in [0, 1]. Consistency: MSE between the output downscaled with the LR kernel '
+        f'({data.down_kernel}) and the LR input, on [0, 1] pixels, x1e-5 (mean ± std). '
+        + face
+        + (f'LPIPS ({ecfg.lpips}). ' if ecfg.lpips else '')
+        + 'bicubic: the upsampled LR; hr: the HR image itself (ceiling of the face '
+        'metrics). Rates are fractions.'
+    )
 
 
 # ----------------------------------------------------------------------------- plots
@@ -286,8 +313,13 @@ def plot_roc(path: Path, summary: dict[str, Any], far_targets: Sequence[float]) 
             ax.step(far[1:], tar[1:], where='post', label=f'{method} (AUC {ver["auc"]:.3f})')
     for f in far_targets:
         ax.axvline(f, color='grey', lw=0.8, ls=':')
-    ax.set(xscale='log', xlabel='false accept rate', ylabel='true accept rate',
-           title='1:1 verification (output vs HR)', ylim=(0, 1.01))
+    ax.set(
+        xscale='log',
+        xlabel='false accept rate',
+        ylabel='true accept rate',
+        title='1:1 verification (output vs HR)',
+        ylim=(0, 1.01),
+    )
     ax.legend(loc='lower right')
     ax.grid(alpha=0.3)
     save_figure(fig, path)
@@ -300,10 +332,18 @@ def plot_cmc(path: Path, summary: dict[str, Any]) -> None:
         ide = stats.get('identification')
         if ide:
             curve = np.asarray(ide['cmc'])
-            ax.plot(np.arange(1, len(curve) + 1), curve, marker='.',
-                    label=f'{method} (rank-1 {curve[0]:.3f})')
-    ax.set(xlabel='rank', ylabel='identification rate', ylim=(0, 1.01),
-           title='1:N identification (output probes, HR gallery)')
+            ax.plot(
+                np.arange(1, len(curve) + 1),
+                curve,
+                marker='.',
+                label=f'{method} (rank-1 {curve[0]:.3f})',
+            )
+    ax.set(
+        xlabel='rank',
+        ylabel='identification rate',
+        ylim=(0, 1.01),
+        title='1:N identification (output probes, HR gallery)',
+    )
     ax.legend(loc='lower right')
     ax.grid(alpha=0.3)
     save_figure(fig, path)
@@ -327,6 +367,8 @@ def plot_sweep(path: Path, sweep: dict[str, Any]) -> None:
     ax_s.set(xlabel='PSNR (dB)', ylabel='CS', title='per image')
     ax_s.legend(title=sweep['key'], fontsize=7)
     ax_s.grid(alpha=0.3)
-    fig.suptitle(f'Pearson r(PSNR, CS): {sweep["correlation"]["means"]:.3f} over the sweep '
-                 f'means, {sweep["correlation"]["per_image"]:.3f} over images')
+    fig.suptitle(
+        f'Pearson r(PSNR, CS): {sweep["correlation"]["means"]:.3f} over the sweep '
+        f'means, {sweep["correlation"]["per_image"]:.3f} over images'
+    )
     save_figure(fig, path)

@@ -113,8 +113,10 @@ def sampler_tag(s: Any) -> str:
 def eval_name(config: Any, methods: Sequence[str], step: int | None) -> str:
     """``<dataset>-<split>-x<factor>-`` then the sampler and checkpoint, or ``baselines``."""
     data = config.data
-    base = (f'{Path(data.path).name or data.source}-{datasets.split_name(config.eval.split)}'
-            f'-x{data.downscale}')
+    base = (
+        f'{Path(data.path).name or data.source}-{datasets.split_name(config.eval.split)}'
+        f'-x{data.downscale}'
+    )
     if 'sr' not in methods:
         return f'{base}-baselines'
     return f'{base}-{sampler_tag(config.sampling)}-step{step}'
@@ -123,12 +125,21 @@ def eval_name(config: Any, methods: Sequence[str], step: int | None) -> str:
 def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict[str, Any]:
     """What the per-image values depend on (JSON types), stored as ``settings.json``."""
     ecfg = config.eval
-    settings = {'data': config.data.to_dict(), 'split': datasets.split_name(ecfg.split),
-                'lpips': ecfg.lpips, 'face': ecfg.face}
+    settings = {
+        'data': config.data.to_dict(),
+        'split': datasets.split_name(ecfg.split),
+        'lpips': ecfg.lpips,
+        'face': ecfg.face,
+    }
     if 'sr' in methods:
-        settings.update(checkpoint_step=step, seed=ecfg.seed, sde=config.sde.to_dict(),
-                        model=config.model.to_dict(), score=config.score.to_dict(),
-                        sampling=config.sampling.to_dict())
+        settings.update(
+            checkpoint_step=step,
+            seed=ecfg.seed,
+            sde=config.sde.to_dict(),
+            model=config.model.to_dict(),
+            score=config.score.to_dict(),
+            sampling=config.sampling.to_dict(),
+        )
     return json.loads(json.dumps(settings))
 
 
@@ -137,11 +148,14 @@ def check_settings(out: Path, settings: dict[str, Any], write: bool) -> None:
     path = out / SETTINGS
     if path.exists():
         stored = json.loads(path.read_text())
-        differ = sorted(k for k in stored.keys() | settings.keys()
-                        if stored.get(k) != settings.get(k))
+        differ = sorted(
+            k for k in stored.keys() | settings.keys() if stored.get(k) != settings.get(k)
+        )
         if differ:
-            raise ValueError(f'{out} holds records made with other settings ({", ".join(differ)}'
-                             ' differ): set --config.eval.name or remove that folder')
+            raise ValueError(
+                f'{out} holds records made with other settings ({", ".join(differ)}'
+                ' differ): set --config.eval.name or remove that folder'
+            )
     elif write:
         out.mkdir(parents=True, exist_ok=True)
         report.write_json(path, settings)
@@ -172,28 +186,39 @@ def missing(record: dict[str, Any] | None, methods: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- per batch
 
 
-def image_metrics(out: np.ndarray, batch: dict[str, np.ndarray], data_config: Any
-                  ) -> dict[str, np.ndarray]:
+def image_metrics(
+    out: np.ndarray, batch: dict[str, np.ndarray], data_config: Any
+) -> dict[str, np.ndarray]:
     """PSNR and SSIM (RGB) against the HR and LR consistency, ``[B]`` each."""
     factor, kernel = int(data_config.downscale), data_config.down_kernel
-    return {'psnr': np.asarray(im.psnr(out, batch['hr'])),
-            'ssim': np.asarray(im.ssim(out, batch['hr'])),
-            'consistency': np.asarray(im.consistency(out, batch['lr'], factor, kernel))}
+    return {
+        'psnr': np.asarray(im.psnr(out, batch['hr'])),
+        'ssim': np.asarray(im.ssim(out, batch['hr'])),
+        'consistency': np.asarray(im.consistency(out, batch['lr'], factor, kernel)),
+    }
 
 
-def face_metrics(embedder: Any, hr: np.ndarray, outputs: dict[str, np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def face_metrics(
+    embedder: Any, hr: np.ndarray, outputs: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Faces found on the HR, HR embeddings and each output's, all cut with the HR transform."""
     alignment = embedder.align(hr)
     hr_emb = embedder.embed(embedder.apply_alignment(hr, alignment))
-    embs = {m: hr_emb if m == 'hr' else embedder.embed(embedder.apply_alignment(out, alignment))
-            for m, out in outputs.items()}
+    embs = {
+        m: hr_emb if m == 'hr' else embedder.embed(embedder.apply_alignment(out, alignment))
+        for m, out in outputs.items()
+    }
     return alignment.detected, hr_emb, embs
 
 
-def batch_records(batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-                  rows: list[int], fns: MetricFns, config: Any,
-                  nfe: np.ndarray | None = None) -> dict[int, dict[str, Any]]:
+def batch_records(
+    batch: dict[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+    rows: list[int],
+    fns: MetricFns,
+    config: Any,
+    nfe: np.ndarray | None = None,
+) -> dict[int, dict[str, Any]]:
     """Records of batch ``rows`` with every metric of every method in ``outputs``."""
     values = {m: image_metrics(out, batch, config.data) for m, out in outputs.items()}
     for m, out in outputs.items():
@@ -208,14 +233,16 @@ def batch_records(batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
         records[index] = {'index': index, 'id': int(batch['id'][r]), 'methods': methods}
     if fns.embedder is not None:
         detected, hr_emb, embs = face_metrics(
-            fns.embedder, batch['hr'][rows], {m: out[rows] for m, out in outputs.items()})
+            fns.embedder, batch['hr'][rows], {m: out[rows] for m, out in outputs.items()}
+        )
         cs = {m: cosine_similarity(e, hr_emb) for m, e in embs.items()}
         for j, r in enumerate(rows):
             record = records[int(batch['index'][r])]
             record.update(detected=bool(detected[j]), emb_hr=report.encode_embedding(hr_emb[j]))
             for m in outputs:
-                record['methods'][m].update(cs=float(cs[m][j]),
-                                            emb=report.encode_embedding(embs[m][j]))
+                record['methods'][m].update(
+                    cs=float(cs[m][j]), emb=report.encode_embedding(embs[m][j])
+                )
     return records
 
 
@@ -227,8 +254,9 @@ def merge_records(records: dict[int, dict], new: dict[int, dict]) -> None:
         records[index] = record
 
 
-def write_grid(path: Path, batch: dict[str, np.ndarray], sr: np.ndarray | None,
-               rows: list[int], n: int) -> None:
+def write_grid(
+    path: Path, batch: dict[str, np.ndarray], sr: np.ndarray | None, rows: list[int], n: int
+) -> None:
     """LR (nearest) | bicubic | SR (if sampled) | HR of the first ``n`` of ``rows``."""
     rows = rows[:n]
     hr = batch['hr'][rows]
@@ -240,9 +268,16 @@ def write_grid(path: Path, batch: dict[str, np.ndarray], sr: np.ndarray | None,
 def eval_batches(config: Any, start: int, hosts: int) -> Iterator[dict[str, np.ndarray]]:
     """Eval batches from batch ``start``: this host's rows if ``hosts`` > 1, else all rows."""
     index = jax.process_index() if hosts > 1 else 0
-    return datasets.get_dataset(config.data, config.eval.split, config.eval.batch_size,
-                                seed=config.seed, process_index=index, process_count=hosts,
-                                start_step=start, train=False)
+    return datasets.get_dataset(
+        config.data,
+        config.eval.split,
+        config.eval.batch_size,
+        seed=config.seed,
+        process_index=index,
+        process_count=hosts,
+        start_step=start,
+        train=False,
+    )
 
 
 # ----------------------------------------------------------------------------- model
@@ -260,9 +295,15 @@ def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
 def compile_sampler(config: Any, model: Model, key: jax.Array) -> Callable[..., Any]:
     """The sampler of ``config.sampling`` compiled ahead of time for eval batches."""
     exp = model.exp
-    fn = sampling.make_sampler(config.sampling, exp.sde, exp.model,
-                               config.score.parametrization, exp.hr_shape, mesh=exp.mesh,
-                               sigma_data=config.score.sigma_data)
+    fn = sampling.make_sampler(
+        config.sampling,
+        exp.sde,
+        exp.model,
+        config.score.parametrization,
+        exp.hr_shape,
+        mesh=exp.mesh,
+        sigma_data=config.score.sigma_data,
+    )
     split = parallel.batch_sharding(exp.mesh)
     b, (h, w, c), f = config.eval.batch_size, exp.hr_shape, config.data.downscale
 
@@ -273,8 +314,9 @@ def compile_sampler(config: Any, model: Model, key: jax.Array) -> Callable[..., 
     return fn.lower(model.params, key, cond, spec(b, dtype=np.int32)).compile()
 
 
-def make_sample_fn(config: Any, model: Model, name: str
-                   ) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+def make_sample_fn(
+    config: Any, model: Model, name: str
+) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
     """``sample(local_batch) -> (sr, nfe)`` for the global batch, on every host.
 
     ``sr`` ``[B, H, W, C]`` in [0, 1] (clipped), ``nfe`` ``[B]`` network evaluations. Compiled
@@ -288,8 +330,9 @@ def make_sample_fn(config: Any, model: Model, name: str
     parallel.barrier(f'eval_sampler_{name}')
 
     def sample(local: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        cond = parallel.shard_batch({'lr_up': scaler(local['lr_up']), 'lr': scaler(local['lr'])},
-                                    exp.mesh)
+        cond = parallel.shard_batch(
+            {'lr_up': scaler(local['lr_up']), 'lr': scaler(local['lr'])}, exp.mesh
+        )
         ids = np.maximum(local['index'], 0).astype(np.int32)  # Padding rows: any key.
         ids = parallel.shard_batch({'ids': ids}, exp.mesh)['ids']
         x, info = fn(model.params, key, cond, ids)
@@ -306,20 +349,32 @@ def make_metric_fns(ecfg: Any) -> MetricFns:
     from evaluation.face import get_embedder
     from evaluation.lpips import make_lpips
 
-    return MetricFns(lpips=make_lpips(ecfg.lpips) if ecfg.lpips else None,
-                     embedder=get_embedder(ecfg.face) if ecfg.face else None)
+    return MetricFns(
+        lpips=make_lpips(ecfg.lpips) if ecfg.lpips else None,
+        embedder=get_embedder(ecfg.face) if ecfg.face else None,
+    )
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(out: Path, name: str, records: list[dict], methods: Sequence[str],
-                 settings: dict[str, Any], config: Any) -> dict[str, Any]:
+def write_report(
+    out: Path,
+    name: str,
+    records: list[dict],
+    methods: Sequence[str],
+    settings: dict[str, Any],
+    config: Any,
+) -> dict[str, Any]:
     """metrics.json, metrics.csv, table.md, roc.png and cmc.png from the per-image records."""
     ecfg = config.eval
     summary = report.summarize_records(records, methods, ecfg)
-    metrics = {'name': name, 'settings': settings, **summary,
-               'per_image': report.per_image_rows(records, methods)}
+    metrics = {
+        'name': name,
+        'settings': settings,
+        **summary,
+        'per_image': report.per_image_rows(records, methods),
+    }
     report.write_json(out / 'metrics.json', metrics)
     report.write_csv(out / 'metrics.csv', metrics['per_image'], summary)
     caption = report.table_caption(name, summary, config)
@@ -337,8 +392,14 @@ def write_report(out: Path, name: str, records: list[dict], methods: Sequence[st
 # ----------------------------------------------------------------------------- driver
 
 
-def evaluate(config: Any, workdir: str | Path, methods: Sequence[str], model: Model | None,
-             fns: MetricFns, name: str = '') -> dict[str, Any]:
+def evaluate(
+    config: Any,
+    workdir: str | Path,
+    methods: Sequence[str],
+    model: Model | None,
+    fns: MetricFns,
+    name: str = '',
+) -> dict[str, Any]:
     """Evaluates ``methods`` into ``W/eval/<name>``, resuming its records; metrics.json's dict.
 
     Non-chief hosts sample their share and return ``{}``.
@@ -367,10 +428,18 @@ def evaluate(config: Any, workdir: str | Path, methods: Sequence[str], model: Mo
     # ----- Loop -----
     for batch_step, local in zip(range(start, stop), data, strict=False):
         batch = multihost_utils.process_allgather(local, tiled=True) if hosts > 1 else local
-        rows = [r for r in range(batch_size) if batch['mask'][r] and batch['index'][r] < limit
-                and missing(records.get(int(batch['index'][r])), methods)]
-        need = [m for m in methods
-                if any(m in missing(records.get(int(batch['index'][r])), methods) for r in rows)]
+        rows = [
+            r
+            for r in range(batch_size)
+            if batch['mask'][r]
+            and batch['index'][r] < limit
+            and missing(records.get(int(batch['index'][r])), methods)
+        ]
+        need = [
+            m
+            for m in methods
+            if any(m in missing(records.get(int(batch['index'][r])), methods) for r in rows)
+        ]
         sr, nfe = sample_fn(local) if 'sr' in need else (None, None)
         if not chief or not rows:
             continue
@@ -416,48 +485,65 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.sum(a * b) / denom) if keep.sum() >= 2 and denom > 0 else float('nan')
 
 
-def sweep_summary(key: str, values: Sequence[Any], results: Sequence[dict],
-                  baselines: dict | None) -> dict[str, Any]:
+def sweep_summary(
+    key: str, values: Sequence[Any], results: Sequence[dict], baselines: dict | None
+) -> dict[str, Any]:
     """PSNR and CS of ``sr`` per value, their correlations, and the baselines' levels."""
+
     def column(result: dict, metric: str) -> list[float]:
-        return [row.get(metric, float('nan')) for row in result['per_image']
-                if row['method'] == 'sr']
+        return [
+            row.get(metric, float('nan')) for row in result['per_image'] if row['method'] == 'sr'
+        ]
 
     def stat(metric: str, which: str) -> list[float]:
         return [(r['methods']['sr'].get(metric) or {}).get(which, float('nan')) for r in results]
 
     per_image = [{'psnr': column(r, 'psnr'), 'cs': column(r, 'cs')} for r in results]
-    levels = {metric: {m: s[metric]['mean'] for m, s in baselines['methods'].items()
-                       if metric in s} for metric in ('psnr', 'cs')} if baselines else {}
+    levels = (
+        {
+            metric: {m: s[metric]['mean'] for m, s in baselines['methods'].items() if metric in s}
+            for metric in ('psnr', 'cs')
+        }
+        if baselines
+        else {}
+    )
     return {
-        'key': key, 'values': list(values), 'names': [r['name'] for r in results],
+        'key': key,
+        'values': list(values),
+        'names': [r['name'] for r in results],
         'psnr': {'mean': stat('psnr', 'mean'), 'std': stat('psnr', 'std')},
         'cs': {'mean': stat('cs', 'mean'), 'std': stat('cs', 'std')},
         'nfe': [r['methods']['sr'].get('nfe') for r in results],
         'correlation': {
             'means': pearson(stat('psnr', 'mean'), stat('cs', 'mean')),
-            'per_image': pearson(sum((p['psnr'] for p in per_image), []),
-                                 sum((p['cs'] for p in per_image), []))},
+            'per_image': pearson(
+                sum((p['psnr'] for p in per_image), []), sum((p['cs'] for p in per_image), [])
+            ),
+        },
         'baselines': levels,
         'per_image': per_image,
     }
 
 
-def run_sweep(config: Any, workdir: str | Path, methods: Sequence[str], model: Model | None,
-              fns: MetricFns) -> dict[str, Any]:
+def run_sweep(
+    config: Any, workdir: str | Path, methods: Sequence[str], model: Model | None, fns: MetricFns
+) -> dict[str, Any]:
     """Evaluates ``sr`` for each of ``eval.sweep_values`` of ``eval.sweep_key`` (module doc)."""
     ecfg = config.eval
     key, values = ecfg.sweep_key, list(ecfg.sweep_values)
     if not key.startswith('sampling.') or not values or model is None:
-        raise ValueError('a sweep needs eval.sweep_key="sampling.<field>", eval.sweep_values '
-                         f'and "sr" in eval.methods; got {key!r}, {values}, {methods}')
+        raise ValueError(
+            'a sweep needs eval.sweep_key="sampling.<field>", eval.sweep_values '
+            f'and "sr" in eval.methods; got {key!r}, {values}, {methods}'
+        )
     points = [with_value(config, key, v) for v in values]
     leaf = key.rsplit('.', 1)[-1]
     names = [ecfg.name or eval_name(p, ('sr',), model.step) for p in points]
     if len(set(names)) < len(names):  # The swept field is not part of the derived name.
         names = [f'{n}-{leaf}{v}' for n, v in zip(names, values, strict=True)]
-    results = [evaluate(p, workdir, ('sr',), model, fns, n)
-               for p, n in zip(points, names, strict=True)]
+    results = [
+        evaluate(p, workdir, ('sr',), model, fns, n) for p, n in zip(points, names, strict=True)
+    ]
     others = tuple(m for m in methods if m != 'sr')
     base = evaluate(config, workdir, others, None, fns) if others else None
     if jax.process_index() != 0:
@@ -468,8 +554,14 @@ def run_sweep(config: Any, workdir: str | Path, methods: Sequence[str], model: M
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / 'sweep.json', sweep)
     report.plot_sweep(out / 'sweep.png', sweep)
-    logging.info('eval sweep of %s over %s: PSNR %s, CS %s, r %s', key, values,
-                 sweep['psnr']['mean'], sweep['cs']['mean'], sweep['correlation'])
+    logging.info(
+        'eval sweep of %s over %s: PSNR %s, CS %s, r %s',
+        key,
+        values,
+        sweep['psnr']['mean'],
+        sweep['cs']['mean'],
+        sweep['correlation'],
+    )
     return sweep
 
 

@@ -11,13 +11,15 @@ import pytest
 # Compilations dominate test time on CPU; a cache shared by the test process and the
 # subprocesses it starts (multi-host, kill/resume) avoids compiling the same step twice.
 _CACHE = os.environ.setdefault(
-    'FACESR_TEST_JAX_CACHE', os.path.join(tempfile.gettempdir(), 'facesr_test_jax_cache'))
+    'FACESR_TEST_JAX_CACHE', os.path.join(tempfile.gettempdir(), 'facesr_test_jax_cache')
+)
 
 # Every test process sees 8 simulated CPU devices, so data-parallel code paths are exercised;
 # single-device references use a 1-device mesh. Must be set before JAX is imported.
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                               + ' --xla_force_host_platform_device_count=8').strip()
+    os.environ['XLA_FLAGS'] = (
+        os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+    ).strip()
 
 import jax  # noqa: E402
 

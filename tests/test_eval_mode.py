@@ -107,10 +107,13 @@ def test_eval_writes_every_artefact_with_hr_ceiling(trained, eval_faces):
     # CS is the cosine of the stored embeddings; records hold the same values as metrics.json.
     records = [json.loads(line) for line in (out / 'records.jsonl').read_text().splitlines()]
     assert [r['index'] for r in records] == list(range(N_FACES))
-    cs = [float(decode_embedding(r['methods']['sr']['emb']) @ decode_embedding(r['emb_hr']))
-          for r in records]
-    np.testing.assert_allclose(cs, [r['cs'] for r in saved['per_image'] if r['method'] == 'sr'],
-                               atol=1e-6)
+    cs = [
+        float(decode_embedding(r['methods']['sr']['emb']) @ decode_embedding(r['emb_hr']))
+        for r in records
+    ]
+    np.testing.assert_allclose(
+        cs, [r['cs'] for r in saved['per_image'] if r['method'] == 'sr'], atol=1e-6
+    )
     table = (out / 'table.md').read_text().splitlines()
     assert table[0].startswith('| method | PSNR | SSIM | Consistency | CS | LPIPS | AUC')
     assert [line.split('|')[1].strip() for line in table[2:5]] == ['sr', 'bicubic', 'hr']
@@ -118,7 +121,8 @@ def test_eval_writes_every_artefact_with_hr_ceiling(trained, eval_faces):
         rows = list(csv.DictReader(f))
     assert sum(r['row'] == 'image' for r in rows) == 3 * N_FACES
     assert [(r['method'], r['row']) for r in rows if r['row'] != 'image'] == [
-        (m, s) for m in ('sr', 'bicubic', 'hr') for s in ('mean', 'std')]
+        (m, s) for m in ('sr', 'bicubic', 'hr') for s in ('mean', 'std')
+    ]
 
 
 def test_resume_after_interruption_never_double_counts(trained, eval_faces):
@@ -153,8 +157,15 @@ def test_resume_after_interruption_never_double_counts(trained, eval_faces):
 def test_sweep_over_num_steps(trained, eval_faces):
     config, workdir = trained
     # 10 is the smoke config's own value: that sampler is in the XLA cache from the first test.
-    cfg = _config(config, eval_faces, max_images=4, lpips='', methods=('sr', 'bicubic'),
-                  sweep_key='sampling.num_steps', sweep_values=(4, 10))
+    cfg = _config(
+        config,
+        eval_faces,
+        max_images=4,
+        lpips='',
+        methods=('sr', 'bicubic'),
+        sweep_key='sampling.num_steps',
+        sweep_values=(4, 10),
+    )
     sweep = _run(cfg, workdir)
     [out] = (workdir / 'eval').glob('*-sweep-sampling.num_steps')
     assert Image.open(out / 'sweep.png').size[0] > 100
@@ -175,8 +186,13 @@ def test_sweep_over_num_steps(trained, eval_faces):
 
 
 def test_baselines_need_no_checkpoint(eval_faces, tmp_path):
-    config = _config(demo.get_config('smoke'), eval_faces,
-                     methods=parse_methods(['bicubic,hr']), max_images=6, lpips='')
+    config = _config(
+        demo.get_config('smoke'),
+        eval_faces,
+        methods=parse_methods(['bicubic,hr']),
+        max_images=6,
+        lpips='',
+    )
     metrics = _run(config, tmp_path)
     assert not (tmp_path / 'checkpoints').exists()
     out = tmp_path / 'eval' / f'{eval_faces.name}-test-x4-baselines'

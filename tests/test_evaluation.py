@@ -79,9 +79,15 @@ def test_psnr_ssim_match_scikit_image(faces4, bicubic4, channel):
         a, b = faces4[i].astype(np.float64), bicubic4[i].astype(np.float64)
         if channel == 'y':
             a, b = rgb2ycbcr(a)[..., 0] / 255, rgb2ycbcr(b)[..., 0] / 255
-        ref_s = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, data_range=1,
-                                      use_sample_covariance=False,
-                                      channel_axis=-1 if channel == 'rgb' else None)
+        ref_s = structural_similarity(
+            a,
+            b,
+            gaussian_weights=True,
+            sigma=1.5,
+            data_range=1,
+            use_sample_covariance=False,
+            channel_axis=-1 if channel == 'rgb' else None,
+        )
         assert ours_p[i] == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1), abs=1e-4)
         assert ours_s[i] == pytest.approx(ref_s, abs=1e-4)
     assert 20 < ours_p.min() and ours_s.max() < 0.95  # a real degradation, not a trivial pair
@@ -91,8 +97,9 @@ def test_identical_images_and_y_formula(faces4):
     assert np.all(np.isinf(np.asarray(im.psnr(faces4, faces4))))
     np.testing.assert_allclose(im.ssim(faces4, faces4, channel='y'), 1.0, atol=1e-6)
     y = im.rgb_to_y(jnp.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]))
-    np.testing.assert_allclose(np.asarray(y)[:, 0], [16 / 255, 235 / 255, (16 + 65.481) / 255],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(y)[:, 0], [16 / 255, 235 / 255, (16 + 65.481) / 255], atol=1e-6
+    )
     with pytest.raises(ValueError, match='channel'):
         im.psnr(faces4, faces4, channel='lab')
 
@@ -118,8 +125,9 @@ def test_summarize():
 
 def test_lpips_zero_for_identical_and_monotone_in_factor(faces4, lpips_alex):
     assert np.asarray(lpips_alex(faces4, faces4)).max() < 1e-6
-    dists = [np.asarray(lpips_alex(faces4, upscale(downscale(faces4, k), k)))
-             for k in (2, 4, 8, 16)]
+    dists = [
+        np.asarray(lpips_alex(faces4, upscale(downscale(faces4, k), k))) for k in (2, 4, 8, 16)
+    ]
     assert np.all(np.diff(np.stack(dists), axis=0) > 0), np.stack(dists)
     assert 0.05 < dists[0].mean() < dists[-1].mean() < 1.0
 
@@ -225,11 +233,15 @@ def test_alignment_shared_by_hr_and_sr_and_fallback(id_faces, sface):
     hr_emb, sr_emb, alignment = sface.embed_pairs(hr, sr)
     assert alignment.detected.tolist() == [True, True, False] and alignment.n_fallback == 1
     np.testing.assert_allclose(
-        alignment.matrices[2], similarity_transform(CELEBA_ID128_LANDMARKS, ARCFACE_TEMPLATE))
+        alignment.matrices[2], similarity_transform(CELEBA_ID128_LANDMARKS, ARCFACE_TEMPLATE)
+    )
     # the SR crop is cut with the HR transform, never re-detected: an exact SR (here the HR
     # as float) gives the same crop as the HR, whatever the detector would do on it
-    np.testing.assert_allclose(sface.apply_alignment(hr / 255.0, alignment),
-                               sface.apply_alignment(hr, alignment), atol=1e-5)
+    np.testing.assert_allclose(
+        sface.apply_alignment(hr / 255.0, alignment),
+        sface.apply_alignment(hr, alignment),
+        atol=1e-5,
+    )
     cos = np.sum(hr_emb * sr_emb, axis=1)
     assert np.all((0.4 < cos[:2]) & (cos[:2] < 0.95)), cos  # 4x bicubic loses some identity
     with pytest.raises(ValueError, match='aligned crops'):
@@ -297,10 +309,14 @@ def test_auc_matches_sklearn_on_random_data():
 
 
 def test_cmc_and_rank_k_by_hand():
-    sim = np.array([[0.9, 0.5, 0.1],    # probe id 0: true match first -> rank 1
-                    [0.8, 0.6, 0.7],    # probe id 1: 0.6 below 0.8 and 0.7 -> rank 3
-                    [0.2, 0.9, 0.3],    # probe id 2: below 0.9 -> rank 2
-                    [0.4, 0.4, 0.0]])   # probe id 1: tie with id 0 -> rank 2 (pessimistic)
+    sim = np.array(
+        [
+            [0.9, 0.5, 0.1],  # probe id 0: true match first -> rank 1
+            [0.8, 0.6, 0.7],  # probe id 1: 0.6 below 0.8 and 0.7 -> rank 3
+            [0.2, 0.9, 0.3],  # probe id 2: below 0.9 -> rank 2
+            [0.4, 0.4, 0.0],
+        ]
+    )  # probe id 1: tie with id 0 -> rank 2 (pessimistic)
     probe_ids, gallery_ids = [0, 1, 2, 1], [0, 1, 2]
     np.testing.assert_array_equal(pr.match_ranks(sim, probe_ids, gallery_ids), [1, 3, 2, 2])
     np.testing.assert_allclose(pr.cmc(sim, probe_ids, gallery_ids), [0.25, 0.75, 1.0])
@@ -319,8 +335,9 @@ def test_verification_pairs():
     probe, gallery, labels = pr.verification_pairs([5, 5, 6, 6, 6])
     assert labels.sum() == 2 + 6 and (labels == 0).sum() == 12
     assert not np.any(probe == gallery)
-    np.testing.assert_array_equal(labels, (np.array([5, 5, 6, 6, 6])[probe]
-                                           == np.array([5, 5, 6, 6, 6])[gallery]))
+    np.testing.assert_array_equal(
+        labels, (np.array([5, 5, 6, 6, 6])[probe] == np.array([5, 5, 6, 6, 6])[gallery])
+    )
     _, _, with_self = pr.verification_pairs([5, 5, 6], include_self=True)
     assert with_self.sum() == 3 + 2
     _, _, sampled = pr.verification_pairs(np.arange(10) // 2, max_impostors=7)

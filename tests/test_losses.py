@@ -69,8 +69,9 @@ def _batch(key, n=512):
 
 
 def _score_model(model, sde, parametrization, train):
-    return lambda params, key: make_score_fn(model, params, sde, parametrization, train=train,
-                                             dropout_key=key)
+    return lambda params, key: make_score_fn(
+        model, params, sde, parametrization, train=train, dropout_key=key
+    )
 
 
 def _loss(sde, loss_name, scale, key, **tcfg):
@@ -79,8 +80,9 @@ def _loss(sde, loss_name, scale, key, **tcfg):
     return float(loss_fn({'bias': jnp.zeros(())}, _batch(jax.random.PRNGKey(0)), key))
 
 
-@pytest.mark.parametrize('sde_name,loss_name',
-                         [(s, loss) for s, names in LOSS_FOR.items() for loss in names])
+@pytest.mark.parametrize(
+    'sde_name,loss_name', [(s, loss) for s, names in LOSS_FOR.items() for loss in names]
+)
 def test_exact_score_minimises_loss(sde_name, loss_name):
     sde = SDES[sde_name]
     key = jax.random.PRNGKey(1)
@@ -113,8 +115,9 @@ def test_likelihood_weighting_also_minimised_by_exact_score():
 def test_wrong_sde_for_discrete_loss_fails():
     with pytest.raises(ValueError, match='vesde'):
         sde = SDES['vpsde']
-        losses.LOSSES.get('smld')(sde, _score_model(ExactScoreNet(sde), sde, 'score', True),
-                                  _tcfg())
+        losses.LOSSES.get('smld')(
+            sde, _score_model(ExactScoreNet(sde), sde, 'score', True), _tcfg()
+        )
 
 
 def test_parametrizations_give_same_score():
@@ -153,14 +156,15 @@ def _run_steps(devices, n_steps=3):
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *SHAPE[:2], 6)), jnp.ones((1,)))
     optimizer = optax.adam(1e-2)
     state = parallel.replicate(losses.init_train_state(params['params'], optimizer), mesh)
-    loss_fn = losses.LOSSES.get('dsm')(sde, _score_model(model, sde, 'scaled_score', True),
-                                       _tcfg())
+    loss_fn = losses.LOSSES.get('dsm')(sde, _score_model(model, sde, 'scaled_score', True), _tcfg())
     step = losses.jit_train_step(
-        losses.make_train_step(loss_fn, optimizer, 0.9, optax.constant_schedule(1e-2)), mesh)
+        losses.make_train_step(loss_fn, optimizer, 0.9, optax.constant_schedule(1e-2)), mesh
+    )
     for i in range(n_steps):
         batch = _batch(jax.random.PRNGKey(10 + i), n=16)
-        state, metrics = step(state, parallel.shard_batch(jax.device_get(batch), mesh),
-                              jax.random.PRNGKey(5))
+        state, metrics = step(
+            state, parallel.shard_batch(jax.device_get(batch), mesh), jax.random.PRNGKey(5)
+        )
     return jax.device_get(state), jax.device_get(metrics)
 
 
@@ -173,17 +177,29 @@ def test_data_parallel_matches_single_device():
     for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state1.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     # EMA moved away from the initial parameters in the same way.
-    for a, b in zip(jax.tree.leaves(state8.ema_params), jax.tree.leaves(state1.ema_params),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(state8.ema_params), jax.tree.leaves(state1.ema_params), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_learning_rate_warmup_and_clipping():
-    optim = ml_collections.ConfigDict(dict(optimizer='adam', lr=1e-3, beta1=0.9, beta2=0.999,
-                                           eps=1e-8, weight_decay=0.0, warmup=10, grad_clip=1.0))
+    optim = ml_collections.ConfigDict(
+        dict(
+            optimizer='adam',
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            warmup=10,
+            grad_clip=1.0,
+        )
+    )
     schedule = losses.learning_rate_schedule(optim)
-    np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(1000)],
-                               [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+    np.testing.assert_allclose(
+        [schedule(0), schedule(5), schedule(10), schedule(1000)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6
+    )
     tx = losses.make_optimizer(optim)
     params = {'w': jnp.zeros(3)}
     state = tx.init(params)

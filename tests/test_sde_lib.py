@@ -75,7 +75,7 @@ def test_marginal_std_of_variants():
     np.testing.assert_allclose(vp.marginal_std(t), np.sqrt(1 - alpha**2), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(subvp.marginal_std(t), 1 - alpha**2, rtol=1e-5, atol=1e-7)
     ve = SDES['vesde']
-    np.testing.assert_allclose(ve.marginal_std(t), 0.01 * 2000.0**np.asarray(t), rtol=1e-5)
+    np.testing.assert_allclose(ve.marginal_std(t), 0.01 * 2000.0 ** np.asarray(t), rtol=1e-5)
 
 
 @pytest.mark.parametrize('name', sorted(SDES))
@@ -111,8 +111,16 @@ def test_reverse_and_probability_flow_drifts():
 
 
 def test_make_sde_from_config():
-    cfg = ml_collections.ConfigDict(dict(name='subvpsde', sigma_min=0.01, sigma_max=348.0,
-                                         beta_min=0.1, beta_max=20.0, num_scales=2000))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name='subvpsde',
+            sigma_min=0.01,
+            sigma_max=348.0,
+            beta_min=0.1,
+            beta_max=20.0,
+            num_scales=2000,
+        )
+    )
     sde = sde_lib.make_sde(cfg)
     assert isinstance(sde, sde_lib.SubVPSDE) and sde.N == 2000
     cfg.name = 'vesd'

@@ -28,8 +28,9 @@ def test_edm_preconditioning_matches_hand_computation(name):
     x = jnp.linspace(-2.0, 2.0, 3 * 4 * 4 * 3).reshape(3, 4, 4, 3)
     cond = {'lr_up': jnp.ones_like(x)}
     sigma_data = 0.5
-    score = make_score_fn(RecordingNet(), {'b': jnp.zeros(())}, sde, 'edm',
-                          sigma_data=sigma_data)(x, t, cond)
+    score = make_score_fn(RecordingNet(), {'b': jnp.zeros(())}, sde, 'edm', sigma_data=sigma_data)(
+        x, t, cond
+    )
     alpha = np.asarray(sde.mean_coeff(t))[:, None, None, None]
     std = np.asarray(sde.marginal_std(t))[:, None, None, None]
     sigma = std / alpha

@@ -25,6 +25,7 @@ class CheckpointError(RuntimeError):
 
 def _abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of ``tree``: what restored arrays must look like."""
+
     def leaf(x):
         if isinstance(x, jax.ShapeDtypeStruct):
             return x  # Already abstract (e.g. from jax.eval_shape, with a sharding).
@@ -42,7 +43,8 @@ class Checkpointer:
     def __init__(self, directory: str | Path, keep: int, async_save: bool = True):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
@@ -85,8 +87,9 @@ class Checkpointer:
             logging.info('restored checkpoint %s', self.step_dir(step))
             return state
         if failures:
-            raise CheckpointError('no readable checkpoint in ' + str(self.directory) + ':\n'
-                                  + '\n'.join(failures))
+            raise CheckpointError(
+                'no readable checkpoint in ' + str(self.directory) + ':\n' + '\n'.join(failures)
+            )
         return None
 
     def close(self) -> None:
@@ -101,6 +104,7 @@ def read_arrays(step_dir: str | Path) -> Any:
     checkpointer = ocp.StandardCheckpointer()
     metadata = checkpointer.metadata(item).item_metadata
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          metadata)
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+    )
     return jax.device_get(checkpointer.restore(item, target))

@@ -14,8 +14,9 @@ CACHE_ENV_VAR = 'FACESR_JAX_CACHE'
 def enable_compilation_cache(directory: str | Path | None = None) -> Path:
     """Caches every compilation under ``directory`` (default ``$FACESR_JAX_CACHE`` or
     ``~/.cache/facesr/jax``)."""
-    path = Path(directory or os.environ.get(CACHE_ENV_VAR)
-                or Path.home() / '.cache' / 'facesr' / 'jax')
+    path = Path(
+        directory or os.environ.get(CACHE_ENV_VAR) or Path.home() / '.cache' / 'facesr' / 'jax'
+    )
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update('jax_compilation_cache_dir', str(path))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)

@@ -25,12 +25,13 @@ def make_grid(columns: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
     for c in columns:
         if c.shape != columns[0].shape:
             raise ValueError(f'grid columns differ in shape: {[x.shape for x in columns]}')
-    grid = np.full((batch * (height + pad) + pad, len(columns) * (width + pad) + pad, channels),
-                   255, np.uint8)
+    grid = np.full(
+        (batch * (height + pad) + pad, len(columns) * (width + pad) + pad, channels), 255, np.uint8
+    )
     for j, col in enumerate(columns):
         for b in range(batch):
             y, x = pad + b * (height + pad), pad + j * (width + pad)
-            grid[y:y + height, x:x + width] = col[b]
+            grid[y : y + height, x : x + width] = col[b]
     return grid
 
 

@@ -33,5 +33,6 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float('nan')
         eta_text = format_seconds(eta) if rate > 0 else '?'
         pct = 100.0 * self.done / max(self.total, 1)
-        return (f'{self.done}/{self.total} ({pct:.1f}%) {rate:.2f} {self.unit}/s '
-                f'ETA {eta_text}' + (f' | {extra}' if extra else ''))
+        return f'{self.done}/{self.total} ({pct:.1f}%) {rate:.2f} {self.unit}/s ETA {eta_text}' + (
+            f' | {extra}' if extra else ''
+        )
