@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 import models
+import sampling
 from models.wrappers import init_params
 from sde_lib import SDE, make_sde
 from utils import parallel
@@ -35,6 +37,20 @@ class Experiment:
     def hr_shape(self) -> tuple[int, int, int]:
         data = self.config.data
         return (data.image_size, data.image_size, data.num_channels)
+
+    def make_sampler(self, sampling_config: Any = None) -> Callable:
+        """``sampling.make_sampler`` for this model over the mesh; ``config.sampling`` unless
+        another sampling config is given (sweeps)."""
+        config = self.config
+        return sampling.make_sampler(
+            sampling_config or config.sampling,
+            self.sde,
+            self.model,
+            config.score.parametrization,
+            self.hr_shape,
+            mesh=self.mesh,
+            sigma_data=config.score.sigma_data,
+        )
 
     def init_params(self, key: jax.Array) -> Any:
         """Initial parameters, computed once and replicated over the mesh."""

@@ -47,7 +47,6 @@ import datasets
 import degradations
 import experiment
 import inference
-import sampling
 from utils import parallel
 from utils.images import make_grid, save_png
 from utils.progress import Progress
@@ -236,15 +235,7 @@ def _validate(cfg: Any) -> None:
 def _compiled_sampler(exp: experiment.Experiment, params: Any, rows: int) -> Callable:
     """The configured sampler, compiled ahead of time for ``rows`` samples over the mesh."""
     config = exp.config
-    sample_fn = sampling.make_sampler(
-        config.sampling,
-        exp.sde,
-        exp.model,
-        config.score.parametrization,
-        exp.hr_shape,
-        mesh=exp.mesh,
-        sigma_data=config.score.sigma_data,
-    )
+    sample_fn = exp.make_sampler(config.sampling)
     split = parallel.batch_sharding(exp.mesh)
     lr_shape = (lr_size(config.data),) * 2 + (exp.hr_shape[-1],)
 

@@ -22,7 +22,6 @@ import datasets
 import experiment
 import inference
 import losses
-import sampling
 from degradations import resize
 from models.wrappers import init_params
 from utils import parallel
@@ -90,15 +89,7 @@ def _snapshot_fn(
     ids = parallel.shard_batch({'ids': np.asarray(batch['index'], np.int32)}, exp.mesh)['ids']
     # Every host holds a slice of the snapshot batch; the grid shows all of it.
     lr_all, hr_all = (multihost_utils.process_allgather(batch[k], tiled=True) for k in ('lr', 'hr'))
-    sample_fn = sampling.make_sampler(
-        config.sampling,
-        exp.sde,
-        exp.model,
-        config.score.parametrization,
-        exp.hr_shape,
-        mesh=exp.mesh,
-        sigma_data=config.score.sigma_data,
-    )
+    sample_fn = exp.make_sampler(config.sampling)
     key = jax.random.PRNGKey(config.seed + 1)
     sample_fn = sample_fn.lower(state.ema_params, key, cond, ids).compile()
 

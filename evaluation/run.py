@@ -52,7 +52,6 @@ from jax.experimental import multihost_utils
 
 import datasets
 import experiment
-import sampling
 from degradations import resize
 from evaluation import image_metrics as im
 from evaluation import report
@@ -295,15 +294,7 @@ def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
 def compile_sampler(config: Any, model: Model, key: jax.Array) -> Callable[..., Any]:
     """The sampler of ``config.sampling`` compiled ahead of time for eval batches."""
     exp = model.exp
-    fn = sampling.make_sampler(
-        config.sampling,
-        exp.sde,
-        exp.model,
-        config.score.parametrization,
-        exp.hr_shape,
-        mesh=exp.mesh,
-        sigma_data=config.score.sigma_data,
-    )
+    fn = exp.make_sampler(config.sampling)
     split = parallel.batch_sharding(exp.mesh)
     b, (h, w, c), f = config.eval.batch_size, exp.hr_shape, config.data.downscale
 
