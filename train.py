@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,27 @@ class PreemptionFlag:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _make_state(exp: experiment.Experiment, optimizer, key: jax.Array) -> losses.TrainState:
+def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainState:
     """Initial parameters and optimizer state, built on and replicated over the mesh."""
+    optimizer = losses.make_optimizer(exp.config.optim)
 
     def init(k):
         return losses.init_train_state(init_params(exp.model, k, exp.hr_shape), optimizer)
 
     return jax.jit(init, out_shardings=parallel.replicated_sharding(exp.mesh))(key)
+
+
+def parallel_train_step(exp: experiment.Experiment) -> Callable:
+    """The configured train step, jitted data-parallel over the experiment's mesh."""
+    config = exp.config
+    step = losses.make_train_step(
+        losses.make_loss_fn(config, exp.sde, exp.model, train=True),
+        losses.make_optimizer(config.optim),
+        config.optim.ema_rate,
+        losses.learning_rate_schedule(config.optim),
+        datasets.get_data_scaler(config.data.centered),
+    )
+    return losses.jit_train_step(step, exp.mesh)
 
 
 def _snapshot_fn(
@@ -116,9 +130,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
     tcfg = config.training
     parallel.check_divisible(tcfg.batch_size, exp.mesh)
     init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    optimizer = losses.make_optimizer(config.optim)
-    schedule = losses.learning_rate_schedule(config.optim)
-    state = _make_state(exp, optimizer, init_key)
+    state = initial_state(exp, init_key)
     is_chief = jax.process_index() == 0
     writer = MetricWriter(workdir / 'tensorboard', enabled=is_chief)
     if is_chief:
@@ -142,17 +154,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
         process_count=jax.process_count(),
         start_step=start,
     )
-    loss_fn = losses.make_loss_fn(config, exp.sde, exp.model, train=True)
-    train_step = losses.jit_train_step(
-        losses.make_train_step(
-            loss_fn,
-            optimizer,
-            config.optim.ema_rate,
-            schedule,
-            datasets.get_data_scaler(config.data.centered),
-        ),
-        exp.mesh,
-    )
+    train_step = parallel_train_step(exp)
     snapshot = _snapshot_fn(exp, workdir, writer, state) if tcfg.snapshot_freq > 0 else None
     batch_spec = jax.ShapeDtypeStruct(
         (tcfg.batch_size, *exp.hr_shape), np.float32, sharding=parallel.batch_sharding(exp.mesh)

@@ -34,32 +34,14 @@ def time_train_step(config, batch_size: int, repeats: int) -> dict:
     import jax
     import numpy as np
 
-    import datasets
     import experiment
-    import losses
-    from models.wrappers import init_params
+    import train
     from utils import parallel
 
     exp = experiment.build(config)
-    optimizer = losses.make_optimizer(config.optim)
-    schedule = losses.learning_rate_schedule(config.optim)
-    init = jax.jit(
-        lambda k: losses.init_train_state(init_params(exp.model, k, exp.hr_shape), optimizer),
-        out_shardings=parallel.replicated_sharding(exp.mesh),
-    )
-    state = init(jax.random.PRNGKey(0))
+    state = train.initial_state(exp, jax.random.PRNGKey(0))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    loss_fn = losses.make_loss_fn(config, exp.sde, exp.model)
-    step = losses.jit_train_step(
-        losses.make_train_step(
-            loss_fn,
-            optimizer,
-            config.optim.ema_rate,
-            schedule,
-            datasets.get_data_scaler(config.data.centered),
-        ),
-        exp.mesh,
-    )
+    step = train.parallel_train_step(exp)
     rng = np.random.default_rng(0)
     hr = rng.random((batch_size, *exp.hr_shape), np.float32)
     batch = parallel.shard_batch({'hr': hr, 'lr_up': hr}, exp.mesh)
