@@ -127,6 +127,28 @@ def test_killed_run_resumes_to_same_parameters(celeba_id128, tmp_path):
     _assert_same_tree(_final_params(workdir, n_iters), _final_params(tmp_path / 'ref', n_iters))
 
 
+def test_sigterm_checkpoints_and_stops(celeba_id128, tmp_path):
+    """Preemption: SIGTERM makes the run write a checkpoint at its current step and exit 0."""
+    args = (
+        '--config.training.n_iters=100000',
+        '--config.training.checkpoint_freq=10',
+        '--config.training.log_freq=1',
+    )
+    proc = subprocess.Popen(
+        _main_command(tmp_path, celeba_id128, *args),
+        env=_env(2),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _wait_for_checkpoint(tmp_path, 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    steps = Checkpointer(tmp_path / 'checkpoints', 10).steps()
+    assert 10 <= steps[-1] < 100000, steps  # Stopped early, with its last step saved.
+    assert 'received signal' in err.decode()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('localhost', 0))
