@@ -70,9 +70,44 @@ def conv3x3(
     return _conv(x, out_planes, 3, stride, bias, init_scale, dtype)
 
 
+class GroupNorm(nn.Module):
+    """GroupNorm with Flax's parameters (``scale``, ``bias``) and statistics in float32.
+
+    Same result as ``nn.GroupNorm`` (fast variance E[x^2] - E[x]^2, clipped at 0), but the sums
+    run over the flattened spatial axis first and over the channels of a group second: XLA on
+    CPU reduces ``[B, H*W, C]`` along the middle axis 2.3x faster than Flax's 5-D reduction over
+    ``[B, H, W, G, C/G]`` (bench/results, GroupNorm+SiLU at 64x64x96), which made GroupNorm a
+    third of the U-Net's CPU time.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, c = x.shape[0], x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f'{c} channels do not split into {self.num_groups} groups')
+        scale = self.param('scale', nn.initializers.ones, (c,))
+        bias = self.param('bias', nn.initializers.zeros, (c,))
+        rows = x.reshape(b, -1, c).astype(jnp.float32)
+        per_group = rows.shape[1] * (c // self.num_groups)
+        group_sum = lambda v: jnp.sum(v, axis=1).reshape(b, self.num_groups, -1).sum(-1)  # noqa: E731
+        mean = group_sum(rows) / per_group
+        var = jnp.maximum(group_sum(rows * rows) / per_group - mean * mean, 0.0)
+        inv = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), c // self.num_groups, axis=1)
+        mean = jnp.repeat(mean, c // self.num_groups, axis=1)
+        mul = inv * scale  # [B, C]: one multiply-add per element below.
+        add = bias - mean * mul
+        shape = (b,) + (1,) * (x.ndim - 2) + (c,)
+        y = x.astype(jnp.float32) * mul.reshape(shape) + add.reshape(shape)
+        return y.astype(self.dtype)
+
+
 def group_norm(x: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
     """GroupNorm with ``min(C // 4, 32)`` groups, as in score_sde (statistics in float32)."""
-    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-6, dtype=dtype)(x)
+    return GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-6, dtype=dtype)(x)
 
 
 class NIN(nn.Module):

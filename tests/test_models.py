@@ -285,3 +285,32 @@ def test_bfloat16_compute_keeps_float32_params_and_output(
     rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
     print(f'bfloat16 vs float32 relative error: {rel:.4f}')
     assert rel < 0.05, rel
+
+
+# ----------------------------------------------------------------------------- GroupNorm
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_group_norm_matches_flax(dtype: jnp.dtype) -> None:
+    """The CPU-friendly GroupNorm equals Flax's (same parameter names, shapes and values)."""
+    from models.layers import GroupNorm
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(3.0 + 2.0 * rng.standard_normal((2, 8, 6, 24)), jnp.float32)
+    ours, theirs = GroupNorm(6, dtype=dtype), nn.GroupNorm(6, epsilon=1e-6, dtype=dtype)
+    params = theirs.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
+        jnp.shape, params
+    )
+    params = {
+        'params': {
+            'scale': jnp.asarray(rng.standard_normal(24), jnp.float32),
+            'bias': jnp.asarray(rng.standard_normal(24), jnp.float32),
+        }
+    }
+    got, want = ours.apply(params, x), theirs.apply(params, x)
+    assert got.dtype == want.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    np.testing.assert_allclose(np.float32(got), np.float32(want), atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match='groups'):
+        GroupNorm(5).init(jax.random.PRNGKey(0), x)
