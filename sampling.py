@@ -15,7 +15,8 @@ sample (the Langevin step size uses per-sample norms, Dopri5 runs per sample und
 * ``pc``: the N noise levels the predictor and corrector are evaluated at (score_sde's
   ``linspace(T, eps, N)``); step ``n`` has ``dt = t_{n+1} - t_n`` and the last step continues
   the grid below ``eps`` (score_sde's fixed ``dt = -1/N``).
-* ``heun``/``dpm2m``: K + 1 points, K steps from ``ts[0]`` to ``ts[-1] = eps``.
+* ``heun``/``dpm2m`` (``eta`` > 0: its SDE variant): K + 1 points, K steps from ``ts[0]`` to
+  ``ts[-1] = eps``.
 * ``ode``: only the ends are used; Dopri5 chooses its own steps.
 
 The few-step solvers work in the scaled variable ``x_hat = x / alpha(t)`` against
@@ -579,14 +580,17 @@ def sample_dpm2m(
     *,
     noise_removal: bool = True,
     projection: str = 'none',
+    eta: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """DPM-Solver++(2M) (Lu et al. 2022), data prediction, multistep; 1 NFE a step.
 
-    With ``lambda = -log sigma`` and ``h = lambda_next - lambda``:
-    ``x_hat' = (sigma'/sigma) x_hat - expm1(-h) D_2``, ``D_2 = (1 + 1/2r) D_n - (1/2r) D_{n-1}``,
-    ``r = h_{n-1} / h_n``; the first step is first order (DDIM).
+    With ``lambda = -log sigma``, ``h = lambda_next - lambda`` and ``g = eta h``:
+    ``x_hat' = (sigma'/sigma) e^-g x_hat - expm1(-h - g) D_2 + sigma' sqrt(-expm1(-2g)) z``,
+    ``D_2 = (1 + 1/2r) D_n - (1/2r) D_{n-1}``, ``r = h_{n-1} / h_n``; the first step is first
+    order. ``eta = 0`` is the deterministic solver of the probability-flow ODE; ``eta = 1`` is
+    SDE-DPM-Solver++(2M) (k-diffusion's ``dpmpp_2m_sde``, midpoint form), a few-step solver of
+    the reverse SDE whose injected noise corrects model errors as PC sampling does.
     """
-    del keys
     denoiser = _scaled_denoiser(score_fn, sde, cond, projection)
     ts, sigmas, x_hat = _scaled_start(sde, x_T, ts)
 
@@ -595,8 +599,13 @@ def sample_dpm2m(
         n, t, s, s_next = inputs
         d = denoiser(x_hat, t)
         h = jnp.log(s) - jnp.log(s_next)
+        g = eta * h
         c = jnp.where(n == 0, 0.0, 0.5 * h / jnp.where(n == 0, 1.0, h_prev))
-        x_hat = (s_next / s) * x_hat - jnp.expm1(-h) * ((1.0 + c) * d - c * d_prev)
+        d2 = (1.0 + c) * d - c * d_prev
+        x_hat = (s_next / s) * jnp.exp(-g) * x_hat - jnp.expm1(-h - g) * d2
+        if eta:
+            noise = per_sample_normal(fold_keys(keys, n), x_hat)
+            x_hat = x_hat + s_next * jnp.sqrt(-jnp.expm1(-2.0 * g)) * noise
         return (x_hat, d, h), None
 
     steps = ts.shape[0] - 1

@@ -220,6 +220,30 @@ def test_few_step_error_shrinks_with_steps(method, sde_name):
     assert errors[2] < 5e-3, errors
 
 
+@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+def test_sde_dpm_solver_reproduces_gaussian_better_with_steps(sde_name):
+    """SDE-DPM-Solver++(2M) (dpm2m, eta=1) samples the data distribution, not the ODE's map:
+    its covariance error shrinks with steps (measured 0.18-0.36 at 5, 0.02-0.04 at 80)."""
+    sde, (mu, U, lam) = make_toy_sde(sde_name), make_gaussian(4, 0.1)
+    score_fn = gaussian_score(sde, mu, U, lam)
+    errors = {}
+    for steps in (5, 80):
+        ts = sampling.get_ts_logsnr(sde, steps, EPS[sde_name])
+        run = make_runner('dpm2m', sde, (2, 2, 1), score_fn, ts, eta=1.0)
+        x_T, x, nfe = run(8000)
+        assert nfe == steps + 1
+        errors[steps] = moment_errors(x, mu, U, lam)
+    print(sde_name, 'SDE-DPM-Solver++(2M) (mean, cov) errors at 5 / 80 steps:', errors)
+    assert errors[80][0] < 0.05 and errors[80][1] < 0.08, errors
+    assert errors[5][1] > 2 * errors[80][1], errors
+    # Stochastic, yet a function of the key: same key, same samples; the noise matters.
+    _, again, _ = run(8000)
+    _, other, _ = run(8000, key=1)
+    _, ode, _ = make_runner('dpm2m', sde, (2, 2, 1), score_fn, ts)(8000)
+    np.testing.assert_array_equal(again, x)
+    assert not np.allclose(other, x) and not np.allclose(ode, x)
+
+
 def test_ode_is_deterministic_and_tighter_tolerance_costs_more():
     sde, (mu, U, lam) = make_toy_sde('ve'), make_gaussian(4, 0.1)
     score_fn, ts = gaussian_score(sde, mu, U, lam), np.array([sde.T, EPS['ve']])
