@@ -11,6 +11,11 @@ Sources (``data.source``, chosen through the ``SOURCES`` registry):
   ``data.path`` is a file or glob (``{split}`` in it is replaced by the split name).
 * ``'tfds'``: a prepared tensorflow-datasets dataset read through ``tfds.data_source`` (the
   TF-free ``array_record`` reader; ``data.path`` is the ``data_dir``).
+* ``'lfw_pairs'``: the images of LFW View-2 pairs (``data.path`` holds ``pairs.csv``; split
+  ``test`` only): the sorted unique images of the kept pairs (``data.pairs_per_fold``), each
+  aligned into celeba_id128's crop geometry (:class:`evaluation.lfw.LFWAligner`: YuNet, one
+  detector call per image, then a similarity warp) instead of being resized; identity = the
+  person's index (see :func:`evaluation.lfw.lfw_pair_set`).
 
 Decoding (Pillow, ``LOAD_TRUNCATED_IMAGES`` left False, images fully loaded so truncation is
 found): EXIF orientation applied; grayscale -> RGB by replicating the channel; RGBA/LA ->
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import logging
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -94,6 +100,8 @@ def validate_data_config(data_config: Any) -> None:
         raise ValueError(f'data.num_channels must be 1 or 3, got {c.num_channels}')
     if c.noise_sigma < 0 or c.blur_sigma < 0 or not 0 <= c.jpeg_quality <= 100:
         raise ValueError('data.noise_sigma/blur_sigma must be >= 0, jpeg_quality in 0..100')
+    if not isinstance(c.pairs_per_fold, int) or c.pairs_per_fold < 0:
+        raise ValueError(f'data.pairs_per_fold must be an integer >= 0, got {c.pairs_per_fold!r}')
 
 
 def split_name(split: str) -> str:
@@ -347,6 +355,44 @@ class TFDSSource:
             raise DataError(f'{where} has no id feature {self.id_key!r}: {sorted(example)}')
         identity = int(example[self.id_key]) if self.id_key else -1
         return fit_image(image, self.size, self.mode), identity
+
+
+@SOURCES.register('lfw_pairs')
+class LFWPairsSource:
+    """LFW View-2 pair images aligned like celeba_id128 (module doc); split ``test`` only.
+
+    The face code is imported here, not at module import, so ``datasets`` needs no
+    onnxruntime unless this source is used; YuNet runs once per :meth:`read`.
+    """
+
+    def __init__(self, data_config: Any, split: str):
+        from evaluation import lfw  # Face code (YuNet, onnxruntime on use): only for LFW.
+
+        if split_name(split) != 'test':
+            raise DataError(f'lfw_pairs has only the split "test", not {split!r}')
+        self.root = Path(data_config.path)
+        try:
+            self.files, self.ids, _ = lfw.lfw_pair_set(self.root, int(data_config.pairs_per_fold))
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f'cannot read LFW pairs {self.root / "pairs.csv"}: {e!r}') from e
+        missing = [f for f in self.files if not (self.root / f).is_file()]
+        if missing:
+            raise DataError(f'{self.root} lacks {len(missing)} pair images, e.g. {missing[0]}')
+        if not self.files:
+            raise DataError(f'no pairs in {self.root / "pairs.csv"}')
+        self.aligner = lfw.LFWAligner(int(data_config.image_size))
+        self.channels = int(data_config.num_channels)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        aligned, found = self.aligner(decode_image(self.root / self.files[index], 3))
+        if not found:
+            logging.warning(
+                'lfw_pairs: no face found in %s, fixed LFW alignment used', self.files[index]
+            )
+        return _to_channels(aligned, self.channels), int(self.ids[index])
 
 
 class CachedSource:

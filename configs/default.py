@@ -15,7 +15,7 @@ from utils.paths import shared_data_dir
 def data_config() -> ml_collections.ConfigDict:
     """Every ``config.data`` field with its default (unlocked; datasets tests use it)."""
     data = ml_collections.ConfigDict()
-    data.source = 'folder'  # 'folder', 'tfrecord' or 'tfds' (see SOURCES).
+    data.source = 'folder'  # 'folder', 'tfrecord', 'tfds' or 'lfw_pairs' (see SOURCES).
     # Folder of images, TFRecord file/glob ('{split}' is substituted), or tfds data_dir
     # ('' = tfds default).
     data.path = str(shared_data_dir() / 'celeba_id128')
@@ -35,6 +35,8 @@ def data_config() -> ml_collections.ConfigDict:
     data.jpeg_quality = 0  # JPEG quality 1..100 applied to LR via Pillow (0: off).
     data.num_channels = 3  # 3 (RGB) or 1 (grayscale).
     data.cache_mb = 2048  # Cache decoded uint8 HR images if the dataset fits (0: never).
+    # lfw_pairs only: keep this many same and this many different pairs per fold (0 = all 300).
+    data.pairs_per_fold = 0
     return data
 
 
@@ -57,6 +59,8 @@ def sampling_config() -> ml_collections.ConfigDict:
     cfg.eps = 1e-3  # Last time of the grid (score_sde: 1e-5 for VE, 1e-3 for VP/sub-VP).
     cfg.rtol = 1e-5  # 'ode': relative tolerance of Dopri5.
     cfg.atol = 1e-5  # 'ode': absolute tolerance of Dopri5.
+    # 'dpm2m': 0 solves the probability-flow ODE; 1 is SDE-DPM-Solver++(2M) (noise each step).
+    cfg.eta = 0.0
     cfg.schedule = 'uniform'  # Time grid: 'uniform' in t | 'karras' | 'logsnr'.
     cfg.rho = 7.0  # 'karras' schedule exponent (uniform in sigma^(1/rho)).
     cfg.projection = 'none'  # LR data consistency: 'none' | 'ilvr' (pc, heun, dpm2m).

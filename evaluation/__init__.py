@@ -7,6 +7,8 @@ Submodules (imported explicitly; nothing heavy is loaded here):
 - :mod:`evaluation.face`: face detection (YuNet), 5-point alignment and SFace embeddings.
 - :mod:`evaluation.protocols`: verification (ROC, AUC, TAR@FAR), identification (CMC, rank-k)
   and the LFW View-2 10-fold accuracy.
+- :mod:`evaluation.lfw`: LFW View-2 pairs: the HR-only check, the ``lfw_pairs`` aligner and
+  pair list (``PAIR_PROTOCOLS``) of ``--mode eval``.
 - :mod:`evaluation.run`: ``--mode eval``, the resumable driver (SR and baselines on a split).
 - :mod:`evaluation.report`: its summaries, Markdown table, CSV and plots, from per-image records.
 """

@@ -346,6 +346,50 @@ def warp_affine(images: Any, matrices: np.ndarray, size: int = ALIGNED_SIZE) -> 
     return (top * (1 - fy) + bottom * fy).astype(np.float32)
 
 
+#: Largest source-to-crop shrink that bilinear sampling alone handles without visible
+#: aliasing; beyond it :func:`warp_to_landmarks` first resizes the source with a low-pass filter.
+MAX_BILINEAR_SHRINK = 1.5
+
+
+def _shrink(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Antialiased bilinear resize (Pillow's triangle filter widened by the factor), float32."""
+    from PIL import Image  # Only warps that shrink a lot need it.
+
+    planes = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.stack(planes, -1)
+
+
+def warp_to_landmarks(
+    image: Any, landmarks: np.ndarray, target: np.ndarray, size: int
+) -> np.ndarray:
+    """One image ``[H, W, C]`` warped so that ``landmarks`` land on ``target`` (least squares).
+
+    Output ``[size, size, C]`` float32 on the input's scale. Bilinear like :func:`warp_affine`;
+    when the similarity shrinks by more than :data:`MAX_BILINEAR_SHRINK`, the source is first
+    resized by the transform's scale with an antialiased filter (pixel centres kept aligned),
+    so that the warp samples an image of about the crop's resolution rather than aliasing.
+    """
+    img = np.asarray(image, np.float32)
+    matrix = similarity_transform(landmarks, target)
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if scale * MAX_BILINEAR_SHRINK < 1.0:
+        h, w = img.shape[:2]
+        height, width = max(1, round(h * scale)), max(1, round(w * scale))
+        img = _shrink(img, height, width)
+        # Resized pixel x' shows source (x' + 0.5) * w / width - 0.5 (Pillow's centres).
+        fx, fy = w / width, h / height
+        back = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5], [0, 0, 1]])
+        matrix = matrix @ back
+    return warp_affine(img[None], matrix[None], size)[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class Alignment:
     """Per-image transforms to the aligned crop, decided on the HR images.

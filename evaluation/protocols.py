@@ -73,7 +73,11 @@ def auc(scores: Any, labels: Any) -> float:
     Equals ``sklearn.metrics.roc_auc_score(labels, scores)`` and the probability that a random
     genuine pair outscores a random impostor pair.
     """
-    far, tar, _ = roc_curve(scores, labels)
+    return roc_auc(*roc_curve(scores, labels)[:2])
+
+
+def roc_auc(far: np.ndarray, tar: np.ndarray) -> float:
+    """:func:`auc` from a :func:`roc_curve` already computed (one sort for many statistics)."""
     return float(np.sum(np.diff(far) * (tar[1:] + tar[:-1]) / 2))
 
 
@@ -91,7 +95,11 @@ def threshold_at_far(scores: Any, labels: Any, far: float) -> float:
 
 def tar_at_far(scores: Any, labels: Any, far: float) -> float:
     """TAR at the threshold of :func:`threshold_at_far` (max TAR with FAR <= ``far``)."""
-    fars, tars, _ = roc_curve(scores, labels)
+    return roc_tar_at_far(*roc_curve(scores, labels)[:2], far)
+
+
+def roc_tar_at_far(fars: np.ndarray, tars: np.ndarray, far: float) -> float:
+    """:func:`tar_at_far` from a :func:`roc_curve` already computed."""
     return float(tars[np.nonzero(fars <= far)[0][-1]])
 
 

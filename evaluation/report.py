@@ -20,6 +20,12 @@ Protocols (identities from the records; skipped when any identity is unknown, ``
   dataset index) of every identity, the probes are the outputs of all other images. Rank-k
   rates (``eval.ranks``) and the full CMC curve. Ties rank pessimistically
   (:mod:`evaluation.protocols`).
+* LFW-style pair verification, for data sources with a pair list
+  (:data:`evaluation.lfw.PAIR_PROTOCOLS`, e.g. ``lfw_pairs``): per pair ``(a, b)``, the cosine
+  of the output of ``a`` and the HR of ``b`` (``sr_hr``: SR probe against HR gallery, as in
+  SRDG) and of the outputs of both (``sr_sr``: both faces degraded); 10-fold accuracy (the
+  threshold of each fold chosen on the other nine), AUC, TAR@FAR and ROC, under
+  ``methods[m]['lfw_pairs']``. For ``hr`` both equal LFW View-2 on the aligned HR crops.
 
 Plots use matplotlib's object-oriented API (``Figure`` + Agg canvas): no pyplot global state.
 """
@@ -47,6 +53,10 @@ SCALARS = ('psnr', 'ssim', 'consistency', 'cs', 'lpips')
 CONSISTENCY_SCALE = 1e5
 #: Points of the stored (log-FAR sampled) ROC curve.
 ROC_POINTS = 200
+#: Key of the pair-verification block of a method's summary.
+PAIRS_KEY = 'lfw_pairs'
+#: Pair scoring modes: key -> (label, the gallery side of a pair is the HR (else the output)).
+PAIR_MODES = {'sr_hr': ('SR-HR', True), 'sr_sr': ('SR-SR', False)}
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -87,15 +97,17 @@ def verification(
     ids = np.asarray(ids)
     if (ids < 0).any():
         return None
-    probe, other, labels = pr.verification_pairs(ids)
+    # The off-diagonal entries in row-major order are pr.verification_pairs(ids)'s pairs, in
+    # its order, without its index arrays (7,701 LFW images: 59 M pairs, seconds, not GBs).
+    others = ~np.eye(len(ids), dtype=bool)
+    labels = (ids[:, None] == ids[None, :])[others]
     if labels.all() or not labels.any():
         return None
-    scores = pr.similarity_matrix(probes, gallery)[probe, other]
-    far, tar, _ = pr.roc_curve(scores, labels)
-    n_impostors = int(np.sum(labels == 0))
+    far, tar, _ = pr.roc_curve(pr.similarity_matrix(probes, gallery)[others], labels)
+    n_impostors = int(np.sum(~labels))
     return {
-        'auc': pr.auc(scores, labels),
-        'tar_at_far': {far_key(f): pr.tar_at_far(scores, labels, f) for f in far_targets},
+        'auc': pr.roc_auc(far, tar),
+        'tar_at_far': {far_key(f): pr.roc_tar_at_far(far, tar, f) for f in far_targets},
         'n_genuine': int(np.sum(labels)),
         'n_impostor': n_impostors,
         'roc': _sampled_roc(far, tar, n_impostors),
@@ -123,6 +135,47 @@ def identification(
     }
 
 
+def pair_verification(
+    scores: np.ndarray, pairs: dict[str, np.ndarray], far_targets: Sequence[float]
+) -> dict[str, Any]:
+    """10-fold accuracy (mean ± std over folds), AUC, TAR@FAR and ROC of pair ``scores``."""
+    same = np.asarray(pairs['same'])
+    acc = pr.lfw_10fold_accuracy(scores, same, pairs['fold'])
+    far, tar, _ = pr.roc_curve(scores, same)
+    return {
+        'accuracy': {'mean': acc['mean'], 'std': acc['std']},
+        'fold_accuracies': acc['accuracies'],
+        'fold_thresholds': acc['thresholds'],
+        'auc': pr.roc_auc(far, tar),
+        'tar_at_far': {far_key(f): pr.roc_tar_at_far(far, tar, f) for f in far_targets},
+        'roc': _sampled_roc(far, tar, int(np.sum(same == 0))),
+        'scores': np.asarray(scores, np.float64).tolist(),
+    }
+
+
+def pair_summary(
+    records: Sequence[dict], method: str, pairs: dict[str, np.ndarray], far_targets: Sequence[float]
+) -> dict[str, Any]:
+    """Pair verification of ``method`` in every :data:`PAIR_MODES` (module doc).
+
+    ``pairs`` index ``records`` by position, which must be the dataset index.
+    """
+    if any(r['index'] != k for k, r in enumerate(records)):
+        raise ValueError('pair verification needs the records of dataset images 0..n-1, in order')
+    a, b = np.asarray(pairs['a']), np.asarray(pairs['b'])
+    outputs, hr = _embeddings(records, method), _embeddings(records, None)
+    out: dict[str, Any] = {
+        'n_pairs': int(len(a)),
+        'n_same': int(np.sum(pairs['same'])),
+        'n_folds': int(len(np.unique(pairs['fold']))),
+    }
+    for mode, (_, gallery_is_hr) in PAIR_MODES.items():
+        gallery = hr if gallery_is_hr else outputs
+        scores = pr.cosine_similarity(outputs[a], gallery[b])
+        out[mode] = pair_verification(scores, pairs, far_targets)
+    return out
+
+
 def far_key(far: float) -> str:
     """``1e-2`` for 0.01: the FAR as written in keys and column headers."""
     return f'{far:.0e}'.replace('e-0', 'e-').replace('e+0', 'e')
@@ -131,8 +184,13 @@ def far_key(far: float) -> str:
 # ----------------------------------------------------------------------------- summaries
 
 
-def method_summary(records: Sequence[dict], method: str, ecfg: Any) -> dict[str, Any]:
-    """Mean/std/n of every per-image metric of ``method``, and the face protocols."""
+def method_summary(
+    records: Sequence[dict], method: str, ecfg: Any, pairs: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Mean/std/n of every per-image metric of ``method``, and the face protocols.
+
+    ``pairs`` (a pair protocol's list, dataset indices) adds pair verification.
+    """
     values = [r['methods'][method] for r in records]
     with np.errstate(invalid='ignore'):  # std of PSNR inf (hr) is nan, not a warning.
         out: dict[str, Any] = {
@@ -146,12 +204,19 @@ def method_summary(records: Sequence[dict], method: str, ecfg: Any) -> dict[str,
         probes, gallery = _embeddings(records, method), _embeddings(records, None)
         out['verification'] = verification(ids, probes, gallery, ecfg.far_targets)
         out['identification'] = identification(ids, probes, gallery, ecfg.ranks)
+        if pairs is not None:
+            out[PAIRS_KEY] = pair_summary(records, method, pairs, ecfg.far_targets)
     return out
 
 
-def summarize_records(records: Sequence[dict], methods: Sequence[str], ecfg: Any) -> dict[str, Any]:
-    """The summary of every method over ``records`` (sorted by index)."""
-    summary = {m: method_summary(records, m, ecfg) for m in methods}
+def summarize_records(
+    records: Sequence[dict],
+    methods: Sequence[str],
+    ecfg: Any,
+    pairs: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The summary of every method over ``records`` (sorted by index); ``pairs``: see above."""
+    summary = {m: method_summary(records, m, ecfg, pairs) for m in methods}
     detected = [r['detected'] for r in records if 'detected' in r]
     return {
         'n_images': len(records),
@@ -228,8 +293,11 @@ def _number(value: float | None) -> str:
     return '–' if value is None else f'{value:.4f}'
 
 
-def table_row(method: str, stats: dict[str, Any], ecfg: Any) -> list[str]:
-    """One Markdown table row: image metrics (mean ± std), then the face protocols."""
+def table_row(method: str, stats: dict[str, Any], ecfg: Any, has_pairs: bool = False) -> list[str]:
+    """One Markdown table row: image metrics (mean ± std), then the face protocols.
+
+    ``has_pairs`` adds the LFW pair accuracies (mean ± std over folds) per pair mode.
+    """
     ver, ide = stats.get('verification') or {}, stats.get('identification') or {}
     cells = [
         method,
@@ -242,17 +310,23 @@ def table_row(method: str, stats: dict[str, Any], ecfg: Any) -> list[str]:
     ]
     cells += [_number(ver.get('tar_at_far', {}).get(far_key(f))) for f in ecfg.far_targets]
     cells += [_number(ide.get('rank', {}).get(str(k))) for k in ecfg.ranks]
+    if has_pairs:
+        pairs = stats.get(PAIRS_KEY) or {}
+        cells += [_mean_std((pairs.get(mode) or {}).get('accuracy'), 4) for mode in PAIR_MODES]
     return cells
 
 
 def markdown_table(summary: dict[str, Any], ecfg: Any, caption: str) -> str:
-    """The SDE-SR Table I layout plus LPIPS, AUC, TAR@FAR and rank-k; ``caption`` below."""
+    """The SDE-SR Table I layout plus LPIPS, AUC, TAR@FAR, rank-k (and LFW pair accuracy)."""
     header = ['method', 'PSNR', 'SSIM', 'Consistency', 'CS', 'LPIPS', 'AUC']
     header += [f'TAR@{far_key(f)}' for f in ecfg.far_targets]
     header += [f'Rank-{k}' for k in ecfg.ranks]
+    has_pairs = any(s.get(PAIRS_KEY) for s in summary['methods'].values())
+    if has_pairs:
+        header += [f'LFW acc ({label})' for label, _ in PAIR_MODES.values()]
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for method, stats in summary['methods'].items():
-        lines.append('| ' + ' | '.join(table_row(method, stats, ecfg)) + ' |')
+        lines.append('| ' + ' | '.join(table_row(method, stats, ecfg, has_pairs)) + ' |')
     return '\n'.join(lines) + '\n\n' + caption + '\n'
 
 
@@ -262,6 +336,7 @@ def table_caption(name: str, summary: dict[str, Any], config: Any) -> str:
     lr = data.image_size // data.downscale
     first = next(iter(summary['methods'].values()), {})
     ver, ide = first.get('verification') or {}, first.get('identification') or {}
+    pairs = first.get(PAIRS_KEY) or {}
     face = (
         f'CS: cosine similarity of {ecfg.face} embeddings of output and HR, both cut with '
         'the transform found on the HR (mean ± std). Verification: AUC and TAR at FAR '
@@ -279,6 +354,14 @@ def table_caption(name: str, summary: dict[str, Any], config: Any) -> str:
         'in [0, 1]. Consistency: MSE between the output downscaled with the LR kernel '
         f'({data.down_kernel}) and the LR input, on [0, 1] pixels, x1e-5 (mean ± std). '
         + face
+        + (
+            f'LFW acc: 10-fold accuracy (mean ± std over {pairs["n_folds"]} folds, threshold '
+            f'chosen on the other folds) of {pairs["n_pairs"]} pairs ({pairs["n_same"]} same); '
+            'SR-HR: output of the first image against the HR of the second, SR-SR: outputs '
+            'of both. '
+            if pairs
+            else ''
+        )
         + (f'LPIPS ({ecfg.lpips}). ' if ecfg.lpips else '')
         + 'bicubic: the upsampled LR; hr: the HR image itself (ceiling of the face '
         'metrics). Rates are fractions.'
@@ -303,26 +386,50 @@ def save_figure(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def plot_roc(path: Path, summary: dict[str, Any], far_targets: Sequence[float]) -> None:
-    """TAR against FAR (log scale) per method, FAR targets marked."""
+def _plot_rocs(
+    path: Path,
+    curves: Sequence[tuple[str, dict[str, Any]]],
+    far_targets: Sequence[float],
+    title: str,
+) -> None:
+    """TAR against FAR (log scale), one curve per ``(label, verification dict)``."""
     fig, ax = _figure()
-    for method, stats in summary['methods'].items():
-        ver = stats.get('verification')
-        if ver:
-            far, tar = np.asarray(ver['roc']['far']), np.asarray(ver['roc']['tar'])
-            ax.step(far[1:], tar[1:], where='post', label=f'{method} (AUC {ver["auc"]:.3f})')
+    for label, ver in curves:
+        far, tar = np.asarray(ver['roc']['far']), np.asarray(ver['roc']['tar'])
+        ax.step(far[1:], tar[1:], where='post', label=f'{label} (AUC {ver["auc"]:.3f})')
     for f in far_targets:
         ax.axvline(f, color='grey', lw=0.8, ls=':')
     ax.set(
         xscale='log',
         xlabel='false accept rate',
         ylabel='true accept rate',
-        title='1:1 verification (output vs HR)',
+        title=title,
         ylim=(0, 1.01),
     )
     ax.legend(loc='lower right')
     ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+def plot_roc(path: Path, summary: dict[str, Any], far_targets: Sequence[float]) -> None:
+    """TAR against FAR (log scale) per method, FAR targets marked."""
+    curves = [
+        (method, stats['verification'])
+        for method, stats in summary['methods'].items()
+        if stats.get('verification')
+    ]
+    _plot_rocs(path, curves, far_targets, '1:1 verification (output vs HR)')
+
+
+def plot_pair_roc(path: Path, summary: dict[str, Any], far_targets: Sequence[float]) -> None:
+    """ROC of the LFW pairs per method and pair mode (SR-HR and SR-SR)."""
+    curves = [
+        (f'{method} {label}', stats[PAIRS_KEY][mode])
+        for method, stats in summary['methods'].items()
+        if stats.get(PAIRS_KEY)
+        for mode, (label, _) in PAIR_MODES.items()
+    ]
+    _plot_rocs(path, curves, far_targets, 'LFW pairs verification')
 
 
 def plot_cmc(path: Path, summary: dict[str, Any]) -> None:

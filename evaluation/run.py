@@ -10,10 +10,21 @@
   holds what the values depend on (data, sampler, checkpoint step, seed, metric networks); a
   restart with other settings stops with an error instead of mixing them.
 * ``metrics.json`` (settings, summary and per-image values), ``metrics.csv`` (per-image rows,
-  then per-method mean and std rows), ``table.md``, ``roc.png`` and ``cmc.png``: computed at
+  then per-method mean and std rows), ``table.md``, ``roc.png``, ``cmc.png`` (and
+  ``roc_lfw.png`` for pair protocols, see below): computed at
   the end from the records of the first ``eval.max_images`` images, so a resumed and an
   uninterrupted eval report the same numbers.
 * ``grid.png``: LR | bicubic | SR | HR of the first ``eval.grid_images`` images.
+
+LFW pairs (``--config.data.source=lfw_pairs --config.data.path=../shared/data/lfw_pairs``):
+the split ``test`` is the sorted unique images of the View-2 pairs, aligned into the training
+crop geometry (celeba_id128's, :class:`evaluation.lfw.LFWAligner`), with LR made from them as
+for any source; identities are persons. Sources with a pair list
+(:data:`evaluation.lfw.PAIR_PROTOCOLS`) add, per method, LFW 10-fold accuracy, AUC, TAR@FAR of
+the pairs scored SR-HR (output of the first image vs HR of the second) and SR-SR (both
+outputs): ``metrics.json`` ``methods[m]['lfw_pairs']``, two ``LFW acc`` table columns and
+``roc_lfw.png``. ``eval.max_images`` would cut pairs apart and is refused below the dataset
+size: use ``data.pairs_per_fold`` (that many same and different pairs per fold) instead.
 
 Methods (``eval.methods``): ``sr`` samples ``config.sampling`` with the EMA parameters of
 checkpoint ``eval.checkpoint`` (0: the latest); ``bicubic`` is the batch's ``lr_up`` (the
@@ -55,6 +66,7 @@ import experiment
 from degradations import resize
 from evaluation import image_metrics as im
 from evaluation import report
+from evaluation.lfw import PAIR_PROTOCOLS
 from evaluation.protocols import cosine_similarity
 from inference import load_ema_params
 from utils import parallel
@@ -104,16 +116,22 @@ def sampler_tag(s: Any) -> str:
         parts.append(f'tol{s.rtol:g}')
     else:
         parts += [f'n{s.num_steps or "N"}', s.schedule]
+    if s.method == 'dpm2m' and s.eta:
+        parts.append(f'eta{s.eta:g}')
     if s.projection != 'none':
         parts.append(s.projection)
     return '-'.join(parts)
 
 
 def eval_name(config: Any, methods: Sequence[str], step: int | None) -> str:
-    """``<dataset>-<split>-x<factor>-`` then the sampler and checkpoint, or ``baselines``."""
+    """``<dataset>-<split>-x<factor>-`` then the sampler and checkpoint, or ``baselines``.
+
+    A subset of pairs (``data.pairs_per_fold`` N > 0) adds ``-pairsN`` to the dataset.
+    """
     data = config.data
+    subset = f'-pairs{data.pairs_per_fold}' if data.pairs_per_fold else ''
     base = (
-        f'{Path(data.path).name or data.source}-{datasets.split_name(config.eval.split)}'
+        f'{Path(data.path).name or data.source}{subset}-{datasets.split_name(config.eval.split)}'
         f'-x{data.downscale}'
     )
     if 'sr' not in methods:
@@ -158,6 +176,22 @@ def check_settings(out: Path, settings: dict[str, Any], write: bool) -> None:
     elif write:
         out.mkdir(parents=True, exist_ok=True)
         report.write_json(path, settings)
+
+
+def pair_list(config: Any, size: int) -> dict[str, np.ndarray] | None:
+    """The pair protocol's pairs of ``config.data.source`` (dataset indices), ``None`` if none.
+
+    Refuses ``eval.max_images`` below the dataset ``size``: it would cut pairs apart.
+    """
+    source = config.data.source
+    if source not in PAIR_PROTOCOLS:
+        return None
+    if 0 < config.eval.max_images < size:
+        raise ValueError(
+            f'config.eval.max_images={config.eval.max_images} would split pairs of data.source='
+            f'{source!r}: set it to 0 and choose fewer pairs with data.pairs_per_fold'
+        )
+    return PAIR_PROTOCOLS.get(source)(config.data)
 
 
 # ----------------------------------------------------------------------------- records
@@ -356,10 +390,14 @@ def write_report(
     methods: Sequence[str],
     settings: dict[str, Any],
     config: Any,
+    pairs: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """metrics.json, metrics.csv, table.md, roc.png and cmc.png from the per-image records."""
+    """metrics.json, metrics.csv, table.md and the plots from the per-image records.
+
+    ``pairs`` (:func:`pair_list`) adds LFW pair verification and ``roc_lfw.png``.
+    """
     ecfg = config.eval
-    summary = report.summarize_records(records, methods, ecfg)
+    summary = report.summarize_records(records, methods, ecfg, pairs)
     metrics = {
         'name': name,
         'settings': settings,
@@ -376,6 +414,8 @@ def write_report(
         report.plot_roc(out / 'roc.png', summary, ecfg.far_targets)
     if any(s.get('identification') for s in stats):
         report.plot_cmc(out / 'cmc.png', summary)
+    if any(s.get(report.PAIRS_KEY) for s in stats):
+        report.plot_pair_roc(out / 'roc_lfw.png', summary, ecfg.far_targets)
     logging.info('eval %s:\n%s', name, table)
     return metrics
 
@@ -405,6 +445,7 @@ def evaluate(
     records = load_records(out / RECORDS)
     size = datasets.dataset_size(config.data, ecfg.split)
     limit = min(size, ecfg.max_images) if ecfg.max_images > 0 else size
+    pairs = pair_list(config, size)
     todo = [i for i in range(limit) if missing(records.get(i), methods)]
     sample_fn = make_sample_fn(config, model, name) if 'sr' in methods and todo else None
     if not chief and sample_fn is None:
@@ -448,7 +489,8 @@ def evaluate(
     absent = [i for i in range(limit) if missing(records.get(i), methods)]
     if absent:
         raise RuntimeError(f'{out / RECORDS}: no records for images {absent[:10]}')
-    return write_report(out, name, [records[i] for i in range(limit)], methods, settings, config)
+    kept = [records[i] for i in range(limit)]
+    return write_report(out, name, kept, methods, settings, config, pairs)
 
 
 # ----------------------------------------------------------------------------- sweep

@@ -53,3 +53,12 @@ def celeba_id128(shared_data: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f'{path} is missing')
     return path
+
+
+@pytest.fixture(scope='session')
+def lfw_pairs(shared_data: Path) -> Path:
+    """LFW deep-funneled images and ``pairs.csv`` (View 2); skips with a reason if absent."""
+    path = shared_data / 'lfw_pairs'
+    if not (path / 'pairs.csv').is_file():
+        pytest.skip(f'{path}/pairs.csv is missing (LFW pairs data)')
+    return path

@@ -21,7 +21,7 @@ from PIL import Image
 import train
 from configs import demo
 from evaluation.report import decode_embedding
-from evaluation.run import parse_methods, run
+from evaluation.run import RECORDS, parse_methods, run
 
 #: Four test identities, three faces each (their first files by name). At 32 px SFace ranks
 #: every HR probe's own identity first by a cosine margin of at least 0.27 (measured), so the
@@ -200,3 +200,46 @@ def test_baselines_need_no_checkpoint(eval_faces, tmp_path):
     assert 'sampling' not in metrics['settings']
     with pytest.raises(ValueError, match='methods'):
         parse_methods(['bicubic', 'nearest'])
+
+
+def test_lfw_pairs_verification_from_records(lfw_pairs, tmp_path):
+    """SR-HR and SR-SR pair scores and 10-fold accuracies recomputed by hand from the records."""
+    from evaluation.lfw import read_lfw_pairs
+    from evaluation.protocols import auc, lfw_10fold_accuracy
+
+    config = demo.get_config('smoke')
+    config.data.update(source='lfw_pairs', path=str(lfw_pairs), image_size=64, downscale=8)
+    config.data.pairs_per_fold = 1
+    config.eval.update(methods=parse_methods(['bicubic,hr']), lpips='', batch_size=8, max_images=5)
+    with pytest.raises(ValueError, match='pairs_per_fold'):  # max_images would split pairs
+        _run(config, tmp_path)
+    config.eval.max_images = 0
+    metrics = _run(config, tmp_path)
+    out = tmp_path / 'eval' / f'{lfw_pairs.name}-pairs1-test-x8-baselines'
+    assert metrics['n_images'] == 40 and (out / 'roc_lfw.png').is_file()
+    records = [json.loads(line) for line in (out / RECORDS).read_text().splitlines()]
+    emb_hr = np.stack([decode_embedding(r['emb_hr']) for r in records])
+    rows = read_lfw_pairs(lfw_pairs, 1)
+    names = sorted(set(rows['a']) | set(rows['b']))
+    a = np.array([names.index(n) for n in rows['a']])
+    b = np.array([names.index(n) for n in rows['b']])
+    ids = np.array([r['id'] for r in records])
+    np.testing.assert_array_equal(ids[a] == ids[b], rows['same'] == 1)
+    for m in ('bicubic', 'hr'):
+        emb = np.stack([decode_embedding(r['methods'][m]['emb']) for r in records])
+        block = metrics['methods'][m]['lfw_pairs']
+        assert (block['n_pairs'], block['n_same'], block['n_folds']) == (20, 10, 10)
+        for mode, gallery in (('sr_hr', emb_hr), ('sr_sr', emb)):
+            scores = np.sum(emb[a] * gallery[b], axis=1)  # Unit embeddings: cosine.
+            np.testing.assert_allclose(block[mode]['scores'], scores, atol=1e-6)
+            acc = lfw_10fold_accuracy(scores, rows['same'], rows['fold'])
+            assert block[mode]['accuracy']['mean'] == pytest.approx(acc['mean'])
+            assert block[mode]['accuracy']['std'] == pytest.approx(acc['std'])
+            assert block[mode]['fold_accuracies'] == pytest.approx(acc['accuracies'])
+            assert block[mode]['auc'] == pytest.approx(auc(scores, rows['same']))
+    hr = metrics['methods']['hr']['lfw_pairs']
+    assert hr['sr_hr']['scores'] == hr['sr_sr']['scores']  # HR against HR either way
+    assert hr['sr_hr']['accuracy']['mean'] >= 0.9  # View 2 on the aligned 64 px HR crops
+    table = (out / 'table.md').read_text().splitlines()
+    assert table[0].endswith('| LFW acc (SR-HR) | LFW acc (SR-SR) |')
+    assert '20 pairs (10 same)' in (out / 'table.md').read_text()

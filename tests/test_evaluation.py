@@ -265,6 +265,87 @@ def test_lfw_code_path(shared_data, sface):
     assert res['n_fallback'] == 0
 
 
+def _dots(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """A ``[size, size, 1]`` image of Gaussian dots (peak 255) at ``points``."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    dots = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) for x, y in points)
+    return (255 * dots)[..., None].astype(np.float32)
+
+
+@pytest.mark.parametrize('scale', [0.9, 0.4])  # bilinear only; antialiased shrink first
+def test_warp_to_landmarks_puts_points_on_target(scale):
+    from evaluation.face import MAX_BILINEAR_SHRINK, warp_to_landmarks
+
+    assert (scale * MAX_BILINEAR_SHRINK < 1) == (scale < 0.5)  # both paths are exercised
+    src = np.array([[40.0, 50.0], [100.0, 45.0], [70.0, 80.0], [50.0, 110.0], [95.0, 105.0]])
+    angle, size = 0.2, 128
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    target = (src - 75) @ rot.T * scale + size / 2 + np.array([1.3, -2.1])
+    out = warp_to_landmarks(_dots(src, 150, 4.0), src, target, size)[..., 0]
+    yy, xx = np.mgrid[0:size, 0:size]
+    for x, y in target:  # Intensity centroid of each dot lands on its target point.
+        w = out * (np.hypot(xx - x, yy - y) < 6)
+        np.testing.assert_allclose(
+            [(w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()], [x, y], atol=0.05
+        )
+    if scale < 0.5:  # Antialiased: 1-px stripes average to grey (point-sampled: 0 or 255).
+        stripes = np.broadcast_to(255.0 * (np.arange(150) % 2), (150, 150))[..., None]
+        grey = warp_to_landmarks(stripes, src, target, size)[48:80, 48:80]
+        assert np.abs(grey - 127.5).max() < 16  # measured 5.1
+
+
+def _lfw_data_config(root: Path, size: int, pairs_per_fold: int):
+    from configs import default
+
+    config = default.data_config()
+    config.update(source='lfw_pairs', path=str(root), image_size=size, downscale=8)
+    config.pairs_per_fold = pairs_per_fold
+    return config
+
+
+@pytest.mark.parametrize('size', [64, 128])
+def test_lfw_source_aligns_like_celeba_id128(lfw_pairs, sface, size):
+    import datasets
+    from evaluation.face import canonical_landmarks, select_central
+
+    source = datasets.open_source(_lfw_data_config(lfw_pairs, size, 1), 'test')
+    assert len(source) == 40  # 10 folds x (1 same + 1 different) pairs, no image repeated
+    images = np.stack([source.read(i)[0] for i in range(len(source))])
+    assert images.dtype == np.uint8 and images.shape == (40, size, size, 3)
+    faces = [select_central(sface.detector.detect(img), size, size) for img in images]
+    assert all(f is not None for f in faces)
+    found = np.stack([f.landmarks for f in faces])
+    target = canonical_landmarks(size, size)
+    # YuNet moves landmarks by ~3 px (at 150 px) under a mere shift, so the geometry is checked
+    # on the median face (measured within 0.02 size) and per face loosely (measured < 0.07).
+    np.testing.assert_allclose(np.median(found, axis=0), target, atol=size / 32)
+    assert np.linalg.norm(found - target, axis=-1).mean(axis=1).max() < size / 12
+
+
+def test_lfw_source_identities_pairs_and_split(lfw_pairs):
+    import datasets
+    from evaluation.lfw import PAIR_PROTOCOLS, read_lfw_pairs
+
+    config = _lfw_data_config(lfw_pairs, 32, 2)
+    source = datasets.SOURCES.get('lfw_pairs')(config, 'eval')  # 'eval' is 'test'
+    pairs = PAIR_PROTOCOLS.get('lfw_pairs')(config)
+    rows = read_lfw_pairs(lfw_pairs, 2)
+    assert len(pairs['a']) == 40 and pairs['same'].sum() == 20
+    assert source.files == sorted(set(rows['a']) | set(rows['b']))
+    assert [source.files[i] for i in pairs['a']] == list(rows['a'])
+    assert [source.files[i] for i in pairs['b']] == list(rows['b'])
+    same = source.ids[pairs['a']] == source.ids[pairs['b']]
+    np.testing.assert_array_equal(same, pairs['same'] == 1)
+    np.testing.assert_array_equal(pairs['fold'], rows['fold'])
+    persons = sorted({Path(f).stem.rsplit('_', 1)[0] for f in source.files})
+    assert source.ids.tolist() == [persons.index(Path(f).stem[:-5]) for f in source.files]
+    with pytest.raises(datasets.DataError, match='train'):
+        datasets.SOURCES.get('lfw_pairs')(config, 'train')
+    config.pairs_per_fold = -1
+    with pytest.raises(ValueError, match='pairs_per_fold'):
+        datasets.open_source(config, 'test')
+
+
 # ----------------------------------------------------------------------------- protocols
 
 
