@@ -21,30 +21,16 @@ from utils.cpu_devices import use_all_cpu_cores  # noqa: E402
 
 
 def compiled_forward(config_path: str, batch: int):
-    import jax
-    import numpy as np
+    """The config's forward pass compiled for a random batch, and its arguments."""
 
     import experiment
     from bench import common
-    from models.wrappers import make_score_fn
-    from utils import parallel
+    from bench.sampler_speed import make_inputs
 
-    config = common.load_config(config_path)
-    exp = experiment.build(config)
-    params = exp.init_params(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, *exp.hr_shape)).astype(np.float32)
-    data = parallel.shard_batch(
-        {'x': x, 't': np.full(batch, 0.5, np.float32), 'lr_up': x}, exp.mesh
-    )
-    score = config.score
-
-    def forward(params, x, t, lr_up):
-        fn = make_score_fn(exp.model, params, exp.sde, score.parametrization, sigma_data=0.5)
-        return fn(x, t, {'lr_up': lr_up})
-
-    args = (params, data['x'], data['t'], data['lr_up'])
-    return jax.jit(forward).lower(*args).compile(), args
+    exp = experiment.build(common.load_config(config_path))
+    params, _, data = make_inputs(exp, batch)
+    args = (params, data['x'], data['t'], {'lr_up': data['lr_up']})
+    return common.jitted_forward(exp).lower(*args).compile(), args
 
 
 def main() -> None:

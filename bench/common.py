@@ -119,3 +119,23 @@ def timed_runs(fn, args, repeats: int) -> tuple[dict, Any]:
         out = jax.block_until_ready(compiled(*args))
         timings['run_s_all'].append(round(time.perf_counter() - start, 4))
     return timings, out
+
+
+def jitted_forward(exp: Any) -> Any:
+    """``forward(params, x, t, cond)``: one network evaluation (NFE) of ``exp``'s score model,
+    jitted over its mesh (params replicated, batch split)."""
+    import jax
+
+    from models.wrappers import make_score_fn
+    from utils import parallel
+
+    split, replicated = parallel.batch_sharding(exp.mesh), parallel.replicated_sharding(exp.mesh)
+    score = exp.config.score
+
+    def forward(params, x, t, cond):
+        score_fn = make_score_fn(
+            exp.model, params, exp.sde, score.parametrization, sigma_data=score.sigma_data
+        )
+        return score_fn(x, t, cond)
+
+    return jax.jit(forward, in_shardings=(replicated, split, split, split), out_shardings=split)

@@ -182,21 +182,7 @@ def _lowered_flops(fn: Any, args: tuple) -> float:
 
 
 def measure_forward(exp: Any, params: Any, data: dict, repeats: int) -> dict[str, Any]:
-    import jax
-
-    from models.wrappers import make_score_fn
-    from utils import parallel
-
-    split, replicated = parallel.batch_sharding(exp.mesh), parallel.replicated_sharding(exp.mesh)
-    score = exp.config.score
-
-    def forward(params, x, t, cond):
-        score_fn = make_score_fn(
-            exp.model, params, exp.sde, score.parametrization, sigma_data=score.sigma_data
-        )
-        return score_fn(x, t, cond)
-
-    fn = jax.jit(forward, in_shardings=(replicated, split, split, split), out_shardings=split)
+    fn = common.jitted_forward(exp)
     args = (params, data['x'], data['t'], {'lr_up': data['lr_up']})
     timings, _ = common.timed_runs(fn, args, repeats)
     return _summary(timings, _lowered_flops(fn, args))

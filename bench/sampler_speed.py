@@ -80,21 +80,7 @@ def summarize(label: str, steps, nfe: int, timings: dict, full_nfes, batch: int)
 
 def measure_forward(exp, params, data, repeats: int) -> dict:
     """One jitted ``score_fn(x, t, cond)`` call: the cost of one NFE without a sampler."""
-    import jax
-
-    from models.wrappers import make_score_fn
-    from utils import parallel
-
-    split, replicated = parallel.batch_sharding(exp.mesh), parallel.replicated_sharding(exp.mesh)
-
-    def forward(params, x, t, cond):
-        score = exp.config.score
-        score_fn = make_score_fn(
-            exp.model, params, exp.sde, score.parametrization, sigma_data=score.sigma_data
-        )
-        return score_fn(x, t, cond)
-
-    fn = jax.jit(forward, in_shardings=(replicated, split, split, split), out_shardings=split)
+    fn = common.jitted_forward(exp)
     args = (params, data['x'], data['t'], {'lr_up': data['lr_up']})
     timings, _ = common.timed_runs(fn, args, repeats)
     return summarize('forward', None, 1, timings, (), len(data['t']))

@@ -243,3 +243,17 @@ def test_lfw_pairs_verification_from_records(lfw_pairs, tmp_path):
     table = (out / 'table.md').read_text().splitlines()
     assert table[0].endswith('| LFW acc (SR-HR) | LFW acc (SR-SR) |')
     assert '20 pairs (10 same)' in (out / 'table.md').read_text()
+
+
+def test_eval_names_tell_sampler_settings_apart() -> None:
+    """Settings that change the SR images change the output folder (no collisions in sweeps)."""
+    from configs import default
+    from evaluation.run import sampler_tag
+
+    s = default.sampling_config()
+    s.update(method='dpm2m', num_steps=10, schedule='logsnr')
+    ode_tag = sampler_tag(s)
+    s.eta = 1.0
+    assert sampler_tag(s) == ode_tag + '-eta1' and ode_tag == 'dpm2m-n10-logsnr'
+    s.update(method='pc', predictor='euler_maruyama', corrector='langevin', snr=0.16)
+    assert sampler_tag(s) == 'pc-euler_maruyama-langevin-snr0.16-m1-n10-logsnr'
