@@ -25,10 +25,9 @@ def compiled_forward(config_path: str, batch: int):
 
     import experiment
     from bench import common
-    from bench.sampler_speed import make_inputs
 
     exp = experiment.build(common.load_config(config_path))
-    params, _, data = make_inputs(exp, batch)
+    params, _, data = common.make_inputs(exp, batch)
     args = (params, data['x'], data['t'], {'lr_up': data['lr_up']})
     return common.jitted_forward(exp).lower(*args).compile(), args
 

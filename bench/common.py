@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from bench.train_step import load_config as _load_config_file
 
 RESULTS = Path(__file__).resolve().parent / 'results'
 _TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
@@ -69,7 +68,12 @@ def apply_sets(config: Any, sets: Sequence[str]) -> list[str]:
 
 def load_config(path: str, arg: str = '', sets: Sequence[str] = ()) -> Any:
     """The config of ``path`` (``get_config(arg)``) with the ``--set`` overrides applied."""
-    config = _load_config_file(path, arg)
+    spec = importlib.util.spec_from_file_location('bench_config', path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        raise FileNotFoundError(f'config file {path} not found')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
     apply_sets(config, sets)
     return config
 
@@ -139,3 +143,26 @@ def jitted_forward(exp: Any) -> Any:
         return score_fn(x, t, cond)
 
     return jax.jit(forward, in_shardings=(replicated, split, split, split), out_shardings=split)
+
+
+def make_inputs(exp, batch: int):
+    """Replicated random params and key; random batch-split ``cond``, ``ids``, ``x`` and ``t``."""
+    import jax
+    import numpy as np
+
+    from utils import parallel
+
+    parallel.check_divisible(batch, exp.mesh, '--batch')
+    rng = np.random.default_rng(0)
+    size, factor = exp.config.data.image_size, exp.config.data.downscale
+    lr = rng.random((batch, size // factor, size // factor, exp.hr_shape[-1]), np.float32)
+    data = {
+        'lr': lr,
+        'lr_up': lr.repeat(factor, 1).repeat(factor, 2),
+        'x': rng.standard_normal((batch, *exp.hr_shape)).astype(np.float32),
+        't': np.full(batch, 0.5, np.float32),
+        'ids': np.arange(batch, dtype=np.int32),
+    }
+    data = parallel.shard_batch(data, exp.mesh)
+    key = parallel.replicate(jax.random.PRNGKey(0), exp.mesh)
+    return exp.init_params(jax.random.PRNGKey(0)), key, data

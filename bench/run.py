@@ -301,12 +301,11 @@ def run_case(case: Case, trained: str) -> dict[str, Any]:
     import jax
 
     import experiment
-    from bench.sampler_speed import make_inputs
 
     config = case_config(case)
     # A batch smaller than the device count cannot be split: it runs on that many devices.
     exp = experiment.build(config, jax.devices()[: min(case.batch, jax.device_count())])
-    params, key, data = make_inputs(exp, case.batch)
+    params, key, data = common.make_inputs(exp, case.batch)
     if case.trained:
         if not trained:
             return {'skipped': 'needs --trained WORKDIR (a demo model) for a meaningful NFE'}

@@ -79,6 +79,16 @@ def _assert_same_tree(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7, err_msg=str(path))
 
 
+def _start_main(workdir: Path, data_dir: Path, *overrides: str) -> subprocess.Popen:
+    """``main.py`` on the smoke demo in the background (2 devices), stderr kept for checks."""
+    return subprocess.Popen(
+        _main_command(workdir, data_dir, *overrides),
+        env=_env(2),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 def _wait_for_checkpoint(workdir: Path, step: int, proc: subprocess.Popen, timeout=300.0):
     """Returns once checkpoint ``step`` is complete on disk (orbax renames it into place)."""
     path = workdir / 'checkpoints' / str(step)
@@ -107,12 +117,7 @@ def test_killed_run_resumes_to_same_parameters(celeba_id128, tmp_path):
     assert reference.returncode == 0, reference.stderr.decode()[-3000:]
 
     workdir = tmp_path / 'killed'
-    proc = subprocess.Popen(
-        _main_command(workdir, celeba_id128, *args),
-        env=_env(2),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_main(workdir, celeba_id128, *args)
     _wait_for_checkpoint(workdir, 10, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -134,12 +139,7 @@ def test_sigterm_checkpoints_and_stops(celeba_id128, tmp_path):
         '--config.training.checkpoint_freq=10',
         '--config.training.log_freq=1',
     )
-    proc = subprocess.Popen(
-        _main_command(tmp_path, celeba_id128, *args),
-        env=_env(2),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_main(tmp_path, celeba_id128, *args)
     _wait_for_checkpoint(tmp_path, 10, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
