@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -11,16 +12,30 @@ import jax
 import jax.numpy as jnp
 
 import models
+import residual_stats
 import sampling
-from models.wrappers import init_params
+from models.wrappers import get_parametrization, init_params
 from sde_lib import SDE, make_sde
 from utils import parallel
 
 MODEL_NON_ARGS = ('name',)
 
 
+def check_output_channels(config: Any) -> None:
+    """The network must output one image per head of the parametrization."""
+    heads = get_parametrization(config.score.parametrization).heads
+    want = len(heads) * config.data.num_channels
+    if config.model.out_channels != want:
+        raise ValueError(
+            f'config.model.out_channels={config.model.out_channels}, but '
+            f'score.parametrization={config.score.parametrization!r} has {len(heads)} head(s) '
+            f'{heads} of data.num_channels={config.data.num_channels}: set it to {want}'
+        )
+
+
 def build_model(config: Any) -> nn.Module:
     """The network named by ``config.model.name`` with every other model field as keyword."""
+    check_output_channels(config)
     kwargs = {k: v for k, v in config.model.items() if k not in MODEL_NON_ARGS}
     kwargs['dtype'] = jnp.dtype(config.compute.dtype)
     return models.build_model(config.model.name, **kwargs)
@@ -46,10 +61,10 @@ class Experiment:
             sampling_config or config.sampling,
             self.sde,
             self.model,
-            config.score.parametrization,
+            config.score,
+            config.data,
             self.hr_shape,
             mesh=self.mesh,
-            sigma_data=config.score.sigma_data,
         )
 
     def init_params(self, key: jax.Array) -> Any:
@@ -61,7 +76,20 @@ class Experiment:
         return init(key)
 
 
-def build(config: Any, devices: Any = None) -> Experiment:
-    """The experiment of ``config`` over ``devices`` (default: all devices of all hosts)."""
+def build(config: Any, devices: Any = None, workdir: str | Path | None = None) -> Experiment:
+    """The experiment of ``config`` over ``devices`` (default: all devices of all hosts).
+
+    ``workdir`` holds the run's training-set statistics, read only by SDEs that need them
+    (ECDP's sigma: ``residual_stats``).
+    """
     mesh = parallel.make_mesh(devices)
-    return Experiment(config, make_sde(config.sde), build_model(config), mesh)
+
+    def stats() -> dict[str, Any]:
+        if workdir is None and not config.sde.stats_file:
+            raise ValueError(
+                f'config.sde.name={config.sde.name!r} needs the residual statistics of the run: '
+                'build the experiment with its workdir, or set config.sde.stats_file'
+            )
+        return residual_stats.load(residual_stats.stats_path(config, workdir or ''), config.data)
+
+    return Experiment(config, make_sde(config.sde, stats), build_model(config), mesh)

@@ -2,10 +2,13 @@
 
 Losses are registered by name (``config.training.loss``): ``dsm`` is the continuous-time
 objective of Song et al. (2021) (``reduce_mean`` and ``likelihood_weighting`` options), ``smld``
-and ``ddpm`` the discrete objectives of NCSN and DDPM. A builder sees the network only as
-``score_model(params, dropout_key) -> score_fn``; every loss has the signature
-``loss_fn(params, batch, key) -> loss`` with ``batch['hr']`` and ``batch['lr_up']`` already in
-the model's value range.
+and ``ddpm`` the discrete objectives of NCSN and DDPM, ``heads`` ECDP's regression of each
+output head (eps, x0) to its target. A builder sees the network only as
+``predict_model(params, dropout_key) -> predict_fn`` (``models.wrappers``: the score and every
+head); every loss has the signature ``loss_fn(params, batch, key) -> loss`` with
+``batch['hr']`` and ``batch['lr_up']`` already in the model's value range. Losses perturb the
+SDE's state ``u = sde.to_state(hr, cond)`` (``sde_lib``'s frame), so one loss serves SDEs with
+and without a condition-dependent mean.
 
 The train step is pure, ``train_step(state, batch, key) -> (state, metrics)``, and is made
 data-parallel only at the edge, by :func:`jit_train_step`: the state is replicated, the batch is
@@ -26,14 +29,17 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from models.wrappers import make_score_fn
-from sde_lib import SDE, ScoreFn, batch_mul
+import datasets
+import ode
+import sampling
+from models.wrappers import PredictFn, make_predict_fn
+from sde_lib import SDE, batch_mul
 from utils.registry import Registry
 
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[Any, Batch, jax.Array], jax.Array]
-# ``score_model(params, dropout_key) -> score_fn``: the network wrapped for one set of params.
-ScoreModel = Callable[[Any, jax.Array], ScoreFn]
+# ``predict_model(params, dropout_key) -> predict_fn``: the network wrapped for one set of params.
+PredictModel = Callable[[Any, jax.Array], PredictFn]
 LOSSES = Registry('loss')
 
 
@@ -52,25 +58,37 @@ def _reduce_fn(reduce_mean: bool) -> Callable[[jax.Array], jax.Array]:
     return lambda x: 0.5 * jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
-def _score_at(score_model: ScoreModel, params, key, x, t, batch):
-    return score_model(params, key)(x, t, {'lr_up': batch['lr_up']})
+def _cond(batch: Batch) -> dict[str, jax.Array]:
+    return {'lr_up': batch['lr_up']}
+
+
+def _score_at(predict_model: PredictModel, params, key, x, t, batch):
+    return predict_model(params, key)(x, t, _cond(batch))['score']
+
+
+def _perturb(sde: SDE, batch: Batch, key: jax.Array, t_eps: float):
+    """``(u0, t, z, u_t)``: the clean state, a uniform time in ``[t_eps, T]``, noise, and
+    ``u_t = alpha(t) u0 + std(t) z``."""
+    u0 = sde.to_state(batch['hr'], _cond(batch))
+    t_key, z_key = jax.random.split(key)
+    t = jax.random.uniform(t_key, (u0.shape[0],), minval=t_eps, maxval=sde.T)
+    z = jax.random.normal(z_key, u0.shape)
+    mean, std = sde.marginal_prob(u0, t)
+    return u0, t, z, mean + batch_mul(std, z)
 
 
 @LOSSES.register('dsm')
-def get_dsm_loss_fn(sde: SDE, score_model: ScoreModel, tcfg: Any) -> LossFn:
-    """Continuous DSM: ``E_t E_z || std(t) s(x_t, t) + z ||^2`` (or likelihood weighting)."""
+def get_dsm_loss_fn(sde: SDE, predict_model: PredictModel, tcfg: Any) -> LossFn:
+    """Continuous DSM: ``E_t E_z || std(t) s(u_t, t) + z ||^2`` (or likelihood weighting)."""
     reduce = _reduce_fn(tcfg.reduce_mean)
 
     def loss_fn(params, batch, key):
-        x = batch['hr']
-        t_key, z_key, drop_key = jax.random.split(key, 3)
-        t = jax.random.uniform(t_key, (x.shape[0],), minval=tcfg.eps, maxval=sde.T)
-        z = jax.random.normal(z_key, x.shape)
-        mean, std = sde.marginal_prob(x, t)
-        perturbed = mean + batch_mul(std, z)
-        score = _score_at(score_model, params, drop_key, perturbed, t, batch)
+        noise_key, drop_key = jax.random.split(key)
+        x, t, z, perturbed = _perturb(sde, batch, noise_key, tcfg.eps)
+        std = sde.marginal_std(t)
+        score = _score_at(predict_model, params, drop_key, perturbed, t, batch)
         if tcfg.likelihood_weighting:
-            g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
+            g2 = sde.sde(jnp.zeros_like(perturbed), t)[1] ** 2
             losses = reduce(jnp.square(score + batch_mul(1.0 / std, z))) * g2
         else:
             losses = reduce(jnp.square(batch_mul(std, score) + z))
@@ -86,60 +104,177 @@ def _discrete_t(sde: SDE, key: jax.Array, batch_size: int) -> tuple[jax.Array, j
 
 
 @LOSSES.register('smld')
-def get_smld_loss_fn(sde: SDE, score_model: ScoreModel, tcfg: Any) -> LossFn:
+def get_smld_loss_fn(sde: SDE, predict_model: PredictModel, tcfg: Any) -> LossFn:
     """NCSN: ``sigma_i^2 || s(x + sigma_i z, sigma_i) + z / sigma_i ||^2`` over discrete sigmas."""
     if not hasattr(sde, 'discrete_sigmas'):
         raise ValueError('the smld loss needs discrete sigmas: config.sde.name="vesde"')
     reduce = _reduce_fn(tcfg.reduce_mean)
 
     def loss_fn(params, batch, key):
-        x = batch['hr']
+        x = sde.to_state(batch['hr'], _cond(batch))
         t_key, z_key, drop_key = jax.random.split(key, 3)
         idx, t = _discrete_t(sde, t_key, x.shape[0])
         sigma = sde.discrete_sigmas[idx]
         z = jax.random.normal(z_key, x.shape)
-        score = _score_at(score_model, params, drop_key, x + batch_mul(sigma, z), t, batch)
+        score = _score_at(predict_model, params, drop_key, x + batch_mul(sigma, z), t, batch)
         return jnp.mean(reduce(jnp.square(batch_mul(sigma, score) + z)))
 
     return loss_fn
 
 
 @LOSSES.register('ddpm')
-def get_ddpm_loss_fn(sde: SDE, score_model: ScoreModel, tcfg: Any) -> LossFn:
+def get_ddpm_loss_fn(sde: SDE, predict_model: PredictModel, tcfg: Any) -> LossFn:
     """DDPM: ``|| eps_hat - z ||^2`` with ``eps_hat = -sqrt(1 - alphabar_i) s(x_i, t_i)``."""
     if not hasattr(sde, 'alphas_cumprod'):
         raise ValueError('the ddpm loss needs a VP-type SDE (config.sde.name="vpsde"/"subvpsde")')
     reduce = _reduce_fn(tcfg.reduce_mean)
 
     def loss_fn(params, batch, key):
-        x = batch['hr']
+        x = sde.to_state(batch['hr'], _cond(batch))
         t_key, z_key, drop_key = jax.random.split(key, 3)
         idx, t = _discrete_t(sde, t_key, x.shape[0])
         alphabar = sde.alphas_cumprod[idx]
         z = jax.random.normal(z_key, x.shape)
         perturbed = batch_mul(jnp.sqrt(alphabar), x) + batch_mul(jnp.sqrt(1.0 - alphabar), z)
-        score = _score_at(score_model, params, drop_key, perturbed, t, batch)
+        score = _score_at(predict_model, params, drop_key, perturbed, t, batch)
         return jnp.mean(reduce(jnp.square(batch_mul(jnp.sqrt(1.0 - alphabar), score) + z)))
 
     return loss_fn
 
 
-def make_loss_fn(config: Any, sde: SDE, model: nn.Module, train: bool = True) -> LossFn:
-    """The loss named by ``config.training.loss``."""
-    build = LOSSES.get(config.training.loss)
+@LOSSES.register('heads')
+def get_heads_loss_fn(sde: SDE, predict_model: PredictModel, tcfg: Any) -> LossFn:
+    """ECDP: ``|| eps_hat - z ||^2 + || x0_hat - u0 ||^2`` over the heads the parametrization
+    has (both for 'hybrid', one for the 'eps' and 'x0' ablations), equally weighted."""
+    reduce = _reduce_fn(tcfg.reduce_mean)
 
-    def score_model(params: Any, key: jax.Array) -> ScoreFn:
-        return make_score_fn(
-            model,
-            params,
-            sde,
-            config.score.parametrization,
-            train=train,
-            dropout_key=key,
-            sigma_data=config.score.sigma_data,
+    def loss_fn(params, batch, key):
+        noise_key, drop_key = jax.random.split(key)
+        u0, t, z, perturbed = _perturb(sde, batch, noise_key, tcfg.eps)
+        heads = predict_model(params, drop_key)(perturbed, t, _cond(batch))
+        targets = {name: target for name, target in (('eps', z), ('x0', u0)) if name in heads}
+        if not targets:
+            raise ValueError(
+                'training.loss="heads" needs a parametrization with eps or x0 heads '
+                '(config.score.parametrization = "hybrid", "eps" or "x0")'
+            )
+        losses = sum(reduce(jnp.square(heads[k] - v)) for k, v in targets.items())
+        return jnp.mean(losses)
+
+    return loss_fn
+
+
+def generate(
+    sde: SDE,
+    score_model: Callable[[Any], Any],
+    params: Any,
+    cond: Mapping[str, jax.Array],
+    key: jax.Array,
+    opts: ode.ODEOptions,
+    t_end: float,
+) -> tuple[jax.Array, jax.Array]:
+    """SR images (data coordinates) from the prior by the probability-flow ODE, per sample, and
+    whether each solve finished. ``score_model(params) -> score_fn``; gradients reach
+    ``params`` with every adjoint (they are the solver's explicit arguments)."""
+    shape = cond['lr_up'].shape
+    keys = jax.random.split(key, shape[0])
+    u_T = jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
+
+    def field(t, u, args):
+        p, c = args
+        return sampling.probability_flow(score_model(p), sde)(t, u, c)
+
+    def solve_one(u, c):
+        c = jax.tree.map(lambda v: v[None], c)
+        y, _, finished = ode.solve(field, u, sde.T, t_end, opts, (params, c))
+        return y, finished
+
+    u0, finished = jax.vmap(solve_one)(u_T, dict(cond))
+    return sde.from_state(u0, cond), finished
+
+
+def quality_ode_options(tcfg: Any) -> ode.ODEOptions:
+    """The ODE options of the image-quality loss (``training.quality_*``)."""
+    return ode.ODEOptions(
+        solver=tcfg.quality_solver,
+        rtol=tcfg.quality_tol,
+        atol=tcfg.quality_tol,
+        max_steps=tcfg.quality_max_steps,
+        fixed_steps=tcfg.quality_fixed_steps,
+        adjoint=tcfg.quality_adjoint,
+        checkpoints=tcfg.quality_checkpoints,
+    )
+
+
+def get_quality_loss_fn(
+    sde: SDE,
+    predict_model: PredictModel,
+    tcfg: Any,
+    features: Callable[[jax.Array], jax.Array],
+    inverse_scaler: Callable[[jax.Array], jax.Array],
+) -> LossFn:
+    """ECDP's image-quality loss ``|| F(SR_theta(y)) - F(x) ||_1`` (mean over features), with
+    ``SR_theta(y)`` generated through the probability-flow ODE from the prior, and gradients
+    through the solver (``training.quality_adjoint``: memory bounded by checkpoints, or the
+    continuous adjoint). A generation that does not finish contributes 0 (it is counted)."""
+    opts = quality_ode_options(tcfg)
+
+    def loss_fn(params, batch, key):
+        noise_key, drop_key = jax.random.split(key)
+        score_model = lambda p: lambda u, t, c: predict_model(p, drop_key)(u, t, c)['score']
+        sr, finished = generate(
+            sde, score_model, params, _cond(batch), noise_key, opts, tcfg.quality_t_end
         )
+        to_images = lambda x: jnp.clip(inverse_scaler(x), 0.0, 1.0)
+        diff = jnp.abs(features(to_images(sr)) - features(to_images(batch['hr'])))
+        per_image = jnp.mean(diff.reshape(diff.shape[0], -1), axis=-1)
+        return jnp.mean(jnp.where(finished, per_image, 0.0))
 
-    return build(sde, score_model, config.training)
+    return loss_fn
+
+
+def make_predict_model(config: Any, sde: SDE, model: nn.Module, train: bool) -> PredictModel:
+    """``predict_model(params, dropout_key) -> predict_fn`` for ``config.score``."""
+
+    def predict_model(params: Any, key: jax.Array) -> PredictFn:
+        return make_predict_fn(model, params, sde, config.score, train=train, dropout_key=key)
+
+    return predict_model
+
+
+def make_loss_fn(config: Any, sde: SDE, model: nn.Module, train: bool = True) -> LossFn:
+    """``diffusion_weight`` x the loss named by ``config.training.loss``, plus
+    ``quality_weight`` x ECDP's image-quality loss through the ODE (off at weight 0)."""
+    tcfg = config.training
+    predict_model = make_predict_model(config, sde, model, train)
+    diffusion = LOSSES.get(tcfg.loss)(sde, predict_model, tcfg)
+    if tcfg.quality_weight <= 0:
+        return (
+            diffusion if tcfg.diffusion_weight == 1 else _scaled(diffusion, tcfg.diffusion_weight)
+        )
+    from evaluation.lpips import make_vgg_features
+
+    vgg, vgg_params = make_vgg_features()
+    quality = get_quality_loss_fn(
+        sde,
+        predict_model,
+        tcfg,
+        lambda images: vgg(vgg_params, images),
+        datasets.get_data_inverse_scaler(config.data.centered),
+    )
+
+    def loss_fn(params, batch, key):
+        diffusion_key, quality_key = jax.random.split(key)
+        total = tcfg.quality_weight * quality(params, batch, quality_key)
+        if tcfg.diffusion_weight:
+            total = total + tcfg.diffusion_weight * diffusion(params, batch, diffusion_key)
+        return total
+
+    return loss_fn
+
+
+def _scaled(loss_fn: LossFn, weight: float) -> LossFn:
+    return lambda params, batch, key: weight * loss_fn(params, batch, key)
 
 
 def learning_rate_schedule(optim: Any) -> optax.Schedule:

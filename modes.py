@@ -28,3 +28,10 @@ def run_eval(config: Any, workdir: str | Path) -> None:
     from evaluation import run as evaluation_run
 
     evaluation_run.run(config, workdir)
+
+
+@MODES.register('stats')
+def run_stats(config: Any, workdir: str | Path) -> None:
+    import residual_stats
+
+    residual_stats.run(config, workdir)

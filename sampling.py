@@ -1,14 +1,20 @@
-"""Samplers: predictor-corrector, probability-flow ODE (Dopri5) and few-step ODE solvers.
+"""Samplers: predictor-corrector, the probability-flow ODE (adaptive, diffrax) and few-step
+solvers.
 
 Every sampler is a small pure function registered in ``SAMPLERS``::
 
-    sample_<name>(keys, score_fn, sde, x_T, ts, cond, **opts) -> (x_0, nfe)
+    sample_<name>(keys, score_fn, sde, u_T, ts, cond, **opts) -> (u_0, stats)
+
+It runs on the SDE's state ``u`` (``sde_lib``'s frame: the data for VE/VP/sub-VP, the
+normalised residual around the upsampled LR for ECDP); ``make_sampler`` draws ``u_T`` from the
+prior and maps ``u_0`` back to data at the edge, so no sampler knows about condition-dependent
+means. ``stats`` holds 'nfe' and 'unfinished' (``check_finished``).
 
 ``keys`` holds one PRNG key per sample, derived from ``fold_in(key, sample_id)``; the noise
 that sample ``i`` receives at step ``n`` is drawn (vmapped over the batch) from
 ``fold_in(fold_in(keys[i], n), stream)``, so a sample never depends on the batch size, on the
 other samples or on the device count. Adaptive and step-size decisions are also made per
-sample (the Langevin step size uses per-sample norms, Dopri5 runs per sample under ``vmap``).
+sample (the Langevin step size uses per-sample norms, the ODE runs per sample under ``vmap``).
 
 ``ts`` is the time grid from a ``get_ts_*`` schedule (decreasing, ``T`` first):
 
@@ -17,20 +23,21 @@ sample (the Langevin step size uses per-sample norms, Dopri5 runs per sample und
   the grid below ``eps`` (score_sde's fixed ``dt = -1/N``).
 * ``heun``/``dpm2m`` (``eta`` > 0: its SDE variant): K + 1 points, K steps from ``ts[0]`` to
   ``ts[-1] = eps``.
-* ``ode``: only the ends are used; Dopri5 chooses its own steps.
+* ``ode``: only the ends are used; the adaptive solver chooses its own steps.
 
-The few-step solvers work in the scaled variable ``x_hat = x / alpha(t)`` against
-``sigma(t) = std(t) / alpha(t)`` (EDM), where ``mean = alpha(t) x_0`` and ``std(t)`` come from
-``sde.marginal_prob``; in that form the probability-flow ODE of VE, VP and sub-VP is
-``d x_hat / d sigma = (x_hat - D(x_hat, sigma)) / sigma`` with the denoiser
-``D = (x + std^2 score(x, t)) / alpha`` (Tweedie), so one solver serves all three SDEs.
+The few-step solvers work in the scaled variable ``u_hat = u / alpha(t)`` against
+``sigma(t) = std(t) / alpha(t)`` (EDM), where ``mean = alpha(t) u_0`` and ``std(t)`` come from
+the SDE; in that form the probability-flow ODE of every SDE here is
+``d u_hat / d sigma = (u_hat - D(u_hat, sigma)) / sigma`` with the denoiser
+``D = (u + std^2 score(u, t)) / alpha`` (Tweedie), so one solver serves them all.
 
 Data consistency (``projection='ilvr'``) needs ``cond['lr']`` (LR size, model value range):
-``x <- x - up(down(x)) + up(y)`` with ``degradations``' default kernels. The PC sampler projects
-the noisy state after each predictor step onto the LR image perturbed to the same noise level,
+``u <- u - up(down(u)) + up(y)`` with the kernels that made the LR (``config.data``), against
+the LR image in the state's frame (``lr_in_state``). The PC sampler projects the noisy state
+after each predictor step onto the LR image perturbed to the same noise level,
 ``y = alpha(t) lr + std(t) z`` (ILVR, Choi et al. 2021; the predictor mean onto
-``alpha(t) lr``); the deterministic few-step solvers project their x_0 prediction onto ``lr``
-(DDNM-style), which needs no noise and keeps them deterministic. With these antialiased kernels
+``alpha(t) lr``); the deterministic few-step solvers project their u_0 prediction onto ``lr``
+(DDNM-style), which needs no noise and keeps them deterministic. With antialiased kernels
 ``down(up(.))`` is not the identity, so one projection reduces but does not zero the LR error.
 """
 
@@ -48,13 +55,17 @@ from jax import lax
 from jax.sharding import Mesh
 
 import degradations
+import ode
 from models.wrappers import make_score_fn
 from sde_lib import SDE, ScoreFn, batch_mul
 from utils.parallel import batch_sharding, replicated_sharding
 from utils.registry import Registry
 
 Cond = Mapping[str, jax.Array]
-SampleFn = Callable[[Any, jax.Array, Cond, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+# What a sampler reports besides its samples: 'nfe' (score evaluations) and 'unfinished' (how
+# many samples an adaptive solver left unfinished at its step bound; 0 for fixed grids).
+Stats = dict[str, jax.Array]
+SampleFn = Callable[[Any, jax.Array, Cond, jax.Array], tuple[jax.Array, Stats]]
 
 SAMPLERS = Registry('sampler')
 PREDICTORS = Registry('predictor')
@@ -100,15 +111,31 @@ def prior_sample(sde: SDE, keys: jax.Array, shape: tuple[int, ...]) -> jax.Array
 
 
 def alpha_std(sde: SDE, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``alpha(t)`` (``mean = alpha x_0``) and ``std(t)`` of the perturbation kernel, shape [B]."""
-    mean, std = sde.marginal_prob(jnp.ones((jnp.shape(t)[0], 1)), t)
-    return mean[:, 0], std
+    """``alpha(t)`` (``mean = alpha u_0``) and ``std(t)`` of the perturbation kernel, shape [B]."""
+    return sde.mean_coeff(t), sde.marginal_std(t)
 
 
 def denoise(score_fn: ScoreFn, sde: SDE, x: jax.Array, t: jax.Array, cond: Cond) -> jax.Array:
     """Tweedie's x_0 estimate ``(x + std^2 score) / alpha`` at times ``t`` [B]."""
     alpha, std = alpha_std(sde, t)
     return batch_mul(1.0 / alpha, x + batch_mul(std**2, score_fn(x, t, cond)))
+
+
+def fixed_stats(nfe: int) -> Stats:
+    """The report of a sampler with a fixed number of evaluations."""
+    return {'nfe': jnp.asarray(nfe, jnp.int32), 'unfinished': jnp.zeros((), jnp.int32)}
+
+
+def check_finished(stats: Mapping[str, Any], config: Any) -> None:
+    """Raises if an adaptive solver stopped at ``max_steps`` before the end time for any
+    sample: its state is not a sample at t = eps, and using it would be a silent failure."""
+    unfinished = int(stats['unfinished'])
+    if unfinished:
+        raise RuntimeError(
+            f'{unfinished} sample(s) reached sampling.max_steps={config.max_steps} before '
+            f't = {config.eps} (sampling.method={config.method!r}, rtol={config.rtol}, '
+            f'atol={config.atol}): raise max_steps or the tolerances'
+        )
 
 
 def _full(x: jax.Array, t: jax.Array) -> jax.Array:
@@ -166,21 +193,50 @@ def get_ts_logsnr(sde: SDE, num_steps: int, eps: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- projections
+# A projection ``project(u, lr_target) -> u`` acts on the sampler's state; samplers take it as a
+# callable (``None``: off) built by ``make_projection`` with the data's LR kernels.
+Projection = Callable[[jax.Array, jax.Array], jax.Array]
+# The LR target in the state's frame, added to ``cond`` by ``make_sampler`` when projecting.
+LR_STATE = 'lr_state'
 
 
 @PROJECTIONS.register('none')
-def project_none(x: jax.Array, lr_target: jax.Array) -> jax.Array:
+def _no_projection(kernels: Any) -> None:
     """No data consistency."""
-    del lr_target
-    return x
+    del kernels
 
 
 @PROJECTIONS.register('ilvr')
-def project_ilvr(x: jax.Array, lr_target: jax.Array) -> jax.Array:
-    """ILVR: replaces the low frequencies, ``x - up(down(x)) + up(lr_target)``."""
-    factor = x.shape[-3] // lr_target.shape[-3]
-    low = degradations.upscale(degradations.downscale(x, factor), factor)
-    return (x - low + degradations.upscale(lr_target, factor)).astype(x.dtype)
+def _ilvr_projection(kernels: Any) -> Projection:
+    """ILVR: replaces the low frequencies, ``u - up(down(u)) + up(lr_target)``, with the
+    kernels that made the LR images (``data.down_kernel``, ``data.up_kernel``, ``antialias``)."""
+
+    def project(u: jax.Array, lr_target: jax.Array) -> jax.Array:
+        factor = u.shape[-3] // lr_target.shape[-3]
+        down, up, aa = kernels.down_kernel, kernels.up_kernel, kernels.antialias
+        low = degradations.upscale(degradations.downscale(u, factor, down, aa), factor, up, aa)
+        target = degradations.upscale(lr_target, factor, up, aa)
+        return (u - low + target).astype(u.dtype)
+
+    return project
+
+
+def make_projection(name: str, data_config: Any) -> Projection | None:
+    """The projection ``sampling.projection`` with ``data_config``'s LR kernels."""
+    return PROJECTIONS.get(name)(data_config)
+
+
+def lr_in_state(sde: SDE, cond: Cond, data_config: Any) -> jax.Array:
+    """``(lr - down(offset)) / scale``: the LR image of the state ``u`` (``sde_lib``'s frame).
+
+    Projections are affine, so projecting ``x = offset + scale u`` onto ``lr`` is projecting
+    ``u`` onto this target; for VE/VP/sub-VP it is ``lr`` itself.
+    """
+    lr = cond['lr']
+    offset = jnp.broadcast_to(sde.offset(cond), cond['lr_up'].shape).astype(lr.dtype)
+    factor = offset.shape[-3] // lr.shape[-3]
+    down = degradations.downscale(offset, factor, data_config.down_kernel, data_config.antialias)
+    return ((lr - down) / sde.scale).astype(lr.dtype)
 
 
 # ----------------------------------------------------------------------------- predictors
@@ -244,31 +300,9 @@ def predict_ancestral(
     dt: jax.Array,
     cond: Cond,
 ) -> tuple[jax.Array, jax.Array]:
-    """SMLD ancestral step (SDEs with ``discrete_sigmas``) or DDPM's (``discrete_betas``)."""
-    idx = sde.discrete_index(t)
-    score = score_fn(x, t, cond)
-    if hasattr(sde, 'discrete_sigmas'):
-        sigma = sde.discrete_sigmas[idx]
-        adjacent = jnp.where(idx == 0, 0.0, sde.discrete_sigmas[jnp.maximum(idx - 1, 0)])
-        x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
-        std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
-    elif hasattr(sde, 'discrete_betas') and _is_variance_preserving(sde):
-        beta = sde.discrete_betas[idx]
-        x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
-        std = jnp.sqrt(beta)
-    else:
-        raise ValueError(
-            'ancestral sampling needs discrete SMLD sigmas or a variance-preserving '
-            'SDE with DDPM betas (not sub-VP: use reverse_diffusion)'
-        )
+    """The SDE's ancestral step (SMLD for VE, DDPM for VP; ``SDE.ancestral_step``)."""
+    x_mean, std = sde.ancestral_step(x, t, score_fn(x, t, cond))
     return x_mean + batch_mul(std, per_sample_normal(keys, x)), x_mean
-
-
-def _is_variance_preserving(sde: SDE) -> bool:
-    """Whether ``alpha^2 + std^2 = 1`` (the DDPM chain's marginals); false for sub-VP."""
-    with jax.ensure_compile_time_eval():
-        alpha, std = alpha_std(sde, jnp.asarray([0.1, 0.5]))
-        return bool(np.allclose(np.asarray(alpha**2 + std**2), 1.0, atol=1e-4))
 
 
 # ----------------------------------------------------------------------------- correctors
@@ -287,13 +321,6 @@ def correct_none(
 ) -> tuple[jax.Array, jax.Array]:
     """No corrector."""
     return x, x
-
-
-def _langevin_alpha(sde: SDE, t: jax.Array) -> jax.Array:
-    """score_sde's step-size factor: ``1 - beta_i`` for DDPM-type SDEs, else 1."""
-    if hasattr(sde, 'discrete_betas'):
-        return 1.0 - sde.discrete_betas[sde.discrete_index(t)]
-    return jnp.ones_like(t)
 
 
 def _norm(v: jax.Array) -> jax.Array:
@@ -330,7 +357,7 @@ def correct_langevin(
     by O(1 / dim) (about 5% of a variance at 64 dimensions, negligible for images); 'ald' has a
     state-independent step.
     """
-    alpha = _langevin_alpha(sde, t)
+    alpha = sde.langevin_factor(t)
 
     def step_size(grad, noise):
         ratio = _norm(noise) / jnp.maximum(_norm(grad), 1e-20)
@@ -351,18 +378,17 @@ def correct_ald(
     n_steps: int,
 ) -> tuple[jax.Array, jax.Array]:
     """Annealed Langevin dynamics (NCSN), ``eps = 2 alpha (r std(t))^2``."""
-    scale = 2.0 * _langevin_alpha(sde, t) * (snr * sde.marginal_std(t)) ** 2
+    scale = 2.0 * sde.langevin_factor(t) * (snr * sde.marginal_std(t)) ** 2
     return _langevin_loop(keys, score_fn, x, t, cond, n_steps, lambda grad, noise: scale)
 
 
 # ----------------------------------------------------------------------------- PC sampler
 
 
-def _project_noisy(projection, keys, sde, x, x_mean, t, cond):
+def _project_noisy(project, keys, sde, x, x_mean, t, cond):
     """ILVR at time ``t``: ``x`` onto ``alpha lr + std z``, the predictor mean onto ``alpha lr``."""
-    project = PROJECTIONS.get(projection)
     alpha, std = alpha_std(sde, t)
-    lr = cond['lr'].astype(x.dtype)
+    lr = cond[LR_STATE].astype(x.dtype)
     noisy_lr = batch_mul(alpha, lr) + batch_mul(std, per_sample_normal(keys, lr))
     return project(x, noisy_lr), project(x_mean, batch_mul(alpha, lr))
 
@@ -381,8 +407,8 @@ def sample_pc(
     snr: float = 0.16,
     n_steps_each: int = 1,
     noise_removal: bool = True,
-    projection: str = 'none',
-) -> tuple[jax.Array, jax.Array]:
+    projection: Projection | None = None,
+) -> tuple[jax.Array, Stats]:
     """Predictor-corrector sampling (Song et al. 2021): at every ``t_n`` correct, then predict."""
     predict, correct = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
     ts = jnp.asarray(ts, x_T.dtype)
@@ -395,7 +421,7 @@ def sample_pc(
         x, _ = correct(corrector_keys, score_fn, sde, carry[0], vec_t, cond, snr, n_steps_each)
         predictor_keys = fold_keys(step_keys, _PREDICTOR_STREAM)
         x, x_mean = predict(predictor_keys, score_fn, sde, x, vec_t, dt, cond)
-        if projection != 'none':
+        if projection is not None:
             projection_keys = fold_keys(step_keys, _PROJECTION_STREAM)
             t_next = jnp.maximum(vec_t + dt, 0.0)
             x, x_mean = _project_noisy(projection, projection_keys, sde, x, x_mean, t_next, cond)
@@ -403,76 +429,10 @@ def sample_pc(
 
     (x, x_mean), _ = lax.scan(step, (x_T, x_T), (jnp.arange(ts.shape[0]), ts, dts))
     per_level = (predictor != 'none') + (corrector != 'none') * n_steps_each
-    return (x_mean if noise_removal else x), jnp.asarray(ts.shape[0] * per_level, jnp.int32)
+    return (x_mean if noise_removal else x), fixed_stats(ts.shape[0] * per_level)
 
 
 # ----------------------------------------------------------------------------- probability flow
-
-
-_DOPRI5_C = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0])
-_DOPRI5_A = np.array(
-    [
-        [0, 0, 0, 0, 0, 0, 0],
-        [1 / 5, 0, 0, 0, 0, 0, 0],
-        [3 / 40, 9 / 40, 0, 0, 0, 0, 0],
-        [44 / 45, -56 / 15, 32 / 9, 0, 0, 0, 0],
-        [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729, 0, 0, 0],
-        [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656, 0, 0],
-        [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0],
-    ]
-)  # The last row is the 5th-order solution b (first same as last).
-_DOPRI5_E = np.array(
-    [71 / 57600, 0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]
-)  # b - b*, the embedded 4th-order error estimate.
-
-
-def _dopri5_step(f, y, t, h, k1):
-    """One Dormand-Prince step; returns ``(y_new, error, f(t + h, y_new))`` (6 evaluations)."""
-    a, c = jnp.asarray(_DOPRI5_A, y.dtype), jnp.asarray(_DOPRI5_C, y.dtype)
-    ks = jnp.zeros((7, *y.shape), y.dtype).at[0].set(k1)
-
-    def stage(s, ks):
-        y_s = y + h * jnp.tensordot(a[s], ks, axes=1)
-        return ks.at[s].set(f(t + c[s] * h, y_s))
-
-    ks = lax.fori_loop(1, 7, stage, ks)
-    y_new = y + h * jnp.tensordot(a[6], ks, axes=1)
-    return y_new, h * jnp.tensordot(jnp.asarray(_DOPRI5_E, y.dtype), ks, axes=1), ks[6]
-
-
-def dopri5(f, y0, t0, t1, rtol, atol, max_steps=4096):
-    """Adaptive RK45 (Dormand-Prince) solution at ``t1`` of ``dy/dt = f(t, y)``, and its NFE.
-
-    Standard step-size control with the error norm ``rms(err / (atol + rtol max|y|))``; runs
-    on device in ``lax.while_loop`` for one (unbatched) state ``y0``; vmap it for a batch.
-    """
-    t0, t1 = jnp.asarray(t0, y0.dtype), jnp.asarray(t1, y0.dtype)
-    direction, span = jnp.sign(t1 - t0), jnp.abs(t1 - t0)
-    rms = lambda v: jnp.sqrt(jnp.mean(v**2))
-    k1 = f(t0, y0)
-    scale = atol + rtol * jnp.abs(y0)
-    h0 = 0.01 * rms(y0 / scale) / jnp.maximum(rms(k1 / scale), 1e-10)
-    h0 = jnp.clip(h0, 1e-6 * span, span)
-
-    def body(state):
-        t, y, h_abs, k1, nfe, n = state
-        last = h_abs >= jnp.abs(t1 - t)
-        h = direction * jnp.where(last, jnp.abs(t1 - t), h_abs)
-        y_new, err, k7 = _dopri5_step(f, y, t, h, k1)
-        err_norm = rms(err / (atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y_new))))
-        accept = err_norm <= 1.0
-        factor = 0.9 * jnp.maximum(err_norm, 1e-10) ** -0.2
-        factor = jnp.where(accept, jnp.clip(factor, 0.2, 10.0), jnp.clip(factor, 0.2, 1.0))
-        t = jnp.where(accept, jnp.where(last, t1, t + h), t)
-        y, k1 = jnp.where(accept, y_new, y), jnp.where(accept, k7, k1)
-        return t, y, jnp.abs(h) * factor, k1, nfe + 6, n + 1
-
-    def keep_going(state):
-        return (state[0] != t1) & (state[5] < max_steps)
-
-    state = (t0, y0, h0, k1, jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32))
-    _, y, _, _, nfe, _ = lax.while_loop(keep_going, body, state)
-    return y, nfe
 
 
 @SAMPLERS.register('ode')
@@ -484,43 +444,55 @@ def sample_ode(
     ts: Any,
     cond: Cond,
     *,
+    ode_solver: str = 'dopri5',
     rtol: float = 1e-5,
     atol: float = 1e-5,
     noise_removal: bool = True,
     max_steps: int = 4096,
-) -> tuple[jax.Array, jax.Array]:
-    """Probability-flow ODE from ``ts[0]`` to ``ts[-1]`` with Dopri5, per sample (deterministic).
+) -> tuple[jax.Array, Stats]:
+    """Probability-flow ODE from ``ts[0]`` to ``ts[-1]``, adaptive, per sample (deterministic).
 
-    The returned NFE is the number of batched score evaluations run (the per-sample maximum).
+    Solved by ``ode.solve`` (diffrax). The NFE is the number of batched score evaluations run
+    (the per-sample maximum); ``unfinished`` counts samples that hit ``max_steps``.
     """
     del keys
-    rsde = sde.reverse(score_fn, probability_flow=True)
+    opts = ode.ODEOptions(solver=ode_solver, rtol=rtol, atol=atol, max_steps=max_steps)
+    field = probability_flow(score_fn, sde)
     t0, t1 = jnp.asarray(ts, x_T.dtype)[0], jnp.asarray(ts, x_T.dtype)[-1]
 
     def solve_one(x, c):
         c = jax.tree.map(lambda v: v[None], c)
-        f = lambda t, y: rsde.sde(y[None], t[None], c)[0][0]
-        y, nfe = dopri5(f, x, t0, t1, rtol, atol, max_steps)
+        y, nfe, finished = ode.solve(field, x, t0, t1, opts, c)
         if noise_removal:
             y, nfe = denoise(score_fn, sde, y[None], t1[None], c)[0], nfe + 1
-        return y, nfe
+        return y, nfe, finished
 
-    x, nfe = jax.vmap(solve_one)(x_T, cond)
-    return x, jnp.max(nfe)
+    x, nfe, finished = jax.vmap(solve_one)(x_T, cond)
+    return x, {'nfe': jnp.max(nfe), 'unfinished': jnp.sum(~finished).astype(jnp.int32)}
+
+
+def probability_flow(score_fn: ScoreFn, sde: SDE) -> Callable[[jax.Array, jax.Array, Cond], Any]:
+    """``field(t, u, cond)``: the probability-flow drift of one unbatched state ``u`` (``cond``
+    with a batch axis of 1)."""
+    rsde = sde.reverse(score_fn, probability_flow=True)
+
+    def field(t, u, cond):
+        return rsde.sde(u[None], jnp.reshape(t, (1,)), cond)[0][0]
+
+    return field
 
 
 # ----------------------------------------------------------------------------- few-step solvers
 
 
-def _scaled_denoiser(score_fn: ScoreFn, sde: SDE, cond: Cond, projection: str):
+def _scaled_denoiser(score_fn: ScoreFn, sde: SDE, cond: Cond, project: Projection | None):
     """``D(x_hat, t)``: the x_0 prediction from ``x_hat = x / alpha(t)``, optionally projected."""
-    project = PROJECTIONS.get(projection)
 
     def denoiser(x_hat, t):
         vec_t = _full(x_hat, t)
         alpha, _ = alpha_std(sde, vec_t)
         x0 = denoise(score_fn, sde, batch_mul(alpha, x_hat), vec_t, cond)
-        return x0 if projection == 'none' else project(x0, cond['lr'].astype(x0.dtype))
+        return x0 if project is None else project(x0, cond[LR_STATE].astype(x0.dtype))
 
     return denoiser
 
@@ -535,9 +507,9 @@ def _scaled_start(sde: SDE, x_T: jax.Array, ts: Any) -> tuple[jax.Array, jax.Arr
 def _scaled_finish(denoiser, sde, x_hat, t_end, nfe, noise_removal):
     """Back to ``x = alpha x_hat``, or one more denoising step (Tweedie's x_0)."""
     if noise_removal:
-        return denoiser(x_hat, t_end), jnp.asarray(nfe + 1, jnp.int32)
+        return denoiser(x_hat, t_end), fixed_stats(nfe + 1)
     alpha, _ = alpha_std(sde, t_end[None])
-    return x_hat * alpha[0], jnp.asarray(nfe, jnp.int32)
+    return x_hat * alpha[0], fixed_stats(nfe)
 
 
 @SAMPLERS.register('heun')
@@ -550,8 +522,8 @@ def sample_heun(
     cond: Cond,
     *,
     noise_removal: bool = True,
-    projection: str = 'none',
-) -> tuple[jax.Array, jax.Array]:
+    projection: Projection | None = None,
+) -> tuple[jax.Array, Stats]:
     """EDM's deterministic 2nd-order Heun sampler (Karras et al. 2022, Alg. 1), 2 NFE a step."""
     del keys
     denoiser = _scaled_denoiser(score_fn, sde, cond, projection)
@@ -579,9 +551,9 @@ def sample_dpm2m(
     cond: Cond,
     *,
     noise_removal: bool = True,
-    projection: str = 'none',
+    projection: Projection | None = None,
     eta: float = 0.0,
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, Stats]:
     """DPM-Solver++(2M) (Lu et al. 2022), data prediction, multistep; 1 NFE a step.
 
     With ``lambda = -log sigma``, ``h = lambda_next - lambda`` and ``g = eta h``:
@@ -618,7 +590,7 @@ def sample_dpm2m(
 # ----------------------------------------------------------------------------- builders
 
 
-def get_sampler(name: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
+def get_sampler(name: str) -> Callable[..., tuple[jax.Array, Stats]]:
     """The registered ``sample_<name>`` function ('pc', 'ode', 'heun', 'dpm2m')."""
     return SAMPLERS.get(name)
 
@@ -646,41 +618,59 @@ def time_steps(config: Any, sde: SDE) -> np.ndarray:
     return SCHEDULES.get(config.schedule)(sde, intervals, config.eps)
 
 
-def sampler_options(sampler: Callable, config: Any) -> dict[str, Any]:
-    """The sampler's keyword-only options, read from the config fields of the same names."""
+def sampler_options(sampler: Callable, config: Any, data_config: Any) -> dict[str, Any]:
+    """The sampler's keyword-only options, read from the ``config`` fields of the same names.
+
+    A missing field is an error (never the sampler's default, silently); ``projection`` becomes
+    the projection callable with ``data_config``'s LR kernels.
+    """
     params = inspect.signature(sampler).parameters
     names = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    missing = [n for n in names if n not in config]
+    if missing:
+        raise ValueError(
+            f'sampling.method={config.method!r} needs the config fields '
+            f'{", ".join("sampling." + n for n in missing)}'
+        )
     if config.get('projection', 'none') != 'none' and 'projection' not in names:
         raise ValueError(f'sampling.method={config.method!r} has no data-consistency projection')
-    return {n: config[n] for n in names if n in config}
+    opts = {n: config[n] for n in names}
+    if 'projection' in opts:
+        opts['projection'] = make_projection(opts['projection'], data_config)
+    return opts
 
 
 def make_sampler(
     config: Any,
     sde: SDE,
     model: nn.Module,
-    parametrization: str,
+    score_config: Any,
+    data_config: Any,
     shape: tuple[int, ...],
     mesh: Mesh | None = None,
-    sigma_data: float = 0.5,
 ) -> SampleFn:
-    """The jitted ``sample_fn(params, key, cond, sample_ids) -> (samples, {'nfe': ...})``.
+    """The jitted ``sample_fn(params, key, cond, sample_ids) -> (samples, stats)``.
 
-    ``config`` is ``config.sampling``; ``shape`` is one sample's shape (H, W, C); the batch size
-    is that of ``sample_ids``. Sample ``i`` depends only on ``(key, sample_ids[i], cond[i])``.
-    ``params`` are an argument (compiled once per shape and config); with a ``mesh``, params and
-    key are replicated and ``cond``/``sample_ids`` split over its 'data' axis. ``sigma_data``
-    is ``config.score.sigma_data`` (used by the 'edm' parametrization).
+    ``config`` is ``config.sampling``, ``score_config`` ``config.score`` and ``data_config``
+    ``config.data`` (LR kernels of the projection); ``shape`` is one sample's shape (H, W, C);
+    the batch size is that of ``sample_ids``. Sample ``i`` depends only on
+    ``(key, sample_ids[i], cond[i])``. ``params`` are an argument (compiled once per shape and
+    config); with a ``mesh``, params and key are replicated and ``cond``/``sample_ids`` split
+    over its 'data' axis. Samplers run on the SDE's state ``u`` (``sde_lib``'s frame); samples
+    are returned in data coordinates. ``stats``: 'nfe', 'unfinished' (see ``check_finished``).
     """
     sampler = get_sampler(config.method)
-    ts, opts = time_steps(config, sde), sampler_options(sampler, config)
+    ts, opts = time_steps(config, sde), sampler_options(sampler, config, data_config)
+    projecting = opts.get('projection') is not None
 
     def sample_fn(params, key, cond, sample_ids):
-        score_fn = make_score_fn(model, params, sde, parametrization, sigma_data=sigma_data)
+        score_fn = make_score_fn(model, params, sde, score_config)
         prior_keys, loop_keys = split_keys(per_sample_keys(key, sample_ids))
-        x_T = prior_sample(sde, prior_keys, shape)
-        x, nfe = sampler(loop_keys, score_fn, sde, x_T, ts, cond, **opts)
-        return x, {'nfe': nfe}
+        u_T = prior_sample(sde, prior_keys, shape)
+        if projecting:
+            cond = {**cond, LR_STATE: lr_in_state(sde, cond, data_config)}
+        u, stats = sampler(loop_keys, score_fn, sde, u_T, ts, cond, **opts)
+        return sde.from_state(u, cond), stats
 
     if mesh is None:
         return jax.jit(sample_fn)

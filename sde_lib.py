@@ -2,7 +2,16 @@
 
 Everything SDE-specific lives here: drift and diffusion, perturbation kernels, priors, the
 discrete SMLD/DDPM tables, and the time label that the score network is conditioned on.
-``make_sde(config.sde)`` is the only constructor used by the rest of the code.
+``make_sde(config.sde, stats)`` is the only constructor used by the rest of the code.
+
+**Frames.** An SDE may be defined around a condition-dependent mean: ECDP's mean-reverting SDE
+``dx = -1/2 beta(t) (x - mu(y)) dt + sigma sqrt(beta(t)) dw`` diffuses only the residual around
+the upsampled LR image ``mu(y)``. Every SDE therefore owns an affine *frame*,
+``u = (x - offset(cond)) / scale`` (offset 0 and scale 1 for VE, VP and sub-VP), and every other
+method here (drift, marginals, prior, discretisations, reverse) describes the process ``u``.
+Samplers, losses and parametrizations work on ``u`` and map to data coordinates only at their
+edges with :meth:`SDE.to_state` / :meth:`SDE.from_state`, so one implementation of each serves
+every SDE (ECDP's ``u`` is the standard VP SDE of the normalised residual).
 
 Times ``t`` are arrays of shape ``[B]``; states ``x`` are ``[B, ...]``.
 """
@@ -12,7 +21,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -42,13 +51,50 @@ def standard_normal_logp(z: jax.Array, std: float = 1.0) -> jax.Array:
 
 
 class SDE(abc.ABC):
-    """``dx = f(x, t) dt + g(t) dw`` on ``t in [0, T]``, with ``N`` discretisation steps."""
+    """``du = f(u, t) dt + g(t) dw`` on ``t in [0, T]``, with ``N`` discretisation steps, for the
+    state ``u = (x - offset(cond)) / scale`` of data ``x`` (see the module docstring)."""
 
     N: int
 
     @property
     def T(self) -> float:  # noqa: N802 (the paper's name)
         return 1.0
+
+    @property
+    def scale(self) -> float:
+        """Scale of the frame: data units per state unit."""
+        return 1.0
+
+    def offset(self, cond: Any) -> jax.Array | float:
+        """Condition-dependent mean the process reverts to, in data coordinates (0 here)."""
+        del cond
+        return 0.0
+
+    def to_state(self, x: jax.Array, cond: Any) -> jax.Array:
+        """Data ``x`` -> state ``u = (x - offset(cond)) / scale``."""
+        return (x - self.offset(cond)) / self.scale
+
+    def from_state(self, u: jax.Array, cond: Any) -> jax.Array:
+        """State ``u`` -> data ``x = offset(cond) + scale u``."""
+        return self.offset(cond) + self.scale * u
+
+    def data_sde(self, x: jax.Array, t: jax.Array, cond: Any) -> tuple[jax.Array, jax.Array]:
+        """Drift and diffusion of the same SDE in data coordinates (``dx = scale du``)."""
+        drift, diffusion = self.sde(self.to_state(x, cond), t)
+        return self.scale * drift, self.scale * diffusion
+
+    def ancestral_step(
+        self, x: jax.Array, t: jax.Array, score: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Mean and std [B] of one ancestral (SMLD / DDPM) step down from level ``t``."""
+        raise ValueError(
+            f'{type(self).__name__} has no ancestral step (SMLD sigmas or DDPM betas): '
+            'use the reverse_diffusion or euler_maruyama predictor'
+        )
+
+    def langevin_factor(self, t: jax.Array) -> jax.Array:
+        """score_sde's Langevin step-size factor: ``1 - beta_i`` for DDPM chains, else 1."""
+        return jnp.ones_like(t)
 
     @abc.abstractmethod
     def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -147,6 +193,14 @@ class VESDE(SDE):
     def time_label(self, t):
         return self.sigma(t)
 
+    def ancestral_step(self, x, t, score):
+        """SMLD's ancestral step from sigma_i to sigma_{i-1}."""
+        idx = self.discrete_index(t)
+        sigma = self.discrete_sigmas[idx]
+        adjacent = jnp.where(idx == 0, 0.0, self.discrete_sigmas[jnp.maximum(idx - 1, 0)])
+        x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
+        return x_mean, jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
+
     def discretize(self, x, t):
         """SMLD: ``x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z``."""
         timestep = self.discrete_index(t)
@@ -200,6 +254,14 @@ class VPSDE(SDE):
         beta = self.discrete_betas[self.discrete_index(t)]
         return batch_mul(jnp.sqrt(1.0 - beta), x) - x, jnp.sqrt(beta)
 
+    def ancestral_step(self, x, t, score):
+        """DDPM's ancestral step: ``(x + beta_i score) / sqrt(1 - beta_i)``, std sqrt(beta_i)."""
+        beta = self.discrete_betas[self.discrete_index(t)]
+        return batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score)), jnp.sqrt(beta)
+
+    def langevin_factor(self, t):
+        return 1.0 - self.discrete_betas[self.discrete_index(t)]
+
 
 @dataclasses.dataclass(frozen=True)
 class SubVPSDE(VPSDE):
@@ -217,22 +279,69 @@ class SubVPSDE(VPSDE):
     def discretize(self, x, t):
         return SDE.discretize(self, x, t)
 
+    def ancestral_step(self, x, t, score):
+        """Sub-VP's marginals are not the DDPM chain's (alpha^2 + std^2 != 1)."""
+        return SDE.ancestral_step(self, x, t, score)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanRevertingSDE(VPSDE):
+    """ECDP (Yuan & Yuan, AAAI 2024): ``dx = -1/2 beta(t) (x - mu(y)) dt + sigma sqrt(beta(t)) dw``.
+
+    ``mu(y) = cond[mean_key]`` (the upsampled LR image) and ``sigma^2`` the variance of
+    ``x - mu(y)`` over the training set (``--mode stats``). Marginals: mean
+    ``sqrt(abar)(x0 - mu) + mu``, variance ``(1 - abar) sigma^2``, ``abar = exp(-int beta)``;
+    prior ``N(mu(y), sigma^2 I)``. In the frame ``u = (x - mu(y)) / sigma`` it is exactly the VP
+    SDE (inherited), so if ``x0 - mu`` has mean 0 and variance ``sigma^2`` every marginal has
+    mean ``mu(y)`` and variance ``sigma^2`` (the paper's Proposition 1).
+    """
+
+    sigma: float = 1.0
+    mean_key: str = 'lr_up'
+
+    @property
+    def scale(self) -> float:
+        return self.sigma
+
+    def offset(self, cond):
+        return cond[self.mean_key]
+
+
+# A factory sees the config and ``stats()``, which returns the training-set statistics stored
+# with the run (see ``residual_stats.py``) or raises naming the missing file.
+Stats = Callable[[], Mapping[str, float]]
+
 
 @SDES.register('vesde')
-def _make_vesde(cfg: Any) -> VESDE:
+def _make_vesde(cfg: Any, stats: Stats) -> VESDE:
     return VESDE(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, N=cfg.num_scales)
 
 
 @SDES.register('vpsde')
-def _make_vpsde(cfg: Any) -> VPSDE:
+def _make_vpsde(cfg: Any, stats: Stats) -> VPSDE:
     return VPSDE(beta_min=cfg.beta_min, beta_max=cfg.beta_max, N=cfg.num_scales)
 
 
 @SDES.register('subvpsde')
-def _make_subvpsde(cfg: Any) -> SubVPSDE:
+def _make_subvpsde(cfg: Any, stats: Stats) -> SubVPSDE:
     return SubVPSDE(beta_min=cfg.beta_min, beta_max=cfg.beta_max, N=cfg.num_scales)
 
 
-def make_sde(sde_config: Any) -> SDE:
-    """Builds the SDE named by ``sde_config.name`` ('vesde', 'vpsde', 'subvpsde')."""
-    return SDES.get(sde_config.name)(sde_config)
+@SDES.register('ecdp')
+def _make_ecdp(cfg: Any, stats: Stats) -> MeanRevertingSDE:
+    sigma = math.sqrt(stats()['residual_var'])
+    return MeanRevertingSDE(
+        beta_min=cfg.beta_min, beta_max=cfg.beta_max, N=cfg.num_scales, sigma=sigma
+    )
+
+
+def _no_stats() -> Mapping[str, float]:
+    raise ValueError('this SDE needs the training-set statistics of the run (--mode stats)')
+
+
+def make_sde(sde_config: Any, stats: Stats = _no_stats) -> SDE:
+    """Builds the SDE named by ``sde_config.name`` ('vesde', 'vpsde', 'subvpsde', 'ecdp').
+
+    ``stats()`` is called only by SDEs that need the training-set statistics (ECDP's sigma).
+    """
+    return SDES.get(sde_config.name)(sde_config, stats)

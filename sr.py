@@ -47,6 +47,7 @@ import datasets
 import degradations
 import experiment
 import inference
+import sampling
 from utils import parallel
 from utils.images import make_grid, save_png
 from utils.progress import Progress
@@ -292,6 +293,7 @@ def _sample_batches(
         samples, info = sampler(
             params, key, {'lr_up': sharded['lr_up'], 'lr': sharded['lr']}, sharded['ids']
         )
+        sampling.check_finished(jax.device_get(info), config.sampling)
         samples = np.asarray(multihost_utils.process_allgather(samples, tiled=True))
         count = len(batch['lr'])
         sr = inverse(samples[: count * num_samples]).reshape((count, num_samples) + exp.hr_shape)
@@ -360,7 +362,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         inputs = file_inputs(cfg.input, config.data, cfg.max_images)
     else:
         inputs = dataset_inputs(config, cfg.max_images)
-    exp = experiment.build(config, devices)
+    exp = experiment.build(config, devices, workdir)
     params, step = inference.load_ema_params(exp, workdir, cfg.checkpoint or None)
     plan = make_plan(inputs, cfg, exp.mesh.devices.size)
     logging.info(

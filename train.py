@@ -22,6 +22,7 @@ import datasets
 import experiment
 import inference
 import losses
+import sampling
 from degradations import resize
 from models.wrappers import init_params
 from utils import parallel
@@ -61,6 +62,19 @@ def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainSta
         return losses.init_train_state(init_params(exp.model, k, exp.hr_shape), optimizer)
 
     return jax.jit(init, out_shardings=parallel.replicated_sharding(exp.mesh))(key)
+
+
+def initial_state_from(exp: experiment.Experiment, workdir: str | Path) -> losses.TrainState:
+    """A fresh train state (step 0, new optimizer) whose parameters and EMA are the EMA
+    parameters of the latest checkpoint in ``workdir``: a fine-tuning stage's start."""
+    params, step = inference.load_ema_params(exp, workdir)
+    logging.info('initialising from the EMA parameters of step %d of %s', step, workdir)
+    optimizer = losses.make_optimizer(exp.config.optim)
+    init = jax.jit(
+        lambda p: losses.init_train_state(p, optimizer),
+        out_shardings=parallel.replicated_sharding(exp.mesh),
+    )
+    return init(params)
 
 
 def parallel_train_step(exp: experiment.Experiment) -> Callable:
@@ -108,7 +122,8 @@ def _snapshot_fn(
     sample_fn = sample_fn.lower(state.ema_params, key, cond, ids).compile()
 
     def snapshot(state: losses.TrainState, step: int) -> None:
-        samples, _ = sample_fn(state.ema_params, key, cond, ids)
+        samples, stats = sample_fn(state.ema_params, key, cond, ids)
+        sampling.check_finished(jax.device_get(stats), config.sampling)
         sr = np.asarray(inverse(multihost_utils.process_allgather(samples, tiled=True)))
         if jax.process_index() == 0:
             lr_big = np.asarray(resize(lr_all, exp.hr_shape[:2], 'nearest'))
@@ -126,7 +141,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
     """
     # ----- Set-up -----
     workdir = Path(workdir)
-    exp = experiment.build(config, devices)
+    exp = experiment.build(config, devices, workdir)
     tcfg = config.training
     parallel.check_divisible(tcfg.batch_size, exp.mesh)
     init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -139,7 +154,10 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
     # ----- Resume -----
     parallel.barrier('initialised')  # Orbax's set-up starts with a cross-host collective.
     checkpointer = Checkpointer(workdir / 'checkpoints', tcfg.checkpoint_keep)
-    state = checkpointer.restore_latest(state) or state
+    restored = checkpointer.restore_latest(state)
+    if restored is None and tcfg.init_from:
+        restored = initial_state_from(exp, tcfg.init_from)
+    state = restored or state
     start = int(state.step)
     if start >= tcfg.n_iters:
         logging.info('checkpoint step %d >= n_iters %d: nothing to train', start, tcfg.n_iters)

@@ -134,13 +134,9 @@ def jitted_forward(exp: Any) -> Any:
     from utils import parallel
 
     split, replicated = parallel.batch_sharding(exp.mesh), parallel.replicated_sharding(exp.mesh)
-    score = exp.config.score
 
     def forward(params, x, t, cond):
-        score_fn = make_score_fn(
-            exp.model, params, exp.sde, score.parametrization, sigma_data=score.sigma_data
-        )
-        return score_fn(x, t, cond)
+        return make_score_fn(exp.model, params, exp.sde, exp.config.score)(x, t, cond)
 
     return jax.jit(forward, in_shardings=(replicated, split, split, split), out_shardings=split)
 

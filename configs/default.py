@@ -43,7 +43,7 @@ def data_config() -> ml_collections.ConfigDict:
 def sampling_config() -> ml_collections.ConfigDict:
     """Every ``config.sampling`` field, with score_sde's PC sampler as the default."""
     cfg = ml_collections.ConfigDict()
-    # 'pc' predictor-corrector | 'ode' probability flow with adaptive Dopri5 |
+    # 'pc' predictor-corrector | 'ode' probability flow, adaptive (diffrax) |
     # 'heun' EDM 2nd-order Heun | 'dpm2m' DPM-Solver++(2M).
     cfg.method = 'pc'
     # PC predictor: 'euler_maruyama' | 'reverse_diffusion' | 'ancestral_sampling' | 'none'.
@@ -57,8 +57,10 @@ def sampling_config() -> ml_collections.ConfigDict:
     # Steps N: PC noise levels, heun/dpm2m solver steps (not used by 'ode'); None -> sde.N.
     cfg.num_steps = ml_collections.config_dict.placeholder(int)
     cfg.eps = 1e-3  # Last time of the grid (score_sde: 1e-5 for VE, 1e-3 for VP/sub-VP).
-    cfg.rtol = 1e-5  # 'ode': relative tolerance of Dopri5.
-    cfg.atol = 1e-5  # 'ode': absolute tolerance of Dopri5.
+    cfg.ode_solver = 'dopri5'  # 'ode': adaptive solver (diffrax), 'dopri5' or 'tsit5'.
+    cfg.rtol = 1e-5  # 'ode': relative tolerance.
+    cfg.atol = 1e-5  # 'ode': absolute tolerance.
+    cfg.max_steps = 4096  # 'ode': step bound; a sample that reaches it is an error.
     # 'dpm2m': 0 solves the probability-flow ODE; 1 is SDE-DPM-Solver++(2M) (noise each step).
     cfg.eta = 0.0
     cfg.schedule = 'uniform'  # Time grid: 'uniform' in t | 'karras' | 'logsnr'.
@@ -117,10 +119,29 @@ def get_config() -> ml_collections.ConfigDict:
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 64  # Global batch (all devices, all hosts).
     training.n_iters = 1_300_001  # Total optimisation steps.
-    training.loss = 'dsm'  # 'dsm' (continuous), 'smld' (discrete VE), 'ddpm' (discrete VP).
+    # 'dsm' (continuous), 'smld' (discrete VE), 'ddpm' (discrete VP), 'heads' (ECDP: each
+    # output head of the parametrization regressed to its target, eps and/or x0).
+    training.loss = 'dsm'
     training.reduce_mean = False  # Per-example loss: pixel mean (True) or half-sum (False).
     training.likelihood_weighting = False  # Weight the DSM loss by g(t)^2 (score flow).
     training.eps = 1e-5  # Smallest diffusion time drawn by the continuous loss.
+    training.diffusion_weight = 1.0  # Weight of training.loss (0: quality loss only).
+    # ECDP's image-quality loss ||VGG16(SR) - VGG16(HR)||_1, SR generated through the
+    # probability-flow ODE from the prior, gradients through the solver (0: off). A fine-tuning
+    # stage: see configs/ecdp/demo.py:finetune.
+    training.quality_weight = 0.0
+    training.quality_solver = 'dopri5'  # 'dopri5' | 'tsit5' | 'bosh3' | 'heun' | 'euler'.
+    training.quality_fixed_steps = 0  # > 0: that many equal steps (0: adaptive, quality_tol).
+    training.quality_tol = 1e-3  # rtol = atol of the adaptive solve.
+    training.quality_max_steps = 64  # Step bound; unfinished solves count 0 (and are rare).
+    # Gradients: 'recursive_checkpoint' (exact, memory O(quality_checkpoints)) or 'backsolve'
+    # (continuous adjoint, O(1) memory, exact to the solver's tolerance).
+    training.quality_adjoint = 'recursive_checkpoint'
+    training.quality_checkpoints = 4  # Checkpoints of 'recursive_checkpoint' (0: max_steps).
+    training.quality_t_end = 1e-3  # End time of the generating ODE.
+    # A workdir whose latest EMA parameters start this run (fine-tuning; '' = from scratch).
+    # Used only when this run's workdir has no checkpoint yet.
+    training.init_from = ''
     training.log_freq = 50  # Steps between metric summaries and progress lines.
     training.checkpoint_freq = 10_000  # Steps between checkpoints (and at the last step).
     training.checkpoint_keep = 3  # How many checkpoints to keep on disk.
@@ -128,12 +149,16 @@ def get_config() -> ml_collections.ConfigDict:
     training.snapshot_batch = 8  # Images in a snapshot grid.
 
     config.sde = sde = ml_collections.ConfigDict()
-    sde.name = 'vesde'  # 'vesde', 'vpsde' or 'subvpsde'.
+    # 'vesde', 'vpsde', 'subvpsde' or 'ecdp' (mean-reverting around the upsampled LR; its
+    # sigma^2 is the training set's residual variance, from `--mode stats`).
+    sde.name = 'vesde'
     sde.sigma_min = 0.01  # VE: smallest noise std.
     sde.sigma_max = 348.0  # VE: largest noise std (max pairwise distance of 128^2 faces).
     sde.beta_min = 0.1  # VP / sub-VP: beta(0).
     sde.beta_max = 20.0  # VP / sub-VP: beta(1).
     sde.num_scales = 2000  # N: discretisation steps (discrete losses, PC samplers).
+    # ECDP: residual statistics file ('' = <workdir>/residual_stats.json, from --mode stats).
+    sde.stats_file = ''
 
     config.score = score = ml_collections.ConfigDict()
     # How the network output becomes the score: 'scaled_score' (VE, NCSN++ scale_by_sigma:
@@ -141,7 +166,11 @@ def get_config() -> ml_collections.ConfigDict:
     # 'edm': Karras et al. preconditioning, the network's x0 estimate is bounded at every noise
     # level (trains to usable samples much sooner; see configs/demo.py).
     score.parametrization = 'scaled_score'
+    # 'eps' (noise head), 'x0' (clean-state head) and ECDP's 'hybrid' (both heads,
+    # lambda s_eps + (1 - lambda) s_x0 with lambda = abar(t)^hybrid_c); model.out_channels must
+    # be data.num_channels times the number of heads.
     score.sigma_data = 0.5  # Data std assumed by the 'edm' parametrization.
+    score.hybrid_c = 1.0  # 'hybrid': exponent c of lambda(t) = abar(t)^c (ECDP's code: 1).
 
     config.model = model = ml_collections.ConfigDict()
     model.name = 'ncsnpp'  # Registered network: 'ncsnpp' or 'ddpmpp'.

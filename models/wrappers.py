@@ -1,8 +1,12 @@
-"""The one place a raw network becomes ``score_fn(x, t, cond)``.
+"""The one place a raw network becomes ``predict_fn(u, t, cond)`` and ``score_fn(u, t, cond)``.
 
-The wrapper owns low-resolution conditioning (the noisy HR image and the LR image upsampled to
+The wrapper owns low-resolution conditioning (the noisy state and the LR image upsampled to
 HR size are concatenated on channels), the time label the network sees (``sde.time_label``)
-and the output parametrization. Samplers, losses and guidance only ever see ``score_fn``.
+and the output parametrization. ``u`` is the SDE's state (``sde_lib``'s frame: the data itself
+for VE/VP/sub-VP, the normalised residual around the upsampled LR for ECDP), so the score is
+the score of ``u``. Samplers and guidance see ``score_fn``; losses see ``predict_fn``, whose
+dictionary holds ``'score'`` and every head of a multi-head parametrization (``'eps'``,
+``'x0'``) so that a loss can regress each head to its own target.
 
 ``cond`` is a mapping; ``cond['lr_up']`` is the upsampled LR image in the model's value range.
 Further keys (attributes for guidance, ...) pass through untouched, so adding a conditioning
@@ -18,91 +22,165 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from sde_lib import SDE, ScoreFn, batch_mul
 from utils.registry import Registry
 
-ScoreMap = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, float], jax.Array]
-InputScale = Callable[[jax.Array, jax.Array, float], jax.Array]
+Heads = dict[str, jax.Array]
+# ``predict_fn(u, t, cond) -> {'score': ..., <head>: ...}``.
+PredictFn = Callable[[jax.Array, jax.Array, Any], Heads]
+# ``to_score(outputs, u, alpha, std, options) -> {'score': ..., <head>: ...}``.
+HeadsMap = Callable[[Heads, jax.Array, jax.Array, jax.Array, Any], Heads]
+InputScale = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
 
-def _unit_scale(alpha: jax.Array, std: jax.Array, sigma_data: float) -> jax.Array:
-    del alpha, sigma_data
+def _unit_scale(alpha: jax.Array, std: jax.Array, options: Any) -> jax.Array:
+    del alpha, options
     return jnp.ones_like(std)
 
 
 @dataclasses.dataclass(frozen=True)
 class Parametrization:
-    """How the network's input is scaled and its output becomes the score.
+    """How the network's input is scaled and its output heads become the score.
 
-    Both functions see the SDE's perturbation ``x = alpha x0 + std z`` at time t through
-    ``alpha`` and ``std`` (shape [B]); ``to_score(output, x, alpha, std, sigma_data)``.
+    The network outputs ``len(heads)`` images of the data's channel count, concatenated on
+    channels; ``to_score`` receives them by name. Both functions see the perturbation
+    ``u = alpha u0 + std z`` at time t through ``alpha`` and ``std`` (shape [B]) and
+    ``options`` (``config.score``: ``sigma_data``, ``hybrid_c``).
     """
 
-    to_score: ScoreMap
+    to_score: HeadsMap
     input_scale: InputScale = _unit_scale
+    heads: tuple[str, ...] = ('out',)
+
+
+def _single(fn: Callable[..., jax.Array]) -> HeadsMap:
+    """A one-head parametrization whose score is ``fn(out, u, alpha, std, options)``."""
+    return lambda outs, u, a, std, opts: {'score': fn(outs['out'], u, a, std, opts)}
 
 
 PARAMETRIZATIONS = Registry('score parametrization')
-PARAMETRIZATIONS.register('score')(Parametrization(lambda out, x, a, std, sd: out))
+PARAMETRIZATIONS.register('score')(Parametrization(_single(lambda out, u, a, std, o: out)))
 # NCSN++ ``scale_by_sigma``: the network predicts ``std * score``.
 PARAMETRIZATIONS.register('scaled_score')(
-    Parametrization(lambda out, x, a, std, sd: batch_mul(1.0 / std, out))
+    Parametrization(_single(lambda out, u, a, std, o: batch_mul(1.0 / std, out)))
 )
+
+
+def _eps_score(eps: jax.Array, std: jax.Array) -> jax.Array:
+    """``s = -eps / std``: the score implied by a noise estimate."""
+    return batch_mul(-1.0 / std, eps)
+
+
+def _x0_score(x0: jax.Array, u: jax.Array, alpha: jax.Array, std: jax.Array) -> jax.Array:
+    """``s = -(u - alpha x0) / std^2``: the score implied by a clean-state estimate."""
+    return batch_mul(-1.0 / std**2, u - batch_mul(alpha, x0))
+
+
+def _hybrid_weight(alpha: jax.Array, options: Any) -> jax.Array:
+    """ECDP's ``lambda(t) = abar(t)^c`` with ``abar = alpha^2 = exp(-int beta)`` (c = 1 in the
+    paper's code): the eps head dominates at low noise (lambda -> 1 as t -> 0), where an x0
+    error is divided by std^2; the x0 head dominates at high noise, where it is well posed."""
+    return (alpha**2) ** options.hybrid_c
+
+
+def _hybrid(outs: Heads, u, alpha, std, options) -> Heads:
+    """ECDP: ``s = lambda s_eps + (1 - lambda) s_x0`` from two heads of one network."""
+    lam = _hybrid_weight(alpha, options)
+    score = batch_mul(lam, _eps_score(outs['eps'], std)) + batch_mul(
+        1.0 - lam, _x0_score(outs['x0'], u, alpha, std)
+    )
+    return {'score': score, 'eps': outs['eps'], 'x0': outs['x0']}
+
+
 # DDPM: the network predicts the noise, ``score = -eps / std``.
 PARAMETRIZATIONS.register('eps')(
-    Parametrization(lambda out, x, a, std, sd: batch_mul(-1.0 / std, out))
+    Parametrization(
+        lambda outs, u, a, std, o: {'score': _eps_score(outs['eps'], std), 'eps': outs['eps']},
+        heads=('eps',),
+    )
 )
+# The network predicts the clean state u0 (ECDP's x0-only ablation).
+PARAMETRIZATIONS.register('x0')(
+    Parametrization(
+        lambda outs, u, a, std, o: {'score': _x0_score(outs['x0'], u, a, std), 'x0': outs['x0']},
+        heads=('x0',),
+    )
+)
+PARAMETRIZATIONS.register('hybrid')(Parametrization(_hybrid, heads=('eps', 'x0')))
 
 
 def _edm_sigma(alpha: jax.Array, std: jax.Array) -> jax.Array:
     return std / alpha  # Noise level of x / alpha = x0 + sigma z.
 
 
-def _edm_input_scale(alpha: jax.Array, std: jax.Array, sigma_data: float) -> jax.Array:
-    return 1.0 / (alpha * jnp.sqrt(_edm_sigma(alpha, std) ** 2 + sigma_data**2))
+def _edm_input_scale(alpha: jax.Array, std: jax.Array, options: Any) -> jax.Array:
+    return 1.0 / (alpha * jnp.sqrt(_edm_sigma(alpha, std) ** 2 + options.sigma_data**2))
 
 
-def _edm_to_score(out, x, alpha, std, sigma_data):
-    """Karras et al. (2022) preconditioning: ``D = c_skip x/alpha + c_out F`` estimates x0,
-    so an imperfect network gives bounded x0 errors at every noise level."""
-    sigma = _edm_sigma(alpha, std)
+def _edm_to_score(out, u, alpha, std, options):
+    """Karras et al. (2022) preconditioning: ``D = c_skip u/alpha + c_out F`` estimates u0,
+    so an imperfect network gives bounded u0 errors at every noise level."""
+    sigma, sigma_data = _edm_sigma(alpha, std), options.sigma_data
     c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
     c_out = sigma * sigma_data / jnp.sqrt(sigma**2 + sigma_data**2)
-    denoised = batch_mul(c_skip / alpha, x) + batch_mul(c_out, out)
-    return batch_mul(1.0 / std**2, batch_mul(alpha, denoised) - x)
+    denoised = batch_mul(c_skip / alpha, u) + batch_mul(c_out, out)
+    return _x0_score(denoised, u, alpha, std)
 
 
-PARAMETRIZATIONS.register('edm')(Parametrization(_edm_to_score, _edm_input_scale))
+PARAMETRIZATIONS.register('edm')(Parametrization(_single(_edm_to_score), _edm_input_scale))
 
 
-def network_input(x: jax.Array, cond: Mapping[str, jax.Array]) -> jax.Array:
-    """Channel-concatenates the noisy HR image with the upsampled LR image (3 + 3 channels)."""
-    return jnp.concatenate([x, cond['lr_up'].astype(x.dtype)], axis=-1)
+def score_options(
+    parametrization: str, sigma_data: float = 0.5, hybrid_c: float = 1.0
+) -> ml_collections.ConfigDict:
+    """A ``config.score`` built in code (tests, notebooks); ``configs/default.py`` documents it."""
+    return ml_collections.ConfigDict(
+        {'parametrization': parametrization, 'sigma_data': sigma_data, 'hybrid_c': hybrid_c}
+    )
 
 
-def make_score_fn(
+def get_parametrization(name: str) -> Parametrization:
+    """The registered parametrization ``name`` (``config.score.parametrization``)."""
+    return PARAMETRIZATIONS.get(name)
+
+
+def network_input(u: jax.Array, cond: Mapping[str, jax.Array]) -> jax.Array:
+    """Channel-concatenates the noisy state with the upsampled LR image (C + C channels)."""
+    return jnp.concatenate([u, cond['lr_up'].astype(u.dtype)], axis=-1)
+
+
+def _split_heads(output: jax.Array, heads: tuple[str, ...]) -> Heads:
+    if output.shape[-1] % len(heads):
+        raise ValueError(
+            f'the network outputs {output.shape[-1]} channels, not a multiple of the '
+            f'{len(heads)} heads {heads}: set config.model.out_channels'
+        )
+    return dict(zip(heads, jnp.split(output, len(heads), axis=-1), strict=True))
+
+
+def make_predict_fn(
     model: nn.Module,
     params: Any,
     sde: SDE,
-    parametrization: str,
+    score_config: Any,
     train: bool = False,
     dropout_key: jax.Array | None = None,
-    sigma_data: float = 0.5,
-) -> ScoreFn:
-    """Wraps ``model`` with ``params`` into ``score_fn(x, t, cond)``.
+) -> PredictFn:
+    """Wraps ``model`` with ``params`` into ``predict_fn(u, t, cond) -> heads``.
 
-    With ``train=True`` dropout is active and needs ``dropout_key``. ``sigma_data`` is the
-    data std assumed by the 'edm' parametrization.
+    ``score_config`` is ``config.score`` (``parametrization``, ``sigma_data``, ``hybrid_c``).
+    With ``train=True`` dropout is active and needs ``dropout_key``.
     """
-    param = PARAMETRIZATIONS.get(parametrization)
+    param = get_parametrization(score_config.parametrization)
     rngs = {'dropout': dropout_key} if train else {}
     if train and dropout_key is None:
-        raise ValueError('make_score_fn(train=True) needs a dropout_key')
+        raise ValueError('make_predict_fn(train=True) needs a dropout_key')
 
-    def score_fn(x: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array]) -> jax.Array:
+    def predict_fn(u: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array]) -> Heads:
         alpha, std = sde.mean_coeff(t), sde.marginal_std(t)
-        scaled = batch_mul(param.input_scale(alpha, std, sigma_data), x)
+        scaled = batch_mul(param.input_scale(alpha, std, score_config), u)
         output = model.apply(
             {'params': params},
             network_input(scaled, cond),
@@ -110,9 +188,22 @@ def make_score_fn(
             train=train,
             rngs=rngs,
         )
-        return param.to_score(output, x, alpha, std, sigma_data)
+        return param.to_score(_split_heads(output, param.heads), u, alpha, std, score_config)
 
-    return score_fn
+    return predict_fn
+
+
+def make_score_fn(
+    model: nn.Module,
+    params: Any,
+    sde: SDE,
+    score_config: Any,
+    train: bool = False,
+    dropout_key: jax.Array | None = None,
+) -> ScoreFn:
+    """``score_fn(u, t, cond)``: the ``'score'`` of :func:`make_predict_fn`."""
+    predict_fn = make_predict_fn(model, params, sde, score_config, train, dropout_key)
+    return lambda u, t, cond: predict_fn(u, t, cond)['score']
 
 
 def init_params(

@@ -13,7 +13,7 @@ import scipy.integrate
 
 import losses
 import sde_lib
-from models.wrappers import make_score_fn
+from models.wrappers import make_predict_fn, make_score_fn, score_options
 from utils import parallel
 
 MU, S = 0.3, 0.2  # Data: every pixel i.i.d. N(MU, S^2).
@@ -69,8 +69,8 @@ def _batch(key, n=512):
 
 
 def _score_model(model, sde, parametrization, train):
-    return lambda params, key: make_score_fn(
-        model, params, sde, parametrization, train=train, dropout_key=key
+    return lambda params, key: make_predict_fn(
+        model, params, sde, score_options(parametrization), train=train, dropout_key=key
     )
 
 
@@ -134,8 +134,8 @@ def test_parametrizations_give_same_score():
     x = jnp.zeros((2, *SHAPE))
     cond = {'lr_up': x}
     params = {'b': jnp.zeros(())}
-    eps = make_score_fn(Constant(), params, sde, 'eps')(x, t, cond)
-    scaled = make_score_fn(Constant(), params, sde, 'scaled_score')(x, t, cond)
+    eps = make_score_fn(Constant(), params, sde, score_options('eps'))(x, t, cond)
+    scaled = make_score_fn(Constant(), params, sde, score_options('scaled_score'))(x, t, cond)
     np.testing.assert_allclose(eps[:, 0, 0, 0], -1 / std, rtol=1e-6)
     np.testing.assert_allclose(scaled[:, 0, 0, 0], 1 / std, rtol=1e-6)
 

@@ -21,7 +21,7 @@ import degradations
 import sampling
 import sde_lib
 from configs import default, presets
-from models.wrappers import init_params
+from models.wrappers import init_params, score_options
 from utils.parallel import batch_sharding, make_mesh, replicate
 
 N_LEVELS = 200
@@ -81,8 +81,9 @@ def make_runner(name, sde, shape, score_fn, ts, **opts):
         keys = sampling.per_sample_keys(jax.random.key(key), ids)
         prior_keys, loop_keys = sampling.split_keys(keys)
         x_T = sampling.prior_sample(sde, prior_keys, shape)
-        x, nfe = fn(loop_keys, x_T, {} if cond is None else cond)
-        return np.asarray(x_T), np.asarray(x), int(nfe)
+        x, stats = fn(loop_keys, x_T, {} if cond is None else cond)
+        assert int(stats['unfinished']) == 0
+        return np.asarray(x_T), np.asarray(x), int(stats['nfe'])
 
     return run
 
@@ -169,7 +170,7 @@ def test_corrector_leaves_the_marginal_invariant(corrector):
 
 def test_ancestral_sampling_refuses_sub_vp():
     sde = make_toy_sde('subvp')
-    with pytest.raises(ValueError, match='variance-preserving'):
+    with pytest.raises(ValueError, match='no ancestral step'):
         sampling.predict_ancestral(
             None, lambda x, t, c: x, sde, jnp.zeros((2, 4)), jnp.ones(2), -0.1, {}
         )
@@ -264,8 +265,8 @@ def test_ode_is_deterministic_and_tighter_tolerance_costs_more():
                 atol=tol,
             )
         )
-        x, nfe = ode(sampling.per_sample_keys(jax.random.key(1), jnp.arange(256)))
-        results[tol] = (np.abs(np.asarray(x).reshape(exact.shape) - exact).max(), int(nfe))
+        x, stats = ode(sampling.per_sample_keys(jax.random.key(1), jnp.arange(256)))
+        results[tol] = (np.abs(np.asarray(x).reshape(exact.shape) - exact).max(), int(stats['nfe']))
     print('ODE (max error, NFE) at rtol=atol=1e-3 / 1e-5:', results)
     assert results[1e-5][1] > results[1e-3][1]
     assert results[1e-5][0] < results[1e-3][0]
@@ -306,10 +307,11 @@ def test_ilvr_projection_brings_samples_closer_to_the_lr_input(method):
     lr = jax.random.normal(jax.random.key(5), (256, 2, 2, 1)) * 0.5 + 1.0
     n = 49 if method == 'pc' else 20
     ts = sampling.get_ts_uniform(sde, n, EPS['ve'])
+    project = sampling.make_projection('ilvr', default.data_config())
     run = make_runner(
-        method, sde, (4, 4, 1), gaussian_score(sde, mu, U, lam), ts, projection='ilvr'
+        method, sde, (4, 4, 1), gaussian_score(sde, mu, U, lam), ts, projection=project
     )
-    _, x, _ = run(256, cond={'lr': lr})
+    _, x, _ = run(256, cond={sampling.LR_STATE: lr})
     # Without projection the sampler draws from the data law (tested above), unrelated to lr.
     data = mu + np.random.default_rng(0).normal(size=(256, 16)) * np.sqrt(lam) @ U.T
     errors = {}
@@ -364,14 +366,20 @@ def test_config_presets():
         cfg = presets.sdesr_sampling_config(variant)
         sde = make_toy_sde({'vecs': 've'}.get(variant, variant), n=2000)
         assert sampling.time_steps(cfg, sde).shape == (2000,)
-        assert set(sampling.sampler_options(sampling.get_sampler('pc'), cfg)) >= {'predictor'}
+        opts = sampling.sampler_options(sampling.get_sampler('pc'), cfg, default.data_config())
+        assert set(opts) >= {'predictor'}
     assert presets.sdesr_sampling_config('vecs').n_steps_each == 2
     with pytest.raises(ValueError, match='num_steps'):  # VP's discrete predictor needs N levels
         sampling.time_steps(presets.sdesr_sampling_config('vp'), make_toy_sde('vp', 1000))
     bad = default.sampling_config()
     bad.update(method='ode', projection='ilvr')
     with pytest.raises(ValueError, match='projection'):
-        sampling.sampler_options(sampling.get_sampler('ode'), bad)
+        sampling.sampler_options(sampling.get_sampler('ode'), bad, default.data_config())
+    incomplete = default.sampling_config()
+    incomplete.unlock()
+    del incomplete['eta']
+    with pytest.raises(ValueError, match='sampling.eta'):  # never the sampler's default, silently
+        sampling.sampler_options(sampling.get_sampler('dpm2m'), incomplete, default.data_config())
 
 
 # ----------------------------------------------------------------------------- make_sampler
@@ -415,7 +423,9 @@ def tiny_sample_fn(tiny, name, n_devices=None):
         cfg = default.sampling_config()
         cfg.update(eps=1e-3, **CONFIGS[name])
         mesh = None if n_devices is None else make_mesh(jax.devices()[:n_devices])
-        cache[name, n_devices] = sampling.make_sampler(cfg, sde, model, 'scaled_score', SHAPE, mesh)
+        cache[name, n_devices] = sampling.make_sampler(
+            cfg, sde, model, score_options('scaled_score'), default.data_config(), SHAPE, mesh
+        )
     return cache[name, n_devices]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sde_lib
-from models.wrappers import make_score_fn
+from models.wrappers import make_score_fn, score_options
 
 SDES = {'vesde': sde_lib.VESDE(0.01, 50.0, N=100), 'vpsde': sde_lib.VPSDE(0.1, 20.0, N=100)}
 
@@ -28,9 +28,9 @@ def test_edm_preconditioning_matches_hand_computation(name):
     x = jnp.linspace(-2.0, 2.0, 3 * 4 * 4 * 3).reshape(3, 4, 4, 3)
     cond = {'lr_up': jnp.ones_like(x)}
     sigma_data = 0.5
-    score = make_score_fn(RecordingNet(), {'b': jnp.zeros(())}, sde, 'edm', sigma_data=sigma_data)(
-        x, t, cond
-    )
+    score = make_score_fn(
+        RecordingNet(), {'b': jnp.zeros(())}, sde, score_options('edm', sigma_data)
+    )(x, t, cond)
     alpha = np.asarray(sde.mean_coeff(t))[:, None, None, None]
     std = np.asarray(sde.marginal_std(t))[:, None, None, None]
     sigma = std / alpha
@@ -52,6 +52,8 @@ def test_edm_network_input_has_unit_scale():
             seen['input'] = inp
             return super().__call__(inp, label, train)
 
-    make_score_fn(Spy(), {'b': jnp.zeros(())}, sde, 'edm')(x, t, {'lr_up': jnp.zeros_like(x)})
+    make_score_fn(Spy(), {'b': jnp.zeros(())}, sde, score_options('edm'))(
+        x, t, {'lr_up': jnp.zeros_like(x)}
+    )
     np.testing.assert_allclose(seen['input'][..., :3], 40.0 / np.sqrt(sigma**2 + 0.25), rtol=1e-5)
     np.testing.assert_allclose(seen['input'][..., 3:], 0.0)
