@@ -317,9 +317,12 @@ def eval_batches(config: Any, start: int, hosts: int) -> Iterator[dict[str, np.n
 
 
 def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
-    """The experiment over ``devices`` and the EMA parameters of ``eval.checkpoint``."""
-    exp = experiment.build(config, devices)
-    parallel.check_divisible(config.eval.batch_size, exp.mesh, 'config.eval.batch_size')
+    """The experiment over ``devices`` and the EMA parameters of ``eval.checkpoint``.
+
+    The mesh uses the most of ``devices`` that split ``eval.batch_size`` evenly (logged).
+    """
+    batches = {'eval.batch_size': config.eval.batch_size}
+    exp = experiment.build(config, parallel.devices_for_batch(batches, devices))
     params, step = load_ema_params(exp, workdir, config.eval.checkpoint or None)
     logging.info('eval: checkpoint %d of %s', step, workdir)
     return Model(exp, params, step)

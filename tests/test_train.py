@@ -5,7 +5,10 @@ Runs that need a fresh process (SIGKILL, ``jax.distributed``) call ``main.py`` a
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,9 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import experiment
+import inference
 import train
 from configs import demo
-from utils.checkpoint import Checkpointer, CheckpointError, read_arrays
+from utils.checkpoint import Checkpointer, CheckpointError, read_arrays, rejected_dir
 from utils.paths import REPO_ROOT
 from utils.writers import read_metrics
 
@@ -234,3 +239,110 @@ def test_config_typo_fails_with_key_name(tmp_path):
     )
     assert result.returncode != 0
     assert 'batchsize' in result.stderr.decode()
+
+
+# ----------------------------------------------------------------------------- resume faults
+
+DEVICES = jax.devices()[:2]  # One per core.
+
+
+@pytest.fixture(scope='module')
+def four_steps(celeba_id128, tmp_path_factory) -> Path:
+    """A smoke run of 4 steps: checkpoints 2 and 4, a metric record per step."""
+    path = tmp_path_factory.mktemp('four_steps')
+    config = _smoke_config(celeba_id128, n_iters=4, checkpoint_freq=2, log_freq=1)
+    train.train(config, path, devices=DEVICES)
+    return path
+
+
+@pytest.fixture(scope='module')
+def six_steps(celeba_id128, tmp_path_factory) -> dict:
+    """Parameters of an uninterrupted 6-step run: what every resumed run must reach."""
+    path = tmp_path_factory.mktemp('six_steps')
+    config = _smoke_config(celeba_id128, n_iters=6, checkpoint_freq=2, log_freq=1)
+    train.train(config, path, devices=DEVICES)
+    return _final_params(path, 6)
+
+
+def _data_files(step_dir: Path) -> list[Path]:
+    return [p for p in step_dir.rglob('*') if p.is_file() and 'METADATA' not in p.name]
+
+
+def _truncate(step_dir: Path) -> None:
+    _corrupt(step_dir)
+
+
+def _delete_manifest(step_dir: Path) -> None:
+    (step_dir / 'default' / 'manifest.ocdbt').unlink()  # The index of every array.
+
+
+def _garbage_metadata(step_dir: Path) -> None:
+    (step_dir / 'default' / '_METADATA').write_bytes(b'\x00{garbage')
+
+
+def _empty_folder(step_dir: Path) -> None:
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+
+
+CORRUPTIONS = {
+    'truncated_files': _truncate,
+    'deleted_file': _delete_manifest,
+    'garbage_metadata': _garbage_metadata,
+    'empty_folder': _empty_folder,
+}
+
+
+def test_every_corruption_falls_back_and_is_set_aside(celeba_id128, four_steps, tmp_path):
+    """Each kind of damage to the newest checkpoint: step 2 is restored, step 4 set aside."""
+    config = _smoke_config(celeba_id128)
+    target = inference.abstract_train_state(experiment.build(config, DEVICES))
+    for kind, corrupt in CORRUPTIONS.items():
+        directory = tmp_path / kind / 'checkpoints'
+        shutil.copytree(four_steps / 'checkpoints', directory)
+        corrupt(directory / '4')
+        checkpointer = Checkpointer(directory, 3, set_aside=True)
+        assert int(checkpointer.restore_latest(target).step) == 2, kind
+        assert (rejected_dir(directory) / '4').is_dir(), kind
+        assert not (directory / '4').exists(), kind
+        checkpointer.close()
+
+
+@pytest.mark.parametrize('kind', ['truncated_files', 'empty_folder'])  # Listed or not by orbax.
+def test_corrupt_checkpoint_is_set_aside_and_the_run_finishes(
+    kind, celeba_id128, four_steps, six_steps, tmp_path
+):
+    """Issue 12 #2: the newest checkpoint is unreadable; the resume falls back to step 2, sets
+    step 4 aside (kept), trains through step 4 again to the end, and equals an unbroken run."""
+    workdir = tmp_path / 'run'
+    shutil.copytree(four_steps, workdir)
+    CORRUPTIONS[kind](workdir / 'checkpoints' / '4')
+    config = _smoke_config(celeba_id128, n_iters=6, checkpoint_freq=2, log_freq=1)
+    state = train.train(config, workdir, devices=DEVICES)
+    assert int(state.step) == 6
+    assert Checkpointer(workdir / 'checkpoints', 3).steps() == [2, 4, 6]
+    assert (rejected_dir(workdir / 'checkpoints') / '4').is_dir()  # Set aside, not deleted.
+    _assert_same_tree(_final_params(workdir, 6), six_steps)
+    # Steps 3 and 4 were trained twice but are logged once (issue 12 #8).
+    assert [m['step'] for m in read_metrics(workdir / 'tensorboard')] == [1, 2, 3, 4, 5, 6]
+    history = (workdir / 'config_history.jsonl').read_text().splitlines()
+    assert json.loads(history[-1])['changed'] == {'training.n_iters': [4, 6]}
+    assert json.loads((workdir / 'config.json').read_text())['training']['n_iters'] == 6
+
+
+def test_resume_with_changed_fields_is_refused_naming_each(celeba_id128, four_steps, tmp_path):
+    """Issue 12 #3: changing what is trained on resume stops the run before anything changes."""
+    workdir = tmp_path / 'run'
+    shutil.copytree(four_steps, workdir)
+    recorded = (workdir / 'config.json').read_text()
+    config = _smoke_config(celeba_id128, n_iters=6, log_freq=3)  # These two may change.
+    config.sde.sigma_max, config.model.nf, config.data.downscale = 50.0, 8, 8
+    with pytest.raises(ValueError) as err:
+        train.train(config, workdir, devices=DEVICES)
+    message = str(err.value)
+    for field in ('sde.sigma_max: trained 90.0, now 50.0', 'model.nf: trained 16, now 8',
+                  'data.downscale: trained 4, now 8'):  # fmt: skip
+        assert field in message, message
+    assert 'n_iters' not in message.split('fields that may change')[0]
+    assert (workdir / 'config.json').read_text() == recorded
+    assert Checkpointer(workdir / 'checkpoints', 3).steps() == [2, 4]

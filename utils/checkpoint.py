@@ -75,10 +75,16 @@ class Checkpointer:
     ):
         self.directory = Path(directory).absolute()
         self.set_aside = set_aside
-        options = ocp.CheckpointManagerOptions(
+        self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+    def _reopen(self) -> None:
+        """A fresh manager: after a failed restore orbax may keep a wrong guess of the layout
+        (an empty step folder makes it expect several items in every step)."""
+        self._manager.close()
+        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -120,6 +126,7 @@ class Checkpointer:
             except CheckpointError as err:
                 logging.warning('%s; falling back to the previous checkpoint', err)
                 failures.append(str(err))
+                self._reopen()
                 continue
             logging.info('restored checkpoint %s', self.step_dir(step))
             if self.set_aside and failures:
@@ -138,7 +145,7 @@ class Checkpointer:
                 if self.step_dir(step).exists():
                     set_aside(self.step_dir(step), reason)
         parallel.barrier(f'checkpoint_set_aside_{"_".join(map(str, steps))}')
-        self._manager.reload()
+        self._reopen()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
