@@ -106,7 +106,32 @@ def _wait_for_checkpoint(workdir: Path, step: int, proc: subprocess.Popen, timeo
         time.sleep(0.01)
 
 
+def _wait_until(condition, proc: subprocess.Popen, what: str, timeout=300.0) -> None:
+    """Polls ``condition`` every millisecond while ``proc`` runs; fails if it exits first."""
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f'exited before {what}:\n{proc.stderr.read().decode()[-3000:]}')
+        if time.time() > deadline:
+            raise AssertionError(f'no {what} after {timeout} s')
+        time.sleep(0.001)
+
+
+def _writing_checkpoint(workdir: Path) -> bool:
+    """Whether orbax is writing a checkpoint (its temporary folder exists)."""
+    folder = workdir / 'checkpoints'
+    return folder.is_dir() and any('tmp' in p.name for p in folder.iterdir())
+
+
+def _last_logged_step(workdir: Path) -> int:
+    path = workdir / 'tensorboard' / 'metrics.jsonl'
+    lines = path.read_text().splitlines() if path.exists() else []
+    return max([json.loads(line)['step'] for line in lines if line.endswith('}')], default=0)
+
+
 def test_killed_run_resumes_to_same_parameters(celeba_id128, tmp_path):
+    """SIGKILL during a checkpoint write, then at a random step of the resumed run: the final
+    resume reaches the uninterrupted run's parameters, and each step is logged once."""
     n_iters = 40
     args = (
         f'--config.training.n_iters={n_iters}',
@@ -123,7 +148,12 @@ def test_killed_run_resumes_to_same_parameters(celeba_id128, tmp_path):
 
     workdir = tmp_path / 'killed'
     proc = _start_main(workdir, celeba_id128, *args)
-    _wait_for_checkpoint(workdir, 10, proc)
+    _wait_until(lambda: _writing_checkpoint(workdir), proc, 'a checkpoint write')
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc = _start_main(workdir, celeba_id128, *args)
+    kill_step = random.Random(12).randint(15, n_iters - 5)  # Between checkpoints or not.
+    _wait_until(lambda: _last_logged_step(workdir) >= kill_step, proc, f'step {kill_step}')
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(Checkpointer(workdir / 'checkpoints', 10).steps())
@@ -135,23 +165,32 @@ def test_killed_run_resumes_to_same_parameters(celeba_id128, tmp_path):
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     assert f'from step {killed_at}' in resumed.stderr.decode()
     _assert_same_tree(_final_params(workdir, n_iters), _final_params(tmp_path / 'ref', n_iters))
+    logged = [m['step'] for m in read_metrics(workdir / 'tensorboard')]
+    assert logged == list(range(1, n_iters + 1))  # Issue 12 #8: no step twice after a resume.
 
 
-def test_sigterm_checkpoints_and_stops(celeba_id128, tmp_path):
-    """Preemption: SIGTERM makes the run write a checkpoint at its current step and exit 0."""
+def test_sigterm_during_a_snapshot_checkpoints_and_exits_promptly(celeba_id128, tmp_path):
+    """Preemption (issue 12 #4): a SIGTERM while a long snapshot samples (100,000 solver
+    steps: minutes) exits 0 within 30 s, with the snapshot step checkpointed and no grid."""
     args = (
         '--config.training.n_iters=100000',
-        '--config.training.checkpoint_freq=10',
+        '--config.training.checkpoint_freq=1000',
+        '--config.training.snapshot_freq=5',
         '--config.training.log_freq=1',
+        '--config.sampling.num_steps=100000',
     )
     proc = _start_main(tmp_path, celeba_id128, *args)
-    _wait_for_checkpoint(tmp_path, 10, proc)
+    _wait_for_checkpoint(tmp_path, 5, proc)  # A snapshot step is checkpointed before it samples.
+    time.sleep(1.0)  # The snapshot is sampling now.
     proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     _, err = proc.communicate(timeout=300)
+    seconds = time.monotonic() - signalled
     assert proc.returncode == 0, err.decode()[-3000:]
-    steps = Checkpointer(tmp_path / 'checkpoints', 10).steps()
-    assert 10 <= steps[-1] < 100000, steps  # Stopped early, with its last step saved.
-    assert 'received signal' in err.decode()
+    assert seconds < 30, f'{seconds:.1f} s from SIGTERM to exit'
+    assert Checkpointer(tmp_path / 'checkpoints', 10).steps() == [5]
+    assert not list((tmp_path / 'samples').glob('*.png'))
+    assert 'snapshot of step 5 abandoned' in err.decode()
 
 
 def _free_port() -> int:
