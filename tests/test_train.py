@@ -385,3 +385,35 @@ def test_resume_with_changed_fields_is_refused_naming_each(celeba_id128, four_st
     assert 'n_iters' not in message.split('fields that may change')[0]
     assert (workdir / 'config.json').read_text() == recorded
     assert Checkpointer(workdir / 'checkpoints', 3).steps() == [2, 4]
+
+
+def _train_on(config, workdir: Path, count: int) -> dict:
+    train.train(config, workdir, devices=jax.devices()[:count])
+    return _final_params(workdir, config.training.n_iters)
+
+
+def _assert_close_tree(a, b, label: str):
+    """Equal to float tolerance: other device counts sum the batch gradient in another order."""
+    for (path, x), (_, y) in zip(
+        jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b), strict=True
+    ):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=f'{label} {path}')
+
+
+def test_three_devices_use_two_and_train_as_two(celeba_id128, four_steps, tmp_path, caplog):
+    """Issue 12 #1: batch 8 on 3 devices uses 2 (logged), giving the 2-device run's
+    parameters. (Two devices equal one: tests/test_losses.py; all counts: the slow test.)"""
+    config = _smoke_config(celeba_id128, n_iters=4, checkpoint_freq=2, log_freq=1)
+    _assert_same_tree(_train_on(config, tmp_path, 3), _final_params(four_steps, 4))
+    assert 'using 2 of the 3 devices' in caplog.text
+
+
+@pytest.mark.slow
+def test_every_device_count_trains_like_one_device(celeba_id128, tmp_path, caplog):
+    """The device matrix of issue 12: 2, 3, 5, 6 and 8 devices against 1."""
+    config = _smoke_config(celeba_id128, n_iters=4, checkpoint_freq=2, log_freq=1)
+    single = _train_on(config, tmp_path / '1', 1)
+    for count in (2, 3, 5, 6, 8):
+        _assert_close_tree(_train_on(config, tmp_path / str(count), count), single, str(count))
+        used = max(d for d in (1, 2, 4, 8) if d <= count)
+        assert (f'using {used} of the {count} devices' in caplog.text) == (used < count)
