@@ -257,3 +257,22 @@ def test_eval_names_tell_sampler_settings_apart() -> None:
     assert sampler_tag(s) == ode_tag + '-eta1' and ode_tag == 'dpm2m-n10-logsnr'
     s.update(method='pc', predictor='euler_maruyama', corrector='langevin', snr=0.16)
     assert sampler_tag(s) == 'pc-euler_maruyama-langevin-snr0.16-m1-n10-logsnr'
+
+
+def _sr_psnr(config: Any, workdir: Path, count: int) -> list[float]:
+    config = copy.deepcopy(config)
+    config.eval.name = f'devices{count}'
+    metrics = run(config, workdir, devices=jax.devices()[:count])
+    return [r['psnr'] for r in metrics['per_image'] if r['method'] == 'sr']
+
+
+@pytest.mark.parametrize('counts', [(3,), pytest.param((1, 5, 6, 8), marks=pytest.mark.slow)])
+def test_device_counts_that_do_not_divide_the_batch(counts, trained, eval_faces, caplog):
+    """Issue 12 #1: eval batch 4 on 3 devices uses 2 (logged); every count gives the same SR."""
+    config, workdir = trained
+    cfg = _config(config, eval_faces, max_images=4, lpips='', face='', methods=('sr',))
+    reference = _sr_psnr(cfg, workdir, DEVICES)
+    assert len(reference) == 4 and all(np.isfinite(reference))
+    for count in counts:
+        assert _sr_psnr(cfg, workdir, count) == reference, f'{count} devices'
+    assert ('using 2 of the 3 devices' in caplog.text) == (3 in counts)

@@ -245,3 +245,25 @@ def test_command_line(workdir, lr_dir, tmp_path):
     assert result.returncode == 0, log[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ['face1.png', 'manifest.json']
     assert 'images/s' in log and 'face1' in (out / 'manifest.json').read_text()
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize('counts', [(1, 3), pytest.param((5, 6, 8), marks=SLOW)], ids=str)
+def test_outputs_do_not_depend_on_the_device_count(counts, workdir, lr_dir, tmp_path):
+    """Issue 12 #1: 3 inputs on any device count (padded to it) give the 2-device images."""
+
+    def images(count: int) -> dict[str, np.ndarray]:
+        out = tmp_path / str(count)
+        config = _config(lr_dir, input=str(lr_dir), output=str(out), max_images=3, grid=False)
+        manifest = sr.run(config, workdir, devices=jax.devices()[:count])
+        assert manifest['devices'] == count
+        return {n: _read(out / n) for item in manifest['items'] for n in item['sr']}
+
+    reference = images(DEVICES)
+    for count in counts:
+        other = images(count)
+        assert other.keys() == reference.keys()
+        for name, image in reference.items():
+            np.testing.assert_array_equal(other[name], image, err_msg=f'{count} devices: {name}')
