@@ -165,8 +165,9 @@ def test_bad_input_file_is_named_and_nothing_is_written(workdir, lr_dir, tmp_pat
     assert not out.exists()
 
 
-def test_failure_mid_run_leaves_no_manifest(workdir, lr_dir, tmp_path):
-    """A truncated face in a dataset is found in the second batch: the first is written."""
+def test_bad_file_late_in_the_eval_split_stops_before_any_output(workdir, lr_dir, tmp_path):
+    """Issue 12 #7: a truncated face in the second batch of a dataset is found before the
+    first batch is written; an earlier run's complete result is left as it was."""
     data = tmp_path / 'faces'
     data.mkdir()
     for i in range(3):
@@ -178,8 +179,7 @@ def test_failure_mid_run_leaves_no_manifest(workdir, lr_dir, tmp_path):
     (out / 'manifest.json').write_text('{"complete": true}')  # From an earlier run.
     with pytest.raises(datasets.DataError, match=re.escape(str(data / 'truncated.png'))):
         _run(_config(data, output=str(out), batch_size=2), workdir)
-    assert (out / '000000.png').is_file() and (out / '000001_hr.png').is_file()
-    assert not (out / 'manifest.json').exists()
+    assert sorted(p.name for p in out.iterdir()) == ['manifest.json']
 
 
 def test_missing_or_mismatched_checkpoint(workdir, lr_dir, tmp_path):
