@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -267,3 +268,34 @@ def test_outputs_do_not_depend_on_the_device_count(counts, workdir, lr_dir, tmp_
         assert other.keys() == reference.keys()
         for name, image in reference.items():
             np.testing.assert_array_equal(other[name], image, err_msg=f'{count} devices: {name}')
+
+
+def test_killed_run_leaves_no_manifest_and_a_rerun_completes(workdir, celeba_id128, tmp_path):
+    """SIGKILL after the first image: the folder has images but no manifest (so it never reads
+    as complete, although an earlier run's manifest was there); a rerun completes it with the
+    images of an uninterrupted run."""
+    out = tmp_path / 'killed'
+    out.mkdir()
+    (out / 'manifest.json').write_text('{"complete": true}')  # From an earlier run.
+    fields = dict(output=str(out), max_images=12, batch_size=1, grid=False)
+    command = [
+        sys.executable, str(REPO_ROOT / 'main.py'), '--mode', 'sr', '--workdir', str(workdir),
+        '--config', str(REPO_ROOT / 'configs/demo.py') + ':smoke',
+        f'--config.data.path={celeba_id128}', *[f'--sr.{k}={v}' for k, v in fields.items()],
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=_env(DEVICES), stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / '000000.png').exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    written = {p.name for p in out.iterdir()}
+    assert 'manifest.json' not in written and '000011.png' not in written, sorted(written)
+    manifest = _run(_config(celeba_id128, **fields), workdir)
+    reference = _run(_config(celeba_id128, **dict(fields, output=str(tmp_path / 'ref'))), workdir)
+    assert manifest['num_inputs'] == reference['num_inputs'] == 12
+    for item in reference['items']:
+        for name in item['sr'] + [item['lr'], item['hr']]:
+            np.testing.assert_array_equal(_read(out / name), _read(tmp_path / 'ref' / name))
+    assert (out / 'manifest.json').is_file()
