@@ -59,6 +59,7 @@ MAY_CHANGE_ON_RESUME = (
     'eval',
     'compute.cpu_devices',
     'data.cache_mb',
+    'data.allow_split_overlap',
 )
 HISTORY_FILE = 'config_history.jsonl'
 

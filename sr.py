@@ -150,6 +150,7 @@ def dataset_inputs(config: Any, max_images: int = 0) -> Inputs:
     output is written (with a ``DataError`` naming it); decoded images stay in the source's
     cache when they fit ``data.cache_mb``, else they are decoded again per batch.
     """
+    datasets.check_held_out(config.data, 'eval')
     source = datasets.open_source(config.data, 'eval')
     n = min(len(source), max_images) if max_images else len(source)
     for i in range(n):

@@ -35,6 +35,9 @@ def data_config() -> ml_collections.ConfigDict:
     data.jpeg_quality = 0  # JPEG quality 1..100 applied to LR via Pillow (0: off).
     data.num_channels = 3  # 3 (RGB) or 1 (grayscale).
     data.cache_mb = 2048  # Cache decoded uint8 HR images if the dataset fits (0: never).
+    # A source whose eval split is its training images (a folder without faces.csv, a
+    # tfrecord path without '{split}'): sr and eval refuse it unless this is True.
+    data.allow_split_overlap = False
     # lfw_pairs only: keep this many same and this many different pairs per fold (0 = all 300).
     data.pairs_per_fold = 0
     return data

@@ -607,6 +607,8 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     ``devices`` (default: all devices of all hosts) is the sampling mesh.
     """
     methods = parse_methods(config.eval.methods)
+    if 'sr' in methods:  # Baselines are not trained: any split measures them fairly.
+        datasets.check_held_out(config.data, config.eval.split)
     model = load_model(config, workdir, devices) if 'sr' in methods else None
     fns = make_metric_fns(config.eval)
     if config.eval.sweep_key:

@@ -178,8 +178,12 @@ def test_bad_file_late_in_the_eval_split_stops_before_any_output(workdir, lr_dir
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'manifest.json').write_text('{"complete": true}')  # From an earlier run.
+    config = _config(data, output=str(out), batch_size=2)
+    with pytest.raises(datasets.DataError, match=re.escape(f"{data}: split 'test' is the tra")):
+        _run(config, workdir)  # Issue 12 #5: a folder without faces.csv has no held-out split.
+    config.data.allow_split_overlap = True
     with pytest.raises(datasets.DataError, match=re.escape(str(data / 'truncated.png'))):
-        _run(_config(data, output=str(out), batch_size=2), workdir)
+        _run(config, workdir)
     assert sorted(p.name for p in out.iterdir()) == ['manifest.json']
 
 
