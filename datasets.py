@@ -244,10 +244,18 @@ def _read_csv(csv_path: Path, split: str) -> tuple[list[Path], list[int]]:
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted by relative path, hidden ones skipped)."""
+    """Image files under ``root`` (recursive, sorted by relative path, hidden ones skipped).
+
+    A folder that cannot be listed (no permission) raises :class:`DataError` naming it: a
+    silently skipped folder would train or super-resolve a subset without saying so.
+    """
     root = Path(root)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(err: OSError) -> None:
+        raise DataError(f'cannot list folder {err.filename}: {err.strerror}') from err
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = [d for d in dirnames if not d.startswith('.')]
         for name in filenames:
             if not name.startswith('.') and Path(name).suffix.lower() in IMAGE_EXTENSIONS:

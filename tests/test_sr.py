@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -303,3 +305,76 @@ def test_killed_run_leaves_no_manifest_and_a_rerun_completes(workdir, celeba_id1
         for name in item['sr'] + [item['lr'], item['hr']]:
             np.testing.assert_array_equal(_read(out / name), _read(tmp_path / 'ref' / name))
     assert (out / 'manifest.json').is_file()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack('>I', len(data)) + body + struct.pack('>I', zlib.crc32(body))
+
+    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IEND', b'')
+
+
+def _write_bad(kind: str, folder: Path, face: Path) -> Path:
+    """A bad input file of ``kind`` in ``folder`` (``face``: a good LR PNG to spoil)."""
+    data = face.read_bytes()
+    path = folder / {'jpeg': 'bad.jpg'}.get(kind, 'bad.png')
+    if kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'jpeg':
+        with Image.open(face) as image:
+            image.save(path, quality=95)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == 'png':
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == 'bomb':
+        path.write_bytes(_png_header_only(40_000, 40_000))
+    return path
+
+
+@pytest.mark.parametrize('kind', ['empty', 'jpeg', 'png', 'bomb'])
+def test_bad_input_files_are_named_before_anything_is_written(kind, lr_dir, tmp_path):
+    """0-byte file, truncated JPEG and PNG, a 1.6-gigapixel header: DataError naming the file
+    from the input step, which runs before the checkpoint is read or an output written."""
+    folder = tmp_path / 'inputs'
+    folder.mkdir()
+    (folder / 'face0.png').write_bytes((lr_dir / 'face0.png').read_bytes())
+    bad = _write_bad(kind, folder, lr_dir / 'face1.png')
+    with pytest.raises(datasets.DataError, match=re.escape(f'cannot decode image {bad}')):
+        sr.file_inputs(folder, _config(lr_dir).data)
+
+
+def test_odd_image_modes_are_converted_as_documented(lr_dir, tmp_path):
+    """Grayscale -> channel replicated, RGBA -> alpha dropped, 16-bit -> top 8 bits."""
+    with Image.open(lr_dir / 'face0.png') as face:
+        rgb = np.asarray(face.convert('RGB'))
+    gray = rgb[..., 0]
+    Image.fromarray(gray).save(tmp_path / 'gray.png')
+    Image.fromarray(np.dstack([rgb, np.full_like(gray, 7)])).save(tmp_path / 'rgba.png')
+    Image.fromarray(gray.astype(np.uint16) * 256 + 255).save(tmp_path / 'sixteen.png')
+    inputs = sr.file_inputs(tmp_path, _config(lr_dir).data)
+    (batch,) = inputs.batches(8)
+    as_uint8 = np.round(batch['lr'] * 255).astype(np.uint8)
+    assert inputs.names == ['gray', 'rgba', 'sixteen']
+    np.testing.assert_array_equal(as_uint8[0], np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(as_uint8[1], rgb)
+    np.testing.assert_array_equal(as_uint8[2], as_uint8[0])
+
+
+def test_unlistable_input_folder_is_named(lr_dir, tmp_path, monkeypatch):
+    """A folder os.walk cannot list (no permission; simulated: tests may run as root)."""
+    locked = tmp_path / 'inputs' / 'locked'
+    locked.mkdir(parents=True)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path) == locked:
+            raise PermissionError(13, 'Permission denied', str(locked))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, 'scandir', scandir)
+    with pytest.raises(datasets.DataError, match=re.escape(f'cannot list folder {locked}')):
+        sr.file_inputs(tmp_path / 'inputs', _config(lr_dir).data)
