@@ -94,7 +94,7 @@ def eval_config() -> ml_collections.ConfigDict:
     cfg.name = ''  # Output folder W/eval/<name> ('' = from dataset, split, sampler, checkpoint).
     cfg.split = 'test'  # Split evaluated (celeba_id128 'test': 60 identities never trained on).
     cfg.max_images = 0  # Evaluate the first N images of the split (0 = all).
-    cfg.batch_size = 16  # Global batch; with 'sr', a multiple of the device count.
+    cfg.batch_size = 16  # Global batch; 'sr' samples it on the most devices that divide it.
     # What is evaluated, in table order: 'sr' (the model, sampled with config.sampling),
     # 'bicubic' (the upsampled LR) and 'hr' (the HR itself: ceiling of the face metrics).
     # Baselines only: no checkpoint is needed. CLI: --config.eval.methods=bicubic,hr
