@@ -6,9 +6,12 @@ Sources (``data.source``, chosen through the ``SOURCES`` registry):
   ``split``, optional ``identity``; ``file`` relative to the CSV) lies in the folder or in its
   parent, its rows select the split (``'eval'`` means ``'test'``) and give identities;
   otherwise every image file (recursively, sorted by relative path; hidden files skipped) is
-  used for every split. Files whose extension is not an image extension are ignored.
+  used for every split: there is no held-out split, and ``sr``/``eval`` refuse to measure it
+  unless ``data.allow_split_overlap`` (see :func:`check_held_out`). Files whose extension is
+  not an image extension are ignored.
 * ``'tfrecord'``: score_sde/ProGAN TFRecords (``shape`` int64 [C, H, W] + raw uint8 ``data``);
-  ``data.path`` is a file or glob (``{split}`` in it is replaced by the split name).
+  ``data.path`` is a file or glob (``{split}`` in it is replaced by the split name; without
+  it every split is the same records, refused for ``sr``/``eval`` as for folders).
 * ``'tfds'``: a prepared tensorflow-datasets dataset read through ``tfds.data_source`` (the
   TF-free ``array_record`` reader; ``data.path`` is the ``data_dir``).
 * ``'lfw_pairs'``: the images of LFW View-2 pairs (``data.path`` holds ``pairs.csv``; split
@@ -102,6 +105,23 @@ def validate_data_config(data_config: Any) -> None:
         raise ValueError('data.noise_sigma/blur_sigma must be >= 0, jpeg_quality in 0..100')
     if not isinstance(c.pairs_per_fold, int) or c.pairs_per_fold < 0:
         raise ValueError(f'data.pairs_per_fold must be an integer >= 0, got {c.pairs_per_fold!r}')
+
+
+def check_held_out(data_config: Any, split: str) -> None:
+    """Raises :class:`DataError` when ``split`` of ``config.data`` holds the training images
+    (the source has no split) and ``data.allow_split_overlap`` is False: SR of it, and its
+    metrics, would silently measure faces the model was trained on."""
+    split = split_name(split)
+    overlaps = getattr(SOURCES.get(data_config.source), 'splits_overlap', None)
+    if split == 'train' or data_config.allow_split_overlap or not overlaps:
+        return
+    reason = overlaps(data_config)
+    if reason:
+        raise DataError(
+            f'data.path={data_config.path}: split {split!r} is the training images ({reason}). '
+            'Add a faces.csv with columns file,split to hold faces out, or set '
+            '--config.data.allow_split_overlap=true to use training images knowingly'
+        )
 
 
 def split_name(split: str) -> str:
@@ -224,10 +244,18 @@ def _read_csv(csv_path: Path, split: str) -> tuple[list[Path], list[int]]:
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted by relative path, hidden ones skipped)."""
+    """Image files under ``root`` (recursive, sorted by relative path, hidden ones skipped).
+
+    A folder that cannot be listed (no permission) raises :class:`DataError` naming it: a
+    silently skipped folder would train or super-resolve a subset without saying so.
+    """
     root = Path(root)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(err: OSError) -> None:
+        raise DataError(f'cannot list folder {err.filename}: {err.strerror}') from err
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = [d for d in dirnames if not d.startswith('.')]
         for name in filenames:
             if not name.startswith('.') and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
@@ -238,6 +266,12 @@ def list_images(root: str | os.PathLike) -> list[Path]:
 @SOURCES.register('folder')
 class FolderSource:
     """Image files of a folder, split and identities from ``faces.csv`` when present."""
+
+    @staticmethod
+    def splits_overlap(data_config: Any) -> str:
+        """Why every split is the same images ('' when the folder has a split)."""
+        root = Path(data_config.path)
+        return '' if _find_csv(root) else f'no {CSV_NAME} in {root} or its parent'
 
     def __init__(self, data_config: Any, split: str):
         root = Path(data_config.path)
@@ -278,6 +312,11 @@ def example_image(example: dict[str, Any], num_channels: int) -> np.ndarray:
 @SOURCES.register('tfrecord')
 class TFRecordSource:
     """Records of score_sde TFRecord files (``data.path``: file or glob), in file order."""
+
+    @staticmethod
+    def splits_overlap(data_config: Any) -> str:
+        """Why every split is the same records ('' when the path names the split)."""
+        return '' if '{split}' in str(data_config.path) else "no '{split}' in the path"
 
     def __init__(self, data_config: Any, split: str):
         pattern = str(data_config.path).replace('{split}', split_name(split))

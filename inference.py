@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,26 @@ MUST_MATCH = (
     'data.num_channels',
 )
 CONFIG_FILE = 'config.json'
+# Fields that may differ when a run resumes: its length, how often it logs, checkpoints and
+# snapshots, how snapshots, sr and eval sample, and machine settings. Any other field (model,
+# SDE, score, data, optimizer, seed, batch) must equal the run's record: changing one would
+# silently continue training another setup, and erase the record sr and eval check against.
+MAY_CHANGE_ON_RESUME = (
+    'training.n_iters',
+    'training.log_freq',
+    'training.checkpoint_freq',
+    'training.checkpoint_keep',
+    'training.snapshot_freq',
+    'training.snapshot_batch',
+    'training.init_from',  # (read only when a run starts without a checkpoint)
+    'sampling',
+    'sr',
+    'eval',
+    'compute.cpu_devices',
+    'data.cache_mb',
+    'data.allow_split_overlap',
+)
+HISTORY_FILE = 'config_history.jsonl'
 
 
 def save_config(config: Any, workdir: str | Path) -> None:
@@ -60,6 +81,57 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
     for key, value in tree.items():
         out.update(_flatten(value, f'{prefix}.{key}' if prefix else key))
     return out
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + '.') for p in prefixes)
+
+
+def config_changes(config: Any, workdir: str | Path) -> dict[str, tuple[Any, Any]]:
+    """Fields whose value differs from the record in ``workdir``: ``{key: (recorded, now)}``.
+
+    Fields missing on either side (a record from older code) are not compared; no record: {}.
+    """
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return {}
+    recorded = _flatten(json.loads(path.read_text()))
+    current = _flatten(json.loads(config.to_json_best_effort()))
+    return {
+        k: (recorded[k], current[k])
+        for k in sorted(recorded.keys() & current.keys())
+        if recorded[k] != current[k]
+    }
+
+
+def check_resume(config: Any, workdir: str | Path, step: int) -> dict[str, tuple[Any, Any]]:
+    """Refuses, naming every field, to resume ``workdir`` at ``step`` with a config that differs
+    from its record outside :data:`MAY_CHANGE_ON_RESUME`; returns the allowed changes."""
+    changes = config_changes(config, workdir)
+    refused = [k for k in changes if not _matches(k, MAY_CHANGE_ON_RESUME)]
+    if refused:
+        lines = [f'config.{k}: trained {changes[k][0]!r}, now {changes[k][1]!r}' for k in refused]
+        raise ValueError(
+            f'{Path(workdir) / CONFIG_FILE}: cannot resume from checkpoint {step} with a config '
+            'that changes what is trained:\n  ' + '\n  '.join(lines) + '\nRestore these '
+            f'values or train in a new --workdir (fields that may change: {MAY_CHANGE_ON_RESUME})'
+        )
+    return changes
+
+
+def record_start(config: Any, workdir: str | Path, step: int | None, changes: dict) -> None:
+    """Appends this start (resumed ``step`` or None, changed fields) to ``config_history.jsonl``
+    and records ``config`` as the run's config."""
+    entry = {
+        'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+        'resumed_from': step,
+        'changed': {k: list(v) for k, v in changes.items()},
+    }
+    path = Path(workdir) / HISTORY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        f.write(json.dumps(entry, default=str) + '\n')
+    save_config(config, workdir)
 
 
 def check_config_matches(config: Any, workdir: str | Path) -> None:

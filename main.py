@@ -8,6 +8,7 @@ Flags and config only; each mode is a function ``run(config, workdir)`` register
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -52,10 +53,17 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     import modes
     from utils.compilation_cache import enable_compilation_cache
+    from utils.preemption import Preempted
 
     enable_compilation_cache()
     logging.info('devices: %s', jax.devices())
-    modes.MODES.get(FLAGS.mode)(config, FLAGS.workdir)
+    try:
+        modes.MODES.get(FLAGS.mode)(config, FLAGS.workdir)
+    except Preempted as stop:  # XLA still runs abandoned work: a normal exit would abort.
+        logging.warning('preempted: %s; exiting now', stop)
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == '__main__':

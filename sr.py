@@ -145,9 +145,17 @@ def file_inputs(path: str | os.PathLike, data_config: Any, max_images: int = 0) 
 
 
 def dataset_inputs(config: Any, max_images: int = 0) -> Inputs:
-    """The eval split of ``config.data`` in order (LR made as in training, ``config.seed``)."""
+    """The eval split of ``config.data`` in order (LR made as in training, ``config.seed``).
+
+    Every input is decoded now, so that a bad file late in the split stops the run before any
+    output is written (with a ``DataError`` naming it); decoded images stay in the source's
+    cache when they fit ``data.cache_mb``, else they are decoded again per batch.
+    """
+    datasets.check_held_out(config.data, 'eval')
     source = datasets.open_source(config.data, 'eval')
     n = min(len(source), max_images) if max_images else len(source)
+    for i in range(n):
+        source.read(i)
     files = getattr(source.source, 'files', None)  # Folder sources know their files.
     where = f'{config.data.source}:{config.data.path}[eval]'
     sources = [str(files[i]) if files else f'{where}[{i}]' for i in range(n)]

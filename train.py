@@ -2,15 +2,25 @@
 
 Linear on purpose (see STYLE.md): set-up, resume, loop. The loop fetches metrics from the
 devices only every ``log_freq`` steps, so the host prepares the next batches while the devices
-work. A SIGTERM (preemption) writes a checkpoint at the next step and returns.
+work.
+
+Resume: the config must equal the run's record (``W/config.json``) outside
+``inference.MAY_CHANGE_ON_RESUME``, else the run stops naming each field; allowed changes are
+appended to ``W/config_history.jsonl``. An unreadable checkpoint is set aside into
+``W/checkpoints.rejected`` and the previous one is used (``utils.checkpoint``).
+
+Preemption (SIGTERM): the checkpoint of the current step is written first, no snapshot is
+taken, and the run returns; a snapshot already running is abandoned (:mod:`utils.preemption`).
+A snapshot step is always a checkpoint step, so nothing is lost when it is abandoned.
+
+Devices: the largest device count that divides both ``training.batch_size`` and
+``training.snapshot_batch`` is used (:func:`utils.parallel.devices_for_batch`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +38,11 @@ from models.wrappers import init_params
 from utils import parallel
 from utils.checkpoint import Checkpointer
 from utils.images import make_grid, save_png
+from utils.preemption import Preempted, PreemptionFlag, run_abandonable
 from utils.progress import Progress
 from utils.writers import MetricWriter
 
 TRAIN_KEYS = ('hr', 'lr_up')
-
-
-class PreemptionFlag:
-    """Set by SIGTERM; the loop checkpoints and stops at the next step."""
-
-    def __init__(self):
-        self.raised = False
-
-    def _handler(self, signum, frame):
-        del frame
-        logging.warning('received signal %d: checkpointing and stopping', signum)
-        self.raised = True
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[PreemptionFlag]:
-        previous = signal.signal(signal.SIGTERM, self._handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainState:
@@ -134,26 +125,47 @@ def _snapshot_fn(
     return snapshot
 
 
+def training_devices(config: Any, devices: Any = None) -> list[Any]:
+    """The devices training uses: the most that split the train and snapshot batches."""
+    tcfg = config.training
+    batches = {'training.batch_size': tcfg.batch_size}
+    if tcfg.snapshot_freq > 0:
+        batches['training.snapshot_batch'] = tcfg.snapshot_batch
+    return parallel.devices_for_batch(batches, devices)
+
+
+def _check_and_record_config(config: Any, workdir: Path, checkpointer: Checkpointer) -> None:
+    """Refuses a resume with changed fields (see module doc), then records this start."""
+    steps = checkpointer.steps()
+    latest = steps[-1] if steps else None
+    changes = inference.check_resume(config, workdir, latest) if steps else {}
+    for key, (old, new) in changes.items():
+        logging.info('resuming with config.%s changed: %r -> %r', key, old, new)
+    if jax.process_index() == 0:
+        inference.record_start(config, workdir, latest, changes)
+
+
 def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.TrainState:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
 
-    ``devices`` (default: all devices of all hosts) is the data-parallel mesh.
+    ``devices`` (default: all devices of all hosts) are those the data-parallel mesh may use.
     """
     # ----- Set-up -----
     workdir = Path(workdir)
-    exp = experiment.build(config, devices, workdir)
     tcfg = config.training
-    parallel.check_divisible(tcfg.batch_size, exp.mesh)
+    is_chief = jax.process_index() == 0
+    checkpointer = Checkpointer(workdir / 'checkpoints', tcfg.checkpoint_keep, set_aside=True)
+    try:
+        _check_and_record_config(config, workdir, checkpointer)
+    except ValueError:
+        checkpointer.close()
+        raise
+    exp = experiment.build(config, training_devices(config, devices), workdir)
     init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = initial_state(exp, init_key)
-    is_chief = jax.process_index() == 0
-    writer = MetricWriter(workdir / 'tensorboard', enabled=is_chief)
-    if is_chief:
-        inference.save_config(config, workdir)
 
     # ----- Resume -----
-    parallel.barrier('initialised')  # Orbax's set-up starts with a cross-host collective.
-    checkpointer = Checkpointer(workdir / 'checkpoints', tcfg.checkpoint_keep)
+    parallel.barrier('initialised')
     restored = checkpointer.restore_latest(state)
     if restored is None and tcfg.init_from:
         restored = initial_state_from(exp, tcfg.init_from)
@@ -163,6 +175,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
         logging.info('checkpoint step %d >= n_iters %d: nothing to train', start, tcfg.n_iters)
         checkpointer.close()
         return state
+    writer = MetricWriter(workdir / 'tensorboard', enabled=is_chief, resume_step=start)
     data = datasets.get_dataset(
         config.data,
         'train',
@@ -203,12 +216,14 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
                     writer.flush()  # Summaries survive a kill; cheap at log_freq.
                     if is_chief:
                         logging.info(progress.line(f'loss {metrics["loss"]:.4f}'))
-                if step % tcfg.checkpoint_freq == 0 or last:
-                    checkpointer.save(step, state)
-                if snapshot is not None and (step % tcfg.snapshot_freq == 0 or last):
-                    snapshot(state, step)
+                snap = snapshot is not None and step % tcfg.snapshot_freq == 0
+                if step % tcfg.checkpoint_freq == 0 or last or snap:
+                    checkpointer.save(step, state)  # First: a preemption may end the run next.
                 if preemption.raised:
                     break
+                if snap and not run_abandonable(lambda: snapshot(state, step), preemption):  # noqa: B023
+                    checkpointer.wait()
+                    raise Preempted(f'snapshot of step {step} abandoned; checkpoint {step} saved')
     finally:  # Pending asynchronous checkpoint writes complete even if the loop failed.
         checkpointer.close()
         writer.close()

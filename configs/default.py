@@ -35,6 +35,9 @@ def data_config() -> ml_collections.ConfigDict:
     data.jpeg_quality = 0  # JPEG quality 1..100 applied to LR via Pillow (0: off).
     data.num_channels = 3  # 3 (RGB) or 1 (grayscale).
     data.cache_mb = 2048  # Cache decoded uint8 HR images if the dataset fits (0: never).
+    # A source whose eval split is its training images (a folder without faces.csv, a
+    # tfrecord path without '{split}'): sr and eval refuse it unless this is True.
+    data.allow_split_overlap = False
     # lfw_pairs only: keep this many same and this many different pairs per fold (0 = all 300).
     data.pairs_per_fold = 0
     return data
@@ -93,7 +96,7 @@ def eval_config() -> ml_collections.ConfigDict:
     cfg.name = ''  # Output folder W/eval/<name> ('' = from dataset, split, sampler, checkpoint).
     cfg.split = 'test'  # Split evaluated (celeba_id128 'test': 60 identities never trained on).
     cfg.max_images = 0  # Evaluate the first N images of the split (0 = all).
-    cfg.batch_size = 16  # Global batch; with 'sr', a multiple of the device count.
+    cfg.batch_size = 16  # Global batch; 'sr' samples it on the most devices that divide it.
     # What is evaluated, in table order: 'sr' (the model, sampled with config.sampling),
     # 'bicubic' (the upsampled LR) and 'hr' (the HR itself: ceiling of the face metrics).
     # Baselines only: no checkpoint is needed. CLI: --config.eval.methods=bicubic,hr

@@ -318,9 +318,12 @@ def eval_batches(config: Any, start: int, hosts: int) -> Iterator[dict[str, np.n
 
 
 def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
-    """The experiment over ``devices`` and the EMA parameters of ``eval.checkpoint``."""
-    exp = experiment.build(config, devices, workdir)
-    parallel.check_divisible(config.eval.batch_size, exp.mesh, 'config.eval.batch_size')
+    """The experiment over ``devices`` and the EMA parameters of ``eval.checkpoint``.
+
+    The mesh uses the most of ``devices`` that split ``eval.batch_size`` evenly (logged).
+    """
+    batches = {'eval.batch_size': config.eval.batch_size}
+    exp = experiment.build(config, parallel.devices_for_batch(batches, devices), workdir)
     params, step = load_ema_params(exp, workdir, config.eval.checkpoint or None)
     logging.info('eval: checkpoint %d of %s', step, workdir)
     return Model(exp, params, step)
@@ -606,6 +609,8 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     ``devices`` (default: all devices of all hosts) is the sampling mesh.
     """
     methods = parse_methods(config.eval.methods)
+    if 'sr' in methods:  # Baselines are not trained: any split measures them fairly.
+        datasets.check_held_out(config.data, config.eval.split)
     model = load_model(config, workdir, devices) if 'sr' in methods else None
     fns = make_metric_fns(config.eval)
     if config.eval.sweep_key:

@@ -59,11 +59,15 @@ def test_smoke_case_measures_everything_and_reports_it() -> None:
     assert f'{100 * forward["gflop_per_s"] / 100.0:.0f}%' in table
 
 
-def test_failing_child_reports_its_error(tmp_path) -> None:
+def test_failing_child_reports_its_error(tmp_path, monkeypatch) -> None:
     case = dataclasses.replace(run.SUITES['smoke'][0], config=str(tmp_path / 'missing.py'))
-    result = run.run_child(['--child', 'case', '--case', json.dumps(dataclasses.asdict(case))], 120)
-    assert 'error' in result and 'missing.py' in result['error']
-    assert sys.executable  # the child ran with this interpreter
+    args = ['--child', 'case', '--case', json.dumps(dataclasses.asdict(case))]
+    result = run.run_child(args, 120)
+    assert result['error'].startswith('exit 1') and 'missing.py' in result['error']
+    # The child runs with this interpreter (the venv's), not whatever 'python' is on PATH.
+    monkeypatch.setattr(sys, 'executable', str(tmp_path / 'no-such-python'))
+    with pytest.raises(FileNotFoundError, match='no-such-python'):
+        run.run_child(args, 120)
 
 
 def test_suites_name_cases_uniquely() -> None:

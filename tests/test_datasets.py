@@ -392,3 +392,22 @@ def test_sources_are_registered(tmp_path):
     assert {'folder', 'tfrecord', 'tfds'} <= set(datasets.SOURCES.names())
     with pytest.raises(ValueError, match='source'):
         datasets.get_dataset(_config(tmp_path, source='nope'), 'train', 2)
+
+
+def test_sources_without_a_split_are_refused_for_held_out_use(synthetic_faces, tmp_path):
+    """Issue 12 #5: a folder without faces.csv (or a tfrecord path without '{split}') has no
+    held-out images; sr/eval of its 'test' split is refused unless asked for."""
+    bare = tmp_path / 'bare'
+    bare.mkdir()
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(bare / 'a.png')
+    config = _config(bare)
+    for split in ('test', 'eval'):
+        with pytest.raises(datasets.DataError, match=rf'{bare}: split .test. is the training'):
+            datasets.check_held_out(config, split)
+    datasets.check_held_out(config, 'train')
+    datasets.check_held_out(_config(bare, allow_split_overlap=True), 'test')
+    datasets.check_held_out(_config(synthetic_faces), 'test')  # faces.csv splits it.
+    records = _config('faces.tfrecord', source='tfrecord')
+    with pytest.raises(datasets.DataError, match="no '{split}' in the path"):
+        datasets.check_held_out(records, 'test')
+    datasets.check_held_out(_config('faces-{split}.tfrecord', source='tfrecord'), 'test')

@@ -9,7 +9,12 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ import train
 from configs import demo
 from evaluation.report import decode_embedding
 from evaluation.run import RECORDS, parse_methods, run
+from utils.paths import REPO_ROOT
 
 #: Four test identities, three faces each (their first files by name). At 32 px SFace ranks
 #: every HR probe's own identity first by a cosine margin of at least 0.27 (measured), so the
@@ -257,3 +263,65 @@ def test_eval_names_tell_sampler_settings_apart() -> None:
     assert sampler_tag(s) == ode_tag + '-eta1' and ode_tag == 'dpm2m-n10-logsnr'
     s.update(method='pc', predictor='euler_maruyama', corrector='langevin', snr=0.16)
     assert sampler_tag(s) == 'pc-euler_maruyama-langevin-snr0.16-m1-n10-logsnr'
+
+
+def _sr_psnr(config: Any, workdir: Path, count: int) -> list[float]:
+    config = copy.deepcopy(config)
+    config.eval.name = f'devices{count}'
+    metrics = run(config, workdir, devices=jax.devices()[:count])
+    return [r['psnr'] for r in metrics['per_image'] if r['method'] == 'sr']
+
+
+@pytest.mark.parametrize('counts', [(3,), pytest.param((1, 5, 6, 8), marks=pytest.mark.slow)])
+def test_device_counts_that_do_not_divide_the_batch(counts, trained, eval_faces, caplog):
+    """Issue 12 #1: eval batch 4 on 3 devices uses 2 (logged); every count gives the same SR."""
+    config, workdir = trained
+    cfg = _config(config, eval_faces, max_images=4, lpips='', face='', methods=('sr',))
+    reference = _sr_psnr(cfg, workdir, DEVICES)
+    assert len(reference) == 4 and all(np.isfinite(reference))
+    for count in counts:
+        assert _sr_psnr(cfg, workdir, count) == reference, f'{count} devices'
+    assert ('using 2 of the 3 devices' in caplog.text) == (3 in counts)
+
+
+def test_killed_eval_continues_and_counts_nothing_twice(trained, eval_faces, caplog):
+    """SIGKILL after the first batch's records: the rerun does only the rest and reports what
+    an uninterrupted eval reports."""
+    config, workdir = trained
+    fields = dict(name='killed', lpips='', face='', methods='sr,bicubic')
+    command = [
+        sys.executable, str(REPO_ROOT / 'main.py'), '--mode', 'eval', '--workdir', str(workdir),
+        '--config', str(REPO_ROOT / 'configs/demo.py') + ':smoke',
+        f'--config.data.path={eval_faces}', f'--config.eval.max_images={N_FACES}',
+        '--config.eval.batch_size=4', *[f'--config.eval.{k}={v}' for k, v in fields.items()],
+    ]  # fmt: skip
+    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT))
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={DEVICES}'
+    env['FACESR_JAX_CACHE'] = os.environ['FACESR_TEST_JAX_CACHE']
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    records = workdir / 'eval' / 'killed' / RECORDS
+    deadline = time.time() + 300
+    while not records.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    done = len(records.read_text().splitlines())
+    assert 0 < done < N_FACES
+    cfg = _config(config, eval_faces, **dict(fields, methods=('sr', 'bicubic')))
+    with caplog.at_level(logging.INFO):
+        resumed = _run(cfg, workdir)
+    assert f'{N_FACES - done} of {N_FACES} images to do' in caplog.text
+    indices = [json.loads(line)['index'] for line in records.read_text().splitlines()]
+    assert indices == list(range(N_FACES))
+    cfg.eval.name = 'uninterrupted'
+    reference = _run(cfg, workdir)
+    rows = [(r['method'], r['index']) for r in resumed['per_image']]
+    assert rows == [(r['method'], r['index']) for r in reference['per_image']]
+    assert len(rows) == 2 * N_FACES
+    for key in ('psnr', 'ssim', 'consistency'):  # SSIM in another process: float32 noise.
+        np.testing.assert_allclose(
+            [r[key] for r in resumed['per_image']], [r[key] for r in reference['per_image']],
+            rtol=1e-5, err_msg=key,
+        )  # fmt: skip
+    assert resumed['n_images'] == N_FACES

@@ -131,6 +131,9 @@ def test_make_sde_from_config():
 def test_time_labels():
     t = jnp.array([0.0, 0.5, 1.0])
     np.testing.assert_allclose(SDES['vpsde'].time_label(t), [0.0, 499.5, 999.0])
-    np.testing.assert_allclose(SDES['vesde'].time_label(t), SDES['vesde'].marginal_std(t))
+    # VE: sigma(t) = sigma_min (sigma_max / sigma_min)^t, written out (sigma_min 0.01, max 20).
+    np.testing.assert_allclose(
+        SDES['vesde'].time_label(t), [0.01, np.sqrt(0.01 * 20.0), 20.0], rtol=1e-5
+    )
     ve = SDES['vesde']
     np.testing.assert_allclose(ve.discrete_sigmas[jnp.array([0, -1])], [0.01, 20.0], rtol=1e-5)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -165,8 +168,9 @@ def test_bad_input_file_is_named_and_nothing_is_written(workdir, lr_dir, tmp_pat
     assert not out.exists()
 
 
-def test_failure_mid_run_leaves_no_manifest(workdir, lr_dir, tmp_path):
-    """A truncated face in a dataset is found in the second batch: the first is written."""
+def test_bad_file_late_in_the_eval_split_stops_before_any_output(workdir, lr_dir, tmp_path):
+    """Issue 12 #7: a truncated face in the second batch of a dataset is found before the
+    first batch is written; an earlier run's complete result is left as it was."""
     data = tmp_path / 'faces'
     data.mkdir()
     for i in range(3):
@@ -176,10 +180,13 @@ def test_failure_mid_run_leaves_no_manifest(workdir, lr_dir, tmp_path):
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'manifest.json').write_text('{"complete": true}')  # From an earlier run.
+    config = _config(data, output=str(out), batch_size=2)
+    with pytest.raises(datasets.DataError, match=re.escape(f"{data}: split 'test' is the tra")):
+        _run(config, workdir)  # Issue 12 #5: a folder without faces.csv has no held-out split.
+    config.data.allow_split_overlap = True
     with pytest.raises(datasets.DataError, match=re.escape(str(data / 'truncated.png'))):
-        _run(_config(data, output=str(out), batch_size=2), workdir)
-    assert (out / '000000.png').is_file() and (out / '000001_hr.png').is_file()
-    assert not (out / 'manifest.json').exists()
+        _run(config, workdir)
+    assert sorted(p.name for p in out.iterdir()) == ['manifest.json']
 
 
 def test_missing_or_mismatched_checkpoint(workdir, lr_dir, tmp_path):
@@ -245,3 +252,129 @@ def test_command_line(workdir, lr_dir, tmp_path):
     assert result.returncode == 0, log[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ['face1.png', 'manifest.json']
     assert 'images/s' in log and 'face1' in (out / 'manifest.json').read_text()
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize('counts', [(1, 3), pytest.param((5, 6, 8), marks=SLOW)], ids=str)
+def test_outputs_do_not_depend_on_the_device_count(counts, workdir, lr_dir, tmp_path):
+    """Issue 12 #1: 3 inputs on any device count (padded to it) give the 2-device images."""
+
+    def images(count: int) -> dict[str, np.ndarray]:
+        out = tmp_path / str(count)
+        config = _config(lr_dir, input=str(lr_dir), output=str(out), max_images=3, grid=False)
+        manifest = sr.run(config, workdir, devices=jax.devices()[:count])
+        assert manifest['devices'] == count
+        return {n: _read(out / n) for item in manifest['items'] for n in item['sr']}
+
+    reference = images(DEVICES)
+    for count in counts:
+        other = images(count)
+        assert other.keys() == reference.keys()
+        for name, image in reference.items():
+            np.testing.assert_array_equal(other[name], image, err_msg=f'{count} devices: {name}')
+
+
+def test_killed_run_leaves_no_manifest_and_a_rerun_completes(workdir, celeba_id128, tmp_path):
+    """SIGKILL after the first image: the folder has images but no manifest (so it never reads
+    as complete, although an earlier run's manifest was there); a rerun completes it with the
+    images of an uninterrupted run."""
+    out = tmp_path / 'killed'
+    out.mkdir()
+    (out / 'manifest.json').write_text('{"complete": true}')  # From an earlier run.
+    fields = dict(output=str(out), max_images=12, batch_size=1, grid=False)
+    command = [
+        sys.executable, str(REPO_ROOT / 'main.py'), '--mode', 'sr', '--workdir', str(workdir),
+        '--config', str(REPO_ROOT / 'configs/demo.py') + ':smoke',
+        f'--config.data.path={celeba_id128}', *[f'--sr.{k}={v}' for k, v in fields.items()],
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=_env(DEVICES), stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / '000000.png').exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    written = {p.name for p in out.iterdir()}
+    assert 'manifest.json' not in written and '000011.png' not in written, sorted(written)
+    manifest = _run(_config(celeba_id128, **fields), workdir)
+    reference = _run(_config(celeba_id128, **dict(fields, output=str(tmp_path / 'ref'))), workdir)
+    assert manifest['num_inputs'] == reference['num_inputs'] == 12
+    for item in reference['items']:
+        for name in item['sr'] + [item['lr'], item['hr']]:
+            np.testing.assert_array_equal(_read(out / name), _read(tmp_path / 'ref' / name))
+    assert (out / 'manifest.json').is_file()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack('>I', len(data)) + body + struct.pack('>I', zlib.crc32(body))
+
+    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IEND', b'')
+
+
+def _write_bad(kind: str, folder: Path, face: Path) -> Path:
+    """A bad input file of ``kind`` in ``folder`` (``face``: a good LR PNG to spoil)."""
+    data = face.read_bytes()
+    path = folder / {'jpeg': 'bad.jpg'}.get(kind, 'bad.png')
+    if kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'jpeg':
+        with Image.open(face) as image:
+            image.save(path, quality=95)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == 'png':
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == 'bomb':
+        path.write_bytes(_png_header_only(40_000, 40_000))
+    return path
+
+
+@pytest.mark.parametrize('kind', ['empty', 'jpeg', 'png', 'bomb'])
+def test_bad_input_files_are_named_before_anything_is_written(kind, lr_dir, tmp_path):
+    """0-byte file, truncated JPEG and PNG, a 1.6-gigapixel header: DataError naming the file
+    from the input step, which runs before the checkpoint is read or an output written."""
+    folder = tmp_path / 'inputs'
+    folder.mkdir()
+    (folder / 'face0.png').write_bytes((lr_dir / 'face0.png').read_bytes())
+    bad = _write_bad(kind, folder, lr_dir / 'face1.png')
+    with pytest.raises(datasets.DataError, match=re.escape(f'cannot decode image {bad}')):
+        sr.file_inputs(folder, _config(lr_dir).data)
+
+
+def test_odd_image_modes_are_converted_as_documented(lr_dir, tmp_path):
+    """Grayscale -> channel replicated, RGBA -> alpha dropped, 16-bit -> top 8 bits."""
+    with Image.open(lr_dir / 'face0.png') as face:
+        rgb = np.asarray(face.convert('RGB'))
+    gray = rgb[..., 0]
+    Image.fromarray(gray).save(tmp_path / 'gray.png')
+    Image.fromarray(np.dstack([rgb, np.full_like(gray, 7)])).save(tmp_path / 'rgba.png')
+    Image.fromarray(gray.astype(np.uint16) * 256 + 255).save(tmp_path / 'sixteen.png')
+    inputs = sr.file_inputs(tmp_path, _config(lr_dir).data)
+    (batch,) = inputs.batches(8)
+    as_uint8 = np.round(batch['lr'] * 255).astype(np.uint8)
+    assert inputs.names == ['gray', 'rgba', 'sixteen']
+    np.testing.assert_array_equal(as_uint8[0], np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(as_uint8[1], rgb)
+    np.testing.assert_array_equal(as_uint8[2], as_uint8[0])
+
+
+def test_unlistable_input_folder_is_named(lr_dir, tmp_path, monkeypatch):
+    """A folder os.walk cannot list (no permission; simulated: tests may run as root)."""
+    locked = tmp_path / 'inputs' / 'locked'
+    locked.mkdir(parents=True)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path) == locked:
+            raise PermissionError(13, 'Permission denied', str(locked))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, 'scandir', scandir)
+    with pytest.raises(datasets.DataError, match=re.escape(f'cannot list folder {locked}')):
+        sr.file_inputs(tmp_path / 'inputs', _config(lr_dir).data)

@@ -5,11 +5,17 @@ killed mid-write leaves no half checkpoint behind. Restoring tries the newest st
 cannot be read (truncated or corrupt files), the failure is logged with the folder at fault and
 the previous step is tried. If checkpoints exist but none can be read, :class:`CheckpointError`
 names them all: a run never silently restarts from scratch.
+
+Training (``set_aside=True``) moves an unreadable checkpoint, and any leftover folder in the
+way of a new save, to ``<directory>.rejected/<step>[-k]`` with a warning: orbax refuses to
+write a step whose folder exists, so leaving it would stop the run again at that step, and
+deleting it would destroy what may still be inspected or repaired by hand.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,8 @@ import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from utils import parallel
 
 
 class CheckpointError(RuntimeError):
@@ -37,15 +45,46 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
-class Checkpointer:
-    """Saves and restores a flax-serializable training state under ``directory``."""
+def rejected_dir(directory: str | Path) -> Path:
+    """Where unreadable checkpoints of ``directory`` are set aside (a sibling folder)."""
+    directory = Path(directory).absolute()
+    return directory.with_name(directory.name + '.rejected')
 
-    def __init__(self, directory: str | Path, keep: int, async_save: bool = True):
+
+def set_aside(step_dir: Path, reason: str) -> Path:
+    """Moves ``step_dir`` into :func:`rejected_dir` (never overwriting); returns the new path."""
+    target_dir = rejected_dir(step_dir.parent)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target, k = target_dir / step_dir.name, 1
+    while target.exists():
+        target, k = target_dir / f'{step_dir.name}-{k}', k + 1
+    os.replace(step_dir, target)
+    logging.warning('set aside checkpoint %s as %s: %s', step_dir, target, reason)
+    return target
+
+
+class Checkpointer:
+    """Saves and restores a flax-serializable training state under ``directory``.
+
+    ``set_aside`` (training only; readers leave files alone): unreadable checkpoints found by
+    :meth:`restore_latest`, and folders in the way of :meth:`save`, are moved aside (module doc).
+    """
+
+    def __init__(
+        self, directory: str | Path, keep: int, async_save: bool = True, set_aside: bool = False
+    ):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
+        self.set_aside = set_aside
+        self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+    def _reopen(self) -> None:
+        """A fresh manager: after a failed restore orbax may keep a wrong guess of the layout
+        (an empty step folder makes it expect several items in every step)."""
+        self._manager.close()
+        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -56,6 +95,10 @@ class Checkpointer:
     def save(self, step: int, state: Any) -> None:
         """Starts writing ``state`` as checkpoint ``step`` (asynchronously; see :meth:`wait`)."""
         tree = flax.serialization.to_state_dict(state)
+        if self.set_aside and self.step_dir(step).exists():
+            # Not a checkpoint orbax lists (restore_latest sets those aside): an empty or
+            # uncommitted folder, in the way of this save.
+            self._set_aside([step], 'its folder is in the way of a new save')
         self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
 
     def wait(self) -> None:
@@ -83,14 +126,26 @@ class Checkpointer:
             except CheckpointError as err:
                 logging.warning('%s; falling back to the previous checkpoint', err)
                 failures.append(str(err))
+                self._reopen()
                 continue
             logging.info('restored checkpoint %s', self.step_dir(step))
+            if self.set_aside and failures:
+                self._set_aside([s for s in steps if s > step], 'unreadable')
             return state
         if failures:
             raise CheckpointError(
                 'no readable checkpoint in ' + str(self.directory) + ':\n' + '\n'.join(failures)
             )
         return None
+
+    def _set_aside(self, steps: list[int], reason: str) -> None:
+        """Moves these steps' folders aside (process 0; every process then waits for it)."""
+        if jax.process_index() == 0:
+            for step in steps:
+                if self.step_dir(step).exists():
+                    set_aside(self.step_dir(step), reason)
+        parallel.barrier(f'checkpoint_set_aside_{"_".join(map(str, steps))}')
+        self._reopen()
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
@@ -41,6 +42,37 @@ def shard_batch(
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places ``tree`` on every device of ``mesh``."""
     return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def devices_for_batch(batch_sizes: dict[str, int], devices: Any = None) -> list[Any]:
+    """The most devices, the same number on every host, that split every batch evenly.
+
+    ``batch_sizes`` maps a config key to a global batch size. A machine whose device (core)
+    count does not divide a batch uses fewer devices, with a warning, rather than failing:
+    a user never has to pick batch sizes for the machine. Raises ``ValueError`` naming the
+    keys when no count works (a batch not divisible by the host count).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    by_host: dict[int, list[Any]] = {}
+    for device in devices:
+        by_host.setdefault(device.process_index, []).append(device)
+    hosts = len(by_host)
+    per_host = min(len(v) for v in by_host.values())
+    sizes = batch_sizes.values()
+    fits = [k for k in range(per_host, 0, -1) if all(b % (k * hosts) == 0 for b in sizes)]
+    if not fits:
+        raise ValueError(f'{_describe(batch_sizes)}: each must be divisible by the {hosts} hosts')
+    chosen = [d for host in sorted(by_host) for d in by_host[host][: fits[0]]]
+    if len(chosen) < len(devices):
+        logging.warning(
+            'using %d of the %d devices: the largest count that divides %s',
+            len(chosen), len(devices), _describe(batch_sizes),
+        )  # fmt: skip
+    return chosen
+
+
+def _describe(batch_sizes: dict[str, int]) -> str:
+    return ', '.join(f'config.{k}={v}' for k, v in batch_sizes.items())
 
 
 def check_divisible(global_batch: int, mesh: Mesh, key: str = 'config.training.batch_size') -> None:

@@ -8,6 +8,7 @@ interface (``write_scalars``, ``write_images``, ``flush``, ``close``) follows cl
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,14 @@ import numpy as np
 
 
 class MetricWriter:
-    """Writes scalars and images under ``logdir``; a no-op when ``enabled`` is False."""
+    """Writes scalars and images under ``logdir``; a no-op when ``enabled`` is False.
 
-    def __init__(self, logdir: str | Path, enabled: bool = True):
+    ``resume_step``: a run resumed from a checkpoint at that step re-trains the steps after it,
+    so their records from before the kill are dropped from ``metrics.jsonl`` (rewritten
+    atomically) and TensorBoard is told to purge them: each step is logged once.
+    """
+
+    def __init__(self, logdir: str | Path, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.logdir = Path(logdir)
         self._tb = None
@@ -27,7 +33,10 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
 
             self.logdir.mkdir(parents=True, exist_ok=True)
-            self._tb = SummaryWriter(str(self.logdir))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.logdir), purge_step=purge)
+            if resume_step is not None:
+                drop_after(self.logdir / 'metrics.jsonl', resume_step)
             self._jsonl = open(self.logdir / 'metrics.jsonl', 'a')  # noqa: SIM115 (closed in close)
 
     def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
@@ -55,6 +64,26 @@ class MetricWriter:
             self._tb.close()
             self._jsonl.close()
             self.enabled = False
+
+
+def drop_after(path: Path, step: int) -> None:
+    """Removes the records of steps after ``step`` from a JSON-lines log (atomic rewrite).
+
+    A last line cut short by a kill is dropped too (it cannot be parsed).
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get('step', 0) <= step:
+            kept.append(line + '\n')
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(''.join(kept))
+    os.replace(tmp, path)
 
 
 def read_metrics(logdir: str | Path) -> list[dict[str, float]]:
