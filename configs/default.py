@@ -33,7 +33,7 @@ def data_config() -> ml_collections.ConfigDict:
     data.noise_sigma = 0.0  # Gaussian noise std added to LR, [0, 1] units (0: off).
     data.blur_sigma = 0.0  # Gaussian blur std of HR before downscaling, HR pixels (0: off).
     data.jpeg_quality = 0  # JPEG quality 1..100 applied to LR via Pillow (0: off).
-    data.num_channels = 3  # 3 (RGB) or 1 (grayscale).
+    data.num_channels = 3  # 3 (RGB) or 1 (grayscale: model.out_channels too, see README).
     data.cache_mb = 2048  # Cache decoded uint8 HR images if the dataset fits (0: never).
     # A source whose eval split is its training images (a folder without faces.csv, a
     # tfrecord path without '{split}'): sr and eval refuse it unless this is True.

@@ -44,8 +44,10 @@ def _prepare(a: jax.Array, b: jax.Array, channel: str) -> tuple[jax.Array, jax.A
     if channel not in CHANNELS:
         raise ValueError(f'channel must be one of {CHANNELS}, got {channel!r}')
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3:
-        raise ValueError(f'expected two [B, H, W, 3] batches, got {a.shape} and {b.shape}')
+    if a.shape != b.shape or a.ndim != 4 or a.shape[-1] not in (1, 3):
+        raise ValueError(f'expected two [B, H, W, 3 or 1] batches, got {a.shape} and {b.shape}')
+    if channel == 'y' and a.shape[-1] != 3:
+        raise ValueError(f"channel='y' needs RGB images, got {a.shape[-1]} channel(s)")
     if channel == 'y':
         a, b = rgb_to_y(a), rgb_to_y(b)
     return a, b

@@ -71,7 +71,7 @@ from evaluation.lfw import PAIR_PROTOCOLS
 from evaluation.protocols import cosine_similarity
 from inference import load_ema_params
 from utils import parallel
-from utils.images import make_grid, save_png
+from utils.images import make_grid, save_png, to_rgb
 from utils.progress import Progress
 
 METHODS = ('sr', 'bicubic', 'hr')
@@ -257,7 +257,7 @@ def batch_records(
     values = {m: image_metrics(out, batch, config.data) for m, out in outputs.items()}
     for m, out in outputs.items():
         if fns.lpips is not None:
-            values[m]['lpips'] = np.asarray(fns.lpips(out, batch['hr']))
+            values[m]['lpips'] = np.asarray(fns.lpips(to_rgb(out), to_rgb(batch['hr'])))
         if m == 'sr' and nfe is not None:
             values[m]['nfe'] = nfe
     records = {}
@@ -267,7 +267,9 @@ def batch_records(
         records[index] = {'index': index, 'id': int(batch['id'][r]), 'methods': methods}
     if fns.embedder is not None:
         detected, hr_emb, embs = face_metrics(
-            fns.embedder, batch['hr'][rows], {m: out[rows] for m, out in outputs.items()}
+            fns.embedder,
+            to_rgb(batch['hr'][rows]),
+            {m: to_rgb(o[rows]) for m, o in outputs.items()},
         )
         cs = {m: cosine_similarity(e, hr_emb) for m, e in embs.items()}
         for j, r in enumerate(rows):

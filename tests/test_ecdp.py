@@ -331,3 +331,44 @@ def test_ilvr_projection_in_the_ecdp_frame(method):
     error = float(jnp.sqrt(jnp.mean((degradations.downscale(x, 2) - lr) ** 2)))
     unprojected = float(jnp.sqrt(jnp.mean((0.5 - lr) ** 2)))
     assert error < 0.1 * unprojected, (error, unprojected)
+
+
+@pytest.mark.parametrize('sde_name', ['ecdp', 've'])
+@pytest.mark.parametrize('method', ['heun', 'dpm2m'])
+def test_few_step_error_shrinks_with_steps_with_offset(sde_name, method):
+    """Through ``make_sampler`` with a condition-dependent mean: the deterministic solvers
+    converge to the exact probability-flow map of the conditional Gaussian (second order)."""
+    sde, n = _toy(sde_name), 64
+    rng = np.random.default_rng(2)
+    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    lam = np.linspace(0.02, 0.08, 4)
+    model = ExactConditionalScore(
+        sde, 0.6, 0.4, q @ np.diag(lam) @ q.T, sde_name == 'ecdp', sde.scale
+    )
+    lr_up = jnp.asarray(rng.normal(size=(n, 2, 2, 1)), jnp.float32)
+    cond, ids, key = {'lr_up': lr_up}, jnp.arange(n), jax.random.key(4)
+    u_T = sampling.prior_sample(
+        sde, sampling.split_keys(sampling.per_sample_keys(key, ids))[0], (2, 2, 1)
+    )
+    # The exact map in the state's frame, along the eigenvectors of the state's covariance.
+    eps, offset = 1e-3, np.asarray(lr_up).reshape(n, 4) if sde_name == 'ecdp' else 0.0
+    mean_u = (0.6 * np.asarray(lr_up).reshape(n, 4) + 0.4 - offset) / sde.scale
+    lam_u = lam / sde.scale**2
+    (s0, s1) = sampling.sigma_of_t(sde, [sde.T, eps])
+    a0, a1 = (float(v) for v in sampling.alpha_std(sde, jnp.asarray([sde.T, eps]))[0])
+    z = (np.asarray(u_T, np.float64).reshape(n, 4) / a0 - mean_u) @ q
+    exact_u = a1 * (mean_u + (z * np.sqrt((lam_u + s1**2) / (lam_u + s0**2))) @ q.T)
+    exact = offset + sde.scale * exact_u
+    errors = []
+    for steps in (5, 20, 80):
+        cfg = default.sampling_config()
+        schedule = 'karras' if method == 'heun' else 'logsnr'
+        cfg.update(method=method, num_steps=steps, schedule=schedule, eps=eps, noise_removal=False)
+        fn = sampling.make_sampler(
+            cfg, sde, model, score_options('score'), default.data_config(), (2, 2, 1)
+        )
+        x, _ = fn({'unused': jnp.zeros(())}, key, cond, ids)
+        errors.append(float(np.sqrt(np.mean((np.asarray(x).reshape(n, 4) - exact) ** 2))))
+    print(method, sde_name, 'RMS error vs the exact flow at 5/20/80 steps:', errors)
+    assert errors[1] < errors[0] and errors[2] < errors[1] / 8, errors
+    assert errors[2] < 5e-3, errors

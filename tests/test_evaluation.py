@@ -439,3 +439,38 @@ def test_lfw_10fold_accuracy_by_hand():
     assert res['mean'] == pytest.approx(0.875) and res['std'] == pytest.approx(0.125)
     thr, acc = pr.best_threshold(scores, labels)
     assert acc == pytest.approx(7 / 8) and thr == pytest.approx(0.45)
+
+
+def test_grayscale_images_are_measured_and_saved(tmp_path):
+    """Issue 12 #6: one-channel images get PSNR/SSIM as one plane (scikit-image reference), are
+    written as 'L' PNGs, and are replicated to RGB for the RGB-only networks."""
+    from PIL import Image
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from evaluation import image_metrics
+    from utils.images import save_png, to_rgb
+
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 16, 16, 1)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1).astype(np.float32)
+    for i in range(2):
+        np.testing.assert_allclose(
+            image_metrics.psnr(a, b)[i],
+            peak_signal_noise_ratio(a[i], b[i], data_range=1.0),
+            rtol=1e-4,
+        )
+        ref = structural_similarity(
+            a[i, ..., 0],
+            b[i, ..., 0],
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        np.testing.assert_allclose(image_metrics.ssim(a, b)[i], ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match='needs RGB'):
+        image_metrics.psnr(a, b, channel='y')
+    save_png(a[0], tmp_path / 'gray.png')
+    with Image.open(tmp_path / 'gray.png') as img:
+        assert img.mode == 'L' and img.size == (16, 16)
+    assert to_rgb(a).shape == (2, 16, 16, 3) and np.all(to_rgb(a)[..., 2] == a[..., 0])

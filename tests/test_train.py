@@ -417,3 +417,22 @@ def test_every_device_count_trains_like_one_device(celeba_id128, tmp_path, caplo
         _assert_close_tree(_train_on(config, tmp_path / str(count), count), single, str(count))
         used = max(d for d in (1, 2, 4, 8) if d <= count)
         assert (f'using {used} of the {count} devices' in caplog.text) == (used < count)
+
+
+def test_init_from_starts_a_new_stage_from_the_ema_weights(celeba_id128, four_steps, tmp_path):
+    """A fine-tuning stage (training.init_from): step 0, params = EMA = the source's EMA."""
+    # Two steps: the warm-up's learning rate is 0 at the first.
+    config = _smoke_config(celeba_id128, n_iters=2, log_freq=1, init_from=str(four_steps))
+    exp = experiment.build(config, DEVICES, tmp_path)
+    source, step = inference.load_ema_params(exp, four_steps)
+    state = train.initial_state_from(exp, four_steps)
+    assert step == 4 and int(state.step) == 0
+    _assert_close_tree(state.params, source, 'params')
+    _assert_close_tree(state.ema_params, source, 'ema')
+    trained = train.train(config, tmp_path / 'stage2', devices=DEVICES)
+    assert int(trained.step) == 2
+    moved = max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(source), strict=True)
+    )
+    assert 0 < moved < 0.1  # Small steps away from the source, not a fresh initialisation.

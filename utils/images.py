@@ -15,6 +15,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.asarray(np.clip(np.asarray(images, np.float32) * 255.0 + 0.5, 0, 255), np.uint8)
 
 
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """``[..., H, W, C]`` with C = 1 replicated to 3 channels (RGB-only networks: LPIPS, face
+    embedders); RGB is returned unchanged."""
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def make_grid(columns: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
     """Side-by-side columns (e.g. LR | SR | HR), each a batch [B, H, W, 3] of the same H, W.
 
@@ -40,6 +46,8 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = image if image.dtype == np.uint8 else to_uint8(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]  # Grayscale: an 'L' PNG.
     tmp = path.with_name(path.name + '.tmp')
     Image.fromarray(image).save(tmp, format='PNG')
     os.replace(tmp, path)

@@ -35,7 +35,11 @@ def get_config(arg: str = ''):
     config.optim.lr = 5e-4
     config.optim.ema_rate = 0.99
     if arg == 'finetune':
+        # Heun with 8 fixed steps (16 NFE) generates within 38.6 dB PSNR of the adaptive ODE
+        # at 1e-4 on the trained demo (dopri5 at 1e-3: 47.7 dB, 67 NFE), at a quarter of the cost.
         config.training.update(
+            quality_solver='heun',
+            quality_fixed_steps=8,
             diffusion_weight=0.0,
             quality_weight=1.0,
             n_iters=100,
