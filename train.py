@@ -208,7 +208,10 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
                 local = next(data)
                 batch = parallel.shard_batch({k: local[k] for k in TRAIN_KEYS}, exp.mesh)
                 state, metrics = train_step(state, batch, step_key)
-                last = step == tcfg.n_iters or preemption.raised
+                # Read once: a signal that lands after this line is handled at the next step,
+                # never between deciding to checkpoint and deciding to stop.
+                stop = preemption.raised
+                last = step == tcfg.n_iters or stop
                 if step % tcfg.log_freq == 0 or last:
                     metrics = jax.device_get(metrics)
                     progress.update(step)
@@ -219,7 +222,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
                 snap = snapshot is not None and step % tcfg.snapshot_freq == 0
                 if step % tcfg.checkpoint_freq == 0 or last or snap:
                     checkpointer.save(step, state)  # First: a preemption may end the run next.
-                if preemption.raised:
+                if stop:
                     break
                 if snap and not run_abandonable(lambda: snapshot(state, step), preemption):  # noqa: B023
                     checkpointer.wait()

@@ -193,6 +193,30 @@ def test_sigterm_during_a_snapshot_checkpoints_and_exits_promptly(celeba_id128, 
     assert 'snapshot of step 5 abandoned' in err.decode()
 
 
+def test_sigterm_between_steps_always_checkpoints_the_last_step(
+    celeba_id128, tmp_path, monkeypatch
+):
+    """Preemption while training: the run stops with a checkpoint of its last step. The signal
+    is raised while step 3's metrics are flushed, the window in which the flag used to be read
+    twice (checkpoint decision, then stop decision), so that the run stopped unsaved."""
+    from utils.writers import MetricWriter
+
+    flush = MetricWriter.flush
+
+    def flush_then_signal(self):
+        flush(self)
+        if _last_logged_step(tmp_path) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # The handler runs in the main thread, inside this window.
+
+    monkeypatch.setattr(MetricWriter, 'flush', flush_then_signal)
+    config = _smoke_config(celeba_id128, n_iters=1000, checkpoint_freq=1000, log_freq=1)
+    state = train.train(config, tmp_path, devices=DEVICES)
+    stopped = int(state.step)
+    assert stopped in (3, 4), stopped
+    assert Checkpointer(tmp_path / 'checkpoints', 10).steps() == [stopped]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('localhost', 0))
