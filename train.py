@@ -208,10 +208,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
                 local = next(data)
                 batch = parallel.shard_batch({k: local[k] for k in TRAIN_KEYS}, exp.mesh)
                 state, metrics = train_step(state, batch, step_key)
-                # Read once: a signal that lands after this line is handled at the next step,
-                # never between deciding to checkpoint and deciding to stop.
-                stop = preemption.raised
-                last = step == tcfg.n_iters or stop
+                last = step == tcfg.n_iters
                 if step % tcfg.log_freq == 0 or last:
                     metrics = jax.device_get(metrics)
                     progress.update(step)
@@ -219,8 +216,12 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
                     writer.flush()  # Summaries survive a kill; cheap at log_freq.
                     if is_chief:
                         logging.info(progress.line(f'loss {metrics["loss"]:.4f}'))
+                # Read once, after the host waited for this step's metrics (where a signal
+                # usually lands, so the run stops at this step, not the next): one value decides
+                # both the checkpoint and the stop, so a stop is never unsaved.
+                stop = preemption.raised
                 snap = snapshot is not None and step % tcfg.snapshot_freq == 0
-                if step % tcfg.checkpoint_freq == 0 or last or snap:
+                if step % tcfg.checkpoint_freq == 0 or last or stop or snap:
                     checkpointer.save(step, state)  # First: a preemption may end the run next.
                 if stop:
                     break

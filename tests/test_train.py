@@ -213,7 +213,7 @@ def test_sigterm_between_steps_always_checkpoints_the_last_step(
     config = _smoke_config(celeba_id128, n_iters=1000, checkpoint_freq=1000, log_freq=1)
     state = train.train(config, tmp_path, devices=DEVICES)
     stopped = int(state.step)
-    assert stopped in (3, 4), stopped
+    assert stopped == 3, stopped  # The signal came during step 3: no further step.
     assert Checkpointer(tmp_path / 'checkpoints', 10).steps() == [stopped]
 
 
