@@ -61,7 +61,6 @@ def main() -> None:
         sr = sde.from_state(u, batch)
         return jnp.mean(jnp.abs(features(jnp.clip(sr, 0, 1)) - features(batch['hr'])))
 
-    rows = []
     for steps in (int(s) for s in args.steps.split(',')):
         config.training.quality_fixed_steps = steps
         quality = losses.get_quality_loss_fn(sde, predict, config.training, features, lambda x: x)
@@ -82,9 +81,7 @@ def main() -> None:
                 'compile_s': round(time.perf_counter() - start, 1),
             }
             print(json.dumps(row), flush=True)
-            rows.append(row)
-    out = common.RESULTS / 'quality_memory.jsonl'
-    common.append_jsonl(out, rows)
+            common.append_jsonl(common.RESULTS / 'quality_memory.jsonl', [row])
 
 
 if __name__ == '__main__':
