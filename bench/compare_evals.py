@@ -3,9 +3,9 @@
     python bench/compare_evals.py --out bench/results/ecdp_demo \\
         "ECDP, ODE=runs/ecdp/eval/ecdp_ode" "SDE-VE, PC N=1000=runs/ve/eval/ve_pc"
 
-Each argument is ``label=eval folder``; the folder's ``bicubic`` row is added once, from the
-first folder that has it (all folders should hold the same images: equal ``eval.max_images``
-and split). Writes ``<out>.md`` and ``<out>.json``: PSNR, SSIM, LR consistency, LPIPS, CS,
+Each argument is ``label=eval folder`` (split at the last ``=``); the ``bicubic`` row is
+added once, from the first folder that has it (all folders should hold the same images: equal
+``eval.max_images`` and split). Writes ``<out>.md`` and ``<out>.json``: PSNR, SSIM, LR consistency, LPIPS, CS,
 verification AUC, Rank-1 and NFE, with the number of images of each row.
 """
 
@@ -43,7 +43,7 @@ def row(method: dict[str, Any], images: int) -> dict[str, Any]:
 def collect(pairs: list[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for pair in pairs:
-        label, sep, folder = pair.partition('=')
+        label, sep, folder = pair.rpartition('=')  # Labels may hold '=' (N=1000).
         if not sep:
             raise ValueError(f'{pair!r}: expected label=eval folder')
         path = Path(folder) / 'metrics.json'
