@@ -216,7 +216,9 @@ def get_quality_loss_fn(
     """ECDP's image-quality loss ``|| F(SR_theta(y)) - F(x) ||_1`` (mean over features), with
     ``SR_theta(y)`` generated through the probability-flow ODE from the prior, and gradients
     through the solver (``training.quality_adjoint``: memory bounded by checkpoints, or the
-    continuous adjoint). A generation that does not finish contributes 0 (it is counted)."""
+    continuous adjoint). A generation that hits ``quality_max_steps`` contributes 0: inside
+    the jitted step it cannot raise, and it is not reported yet (use fixed steps, which always
+    finish, as ``configs/ecdp/demo.py:finetune`` does)."""
     opts = quality_ode_options(tcfg)
 
     def loss_fn(params, batch, key):

@@ -119,3 +119,11 @@ def apply_ecdp(config: Any) -> None:
     config.sampling.update(
         method='ode', ode_solver='dopri5', rtol=1e-3, atol=1e-3, eps=1e-3, noise_removal=False
     )
+
+
+def apply_ecdp_smoke(config: Any) -> None:
+    """:func:`apply_smoke` for an ECDP config: its continuous loss and ODE need no discrete
+    tables, and the heads stay two per channel of the smaller data."""
+    apply_smoke(config)
+    config.sde.num_scales = 1000
+    config.model.out_channels = 2 * config.data.num_channels

@@ -31,8 +31,8 @@ def _eval(folder, psnr, nfe):
 
 def test_rows_and_bicubic_once(tmp_path):
     a, b = _eval(tmp_path / 'a', 20.0, 70.0), _eval(tmp_path / 'b', 19.0, 20.0)
-    rows = compare_evals.collect([f'ODE={a}', f'few-step={b}'])
-    assert [r['label'] for r in rows] == ['ODE', 'bicubic', 'few-step']
+    rows = compare_evals.collect([f'ODE={a}', f'PC N=1000={b}'])
+    assert [r['label'] for r in rows] == ['ODE', 'bicubic', 'PC N=1000']  # '=' in a label
     assert rows[0]['PSNR'] == 20.0 and rows[2]['NFE'] == 20.0 and rows[1]['NFE'] is None
     assert rows[0]['Rank-1'] == 0.25 and rows[0]['consistency x1e-5'] == pytest.approx(2.0)
     with pytest.raises(FileNotFoundError, match='metrics.json'):

@@ -458,3 +458,19 @@ def test_make_sampler_same_samples_on_8_and_1_devices_and_batch_sizes(tiny, name
         half = jax.tree.map(lambda v: v[:4], conds[0])
         first4, _ = tiny_sample_fn(tiny, name)(params[0], jax.random.key(0), half, jnp.arange(4))
         np.testing.assert_allclose(first4, samples[8][:4], rtol=1e-5, atol=1e-5)
+
+
+def test_ilvr_uses_the_configured_lr_kernels():
+    """With nearest-neighbour kernels down(up(y)) = y, so one projection makes the output's LR
+    equal the target exactly; the default antialiased kernels do not (so the kernels used are
+    the configured ones, not degradations' defaults)."""
+    u = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    target = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    nearest = default.data_config()
+    nearest.update(down_kernel='nearest', up_kernel='nearest', antialias=False)
+    errors = {}
+    for name, data in (('nearest', nearest), ('default', default.data_config())):
+        projected = sampling.make_projection('ilvr', data)(u, target)
+        down = degradations.downscale(projected, 2, data.down_kernel, data.antialias)
+        errors[name] = float(jnp.abs(down - target).max())
+    assert errors['nearest'] < 1e-6 < errors['default'], errors

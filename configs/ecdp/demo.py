@@ -50,7 +50,5 @@ def get_config(arg: str = ''):
         )
         config.optim.update(lr=1e-5, warmup=1, ema_rate=0.9)
     if arg == 'smoke':
-        presets.apply_smoke(config)
-        config.sde.num_scales = 1000  # Continuous loss and ODE: no discrete tables needed.
-        config.model.out_channels = 2 * config.data.num_channels
+        presets.apply_ecdp_smoke(config)
     return config

@@ -16,7 +16,5 @@ def get_config(arg: str = ''):
     config.training.batch_size = 12
     config.optim.lr, config.optim.warmup = 1e-4, 500
     if arg == 'smoke':
-        presets.apply_smoke(config)
-        config.sde.num_scales = 1000
-        config.model.out_channels = 2 * config.data.num_channels
+        presets.apply_ecdp_smoke(config)
     return config
