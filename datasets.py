@@ -533,6 +533,18 @@ def make_lr(hr: np.ndarray, data_config: Any, key_or_seed: Any) -> tuple[np.ndar
     return (lr[0], lr_up[0]) if single else (lr, lr_up)
 
 
+# The conditioning images of a batch, in the data range: the LR image, its upsampling to HR size
+# and, with a learned mean (``mean_model.py``), that mean.
+COND_KEYS = ('lr', 'lr_up', 'lr_mu')
+
+
+def model_cond(batch: dict[str, Any], scaler: Callable[[Any], Any]) -> dict[str, np.ndarray]:
+    """The conditioning images of ``batch`` in the model's range, as float32 host arrays."""
+    return {
+        k: np.asarray(scaler(np.asarray(batch[k])), np.float32) for k in COND_KEYS if k in batch
+    }
+
+
 def get_data_scaler(centered: bool) -> Callable[[Any], Any]:
     """Data in [0, 1] -> model input: [-1, 1] if ``centered`` else unchanged (score_sde)."""
     return (lambda x: x * 2.0 - 1.0) if centered else (lambda x: x)

@@ -53,6 +53,16 @@ class Experiment:
         data = self.config.data
         return (data.image_size, data.image_size, data.num_channels)
 
+    @property
+    def lr_shape(self) -> tuple[int, int, int]:
+        data = self.config.data
+        size = data.image_size // data.downscale
+        return (size, size, data.num_channels)
+
+    def new_params(self, key: jax.Array) -> Any:
+        """Initial parameters (not jitted, not placed: see :meth:`init_params`)."""
+        return init_params(self.model, key, self.hr_shape, lr_shape=self.lr_shape)
+
     def make_sampler(self, sampling_config: Any = None) -> Callable:
         """``sampling.make_sampler`` for this model over the mesh; ``config.sampling`` unless
         another sampling config is given (sweeps)."""
@@ -70,7 +80,7 @@ class Experiment:
     def init_params(self, key: jax.Array) -> Any:
         """Initial parameters, computed once and replicated over the mesh."""
         init = jax.jit(
-            lambda k: init_params(self.model, k, self.hr_shape),
+            self.new_params,
             out_shardings=parallel.replicated_sharding(self.mesh),
         )
         return init(key)
@@ -90,6 +100,7 @@ def build(config: Any, devices: Any = None, workdir: str | Path | None = None) -
                 f'config.sde.name={config.sde.name!r} needs the residual statistics of the run: '
                 'build the experiment with its workdir, or set config.sde.stats_file'
             )
-        return residual_stats.load(residual_stats.stats_path(config, workdir or ''), config.data)
+        path = residual_stats.stats_path(config, workdir or '')
+        return residual_stats.load(path, config.data, config.sde.get('mean_model', ''))
 
     return Experiment(config, make_sde(config.sde, stats), build_model(config), mesh)

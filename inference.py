@@ -12,7 +12,6 @@ import jax
 
 import experiment
 import losses
-from models.wrappers import init_params
 from utils import parallel
 from utils.checkpoint import Checkpointer, CheckpointError
 
@@ -21,7 +20,7 @@ def abstract_train_state(exp: experiment.Experiment) -> losses.TrainState:
     """Shapes, dtypes and (replicated) shardings of the training state: nothing is computed."""
     optimizer = losses.make_optimizer(exp.config.optim)
     shapes = jax.eval_shape(
-        lambda k: losses.init_train_state(init_params(exp.model, k, exp.hr_shape), optimizer),
+        lambda k: losses.init_train_state(exp.new_params(k), optimizer),
         jax.random.PRNGKey(0),
     )
     replicated = parallel.replicated_sharding(exp.mesh)
@@ -134,9 +133,12 @@ def record_start(config: Any, workdir: str | Path, step: int | None, changes: di
     save_config(config, workdir)
 
 
-def check_config_matches(config: Any, workdir: str | Path) -> None:
+def check_config_matches(
+    config: Any, workdir: str | Path, must_match: tuple[str, ...] = MUST_MATCH
+) -> None:
     """Fails, naming every field, if ``config`` differs from the training config in ``workdir``
-    on a field that changes the model's meaning (a missing record is not checked)."""
+    on a field of ``must_match`` (default: those that change the model's meaning; a missing
+    record is not checked)."""
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         return
@@ -145,7 +147,7 @@ def check_config_matches(config: Any, workdir: str | Path) -> None:
     wrong = [
         f'config.{k}: trained {trained[k]!r}, now {current.get(k)!r}'
         for k in sorted(trained)
-        if k.startswith(MUST_MATCH) and trained[k] != current.get(k)
+        if k.startswith(must_match) and trained[k] != current.get(k)
     ]
     if wrong:
         raise ValueError(
@@ -154,14 +156,19 @@ def check_config_matches(config: Any, workdir: str | Path) -> None:
 
 
 def load_ema_params(
-    exp: experiment.Experiment, workdir: str | Path, step: int | None = None
+    exp: experiment.Experiment,
+    workdir: str | Path,
+    step: int | None = None,
+    must_match: tuple[str, ...] = MUST_MATCH,
 ) -> tuple[Any, int]:
     """The EMA parameters of checkpoint ``step`` (default: the latest readable) in ``workdir``.
 
-    Raises :class:`CheckpointError` naming the folder when there is no checkpoint, or when the
+    ``exp.config`` must equal the run's record on ``must_match`` (a warm start of a new stage
+    checks only ``('model',)``: its SDE, mean or data may change). Raises
+    :class:`CheckpointError` naming the folder when there is no checkpoint, or when the
     checkpoint does not fit the configured model (shapes differ: wrong config for this workdir).
     """
-    check_config_matches(exp.config, workdir)
+    check_config_matches(exp.config, workdir, must_match)
     directory = Path(workdir) / 'checkpoints'
     if not directory.is_dir():
         raise CheckpointError(f'no checkpoints in {directory}: train first (--mode train)')

@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 import datasets
 import ode
 import sampling
-from models.wrappers import PredictFn, make_predict_fn
+from models.wrappers import PredictFn, make_predict_fn, make_regress_fn
 from sde_lib import SDE, batch_mul
 from utils.registry import Registry
 
@@ -59,7 +59,9 @@ def _reduce_fn(reduce_mean: bool) -> Callable[[jax.Array], jax.Array]:
 
 
 def _cond(batch: Batch) -> dict[str, jax.Array]:
-    return {'lr_up': batch['lr_up']}
+    """Everything in the batch but the target: the conditioning images (``lr_up``, ``lr``, a
+    learned mean ``lr_mu``)."""
+    return {k: v for k, v in batch.items() if k != 'hr'}
 
 
 def _score_at(predict_model: PredictModel, params, key, x, t, batch):
@@ -244,39 +246,61 @@ def make_predict_model(config: Any, sde: SDE, model: nn.Module, train: bool) -> 
     return predict_model
 
 
-def make_loss_fn(config: Any, sde: SDE, model: nn.Module, train: bool = True) -> LossFn:
-    """``diffusion_weight`` x the loss named by ``config.training.loss``, plus
-    ``quality_weight`` x ECDP's image-quality loss through the ODE (off at weight 0)."""
-    tcfg = config.training
-    predict_model = make_predict_model(config, sde, model, train)
-    diffusion = LOSSES.get(tcfg.loss)(sde, predict_model, tcfg)
-    if tcfg.quality_weight <= 0:
-        return (
-            diffusion if tcfg.diffusion_weight == 1 else _scaled(diffusion, tcfg.diffusion_weight)
-        )
-    from evaluation.lpips import make_vgg_features
-
-    vgg, vgg_params = make_vgg_features()
-    quality = get_quality_loss_fn(
-        sde,
-        predict_model,
-        tcfg,
-        lambda images: vgg(vgg_params, images),
-        datasets.get_data_inverse_scaler(config.data.centered),
-    )
+def get_regression_loss_fn(model: nn.Module) -> LossFn:
+    """Mean absolute error of the LR encoder's regression estimate against the HR image (model
+    range): ECDP's L1 pre-training of the encoder. Only the encoder and its head are computed
+    (``make_regress_fn``)."""
 
     def loss_fn(params, batch, key):
-        diffusion_key, quality_key = jax.random.split(key)
-        total = tcfg.quality_weight * quality(params, batch, quality_key)
-        if tcfg.diffusion_weight:
-            total = total + tcfg.diffusion_weight * diffusion(params, batch, diffusion_key)
-        return total
+        del key
+        return jnp.mean(jnp.abs(make_regress_fn(model, params)(_cond(batch)) - batch['hr']))
 
     return loss_fn
 
 
-def _scaled(loss_fn: LossFn, weight: float) -> LossFn:
-    return lambda params, batch, key: weight * loss_fn(params, batch, key)
+def _quality_loss(config: Any, sde: SDE, predict_model: PredictModel) -> LossFn:
+    from evaluation.lpips import make_vgg_features
+
+    vgg, vgg_params = make_vgg_features()
+    return get_quality_loss_fn(
+        sde,
+        predict_model,
+        config.training,
+        lambda images: vgg(vgg_params, images),
+        datasets.get_data_inverse_scaler(config.data.centered),
+    )
+
+
+def make_loss_fn(config: Any, sde: SDE, model: nn.Module, train: bool = True) -> LossFn:
+    """The weighted sum of the terms whose weight is not 0: ``diffusion_weight`` x the loss
+    named by ``config.training.loss``, ``quality_weight`` x ECDP's image-quality loss through
+    the ODE, ``regression_weight`` x the L1 of the LR encoder's regression."""
+    tcfg = config.training
+    predict_model = make_predict_model(config, sde, model, train)
+    builders = {
+        'diffusion': lambda: LOSSES.get(tcfg.loss)(sde, predict_model, tcfg),
+        'quality': lambda: _quality_loss(config, sde, predict_model),
+        'regression': lambda: get_regression_loss_fn(model),
+    }
+    terms = {
+        name: (tcfg[f'{name}_weight'], build())
+        for name, build in builders.items()
+        if tcfg[f'{name}_weight'] != 0
+    }
+    if not terms:
+        raise ValueError(
+            'config.training: diffusion_weight, quality_weight and regression_weight are all 0'
+        )
+
+    if len(terms) == 1:  # A single term sees the step's key itself.
+        ((weight, term),) = terms.values()
+        return term if weight == 1 else lambda params, batch, key: weight * term(params, batch, key)
+
+    def loss_fn(params, batch, key):
+        keys = dict(zip(builders, jax.random.split(key, len(builders)), strict=True))
+        return sum(weight * term(params, batch, keys[n]) for n, (weight, term) in terms.items())
+
+    return loss_fn
 
 
 def learning_rate_schedule(optim: Any) -> optax.Schedule:
@@ -321,7 +345,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch, key: jax.Array):
         key = jax.random.fold_in(key, state.step)
-        scaled = {'hr': data_scaler(batch['hr']), 'lr_up': data_scaler(batch['lr_up'])}
+        scaled = {k: data_scaler(v) for k, v in batch.items()}  # Every entry is an image.
         loss, grads = jax.value_and_grad(loss_fn)(state.params, scaled, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,25 @@ def stats_path(config: Any, workdir: str | Path) -> Path:
     return Path(config.sde.stats_file or Path(workdir) / STATS_FILE)
 
 
-def compute(data_config: Any, batch_size: int = 64) -> dict[str, Any]:
-    """Mean, variance and second moment of ``x - lr_up`` over the whole training split, in the
-    model's value range (``data.centered``), accumulated in float64 over every pixel."""
+def compute(
+    data_config: Any,
+    batch_size: int = 64,
+    mean: Callable[[dict], dict] = lambda batch: batch,
+    mean_key: str = 'lr_up',
+) -> dict[str, Any]:
+    """Mean, variance and second moment of ``x - mu(y)`` over the whole training split, in the
+    model's value range (``data.centered``), accumulated in float64 over every pixel.
+
+    ``mu(y) = mean(batch)[mean_key]``: bicubic (``lr_up``), or a learned mean
+    (``mean_model.MeanModel``, key ``lr_mu``).
+    """
     scaler = datasets.get_data_scaler(data_config.centered)
     total = total_sq = count = images = 0
     for batch in datasets.get_dataset(data_config, 'train', batch_size, train=False):
         keep = batch['mask']
+        mu = np.asarray(mean(batch)[mean_key])
         residual = np.asarray(scaler(batch['hr'][keep]), np.float64) - np.asarray(
-            scaler(batch['lr_up'][keep]), np.float64
+            scaler(mu[keep]), np.float64
         )
         total += residual.sum()
         total_sq += np.square(residual).sum()
@@ -80,9 +91,10 @@ def write(stats: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path, data_config: Any) -> dict[str, Any]:
+def load(path: Path, data_config: Any, mean_model: str | None = None) -> dict[str, Any]:
     """The statistics in ``path``; raises naming the file if it is missing or unreadable, and
-    naming each data field whose configured value differs from the one they were made with."""
+    naming each data field (and ``sde.mean_model``, unless None) whose configured value differs
+    from the one they were made with."""
     if not path.is_file():
         raise FileNotFoundError(
             f'{path}: no residual statistics; this SDE needs them. Make them with '
@@ -99,6 +111,9 @@ def load(path: Path, data_config: Any) -> dict[str, Any]:
         for k in DATA_FIELDS
         if _normalise(recorded.get(k)) != _normalise(data_config[k])
     ]
+    if mean_model is not None and stats.get('mean_model', '') != mean_model:
+        recorded_mean = stats.get('mean_model', '')
+        differ.append(f'sde.mean_model (stats: {recorded_mean!r}, config: {mean_model!r})')
     if differ:
         raise ValueError(f'{path} was made with other data settings: ' + '; '.join(differ))
     return stats
@@ -109,9 +124,14 @@ def _normalise(value: Any) -> Any:
 
 
 def run(config: Any, workdir: str | Path) -> dict[str, Any]:
-    """``--mode stats``: computes the statistics of ``config.data`` and writes them."""
+    """``--mode stats``: computes the statistics of ``config.data`` around the configured
+    ``mu(y)`` (``config.sde.mean_model``, else bicubic) and writes them."""
+    import mean_model  # Loads a trained network: not needed by the readers of the file.
+
     path = stats_path(config, workdir)
-    stats = compute(config.data)
+    mean = mean_model.load(config)
+    key = mean_model.MEAN_KEY if mean.apply is not None else 'lr_up'
+    stats = {**compute(config.data, mean=mean, mean_key=key), **mean.record()}
     write(stats, path)
     logging.info(
         'residual statistics of %d training images: mean %.5f, variance %.5f (std %.4f) -> %s',

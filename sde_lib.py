@@ -288,12 +288,13 @@ class SubVPSDE(VPSDE):
 class MeanRevertingSDE(VPSDE):
     """ECDP (Yuan & Yuan, AAAI 2024): ``dx = -1/2 beta(t) (x - mu(y)) dt + sigma sqrt(beta(t)) dw``.
 
-    ``mu(y) = cond[mean_key]`` (the upsampled LR image) and ``sigma^2`` the variance of
-    ``x - mu(y)`` over the training set (``--mode stats``). Marginals: mean
-    ``sqrt(abar)(x0 - mu) + mu``, variance ``(1 - abar) sigma^2``, ``abar = exp(-int beta)``;
-    prior ``N(mu(y), sigma^2 I)``. In the frame ``u = (x - mu(y)) / sigma`` it is exactly the VP
-    SDE (inherited), so if ``x0 - mu`` has mean 0 and variance ``sigma^2`` every marginal has
-    mean ``mu(y)`` and variance ``sigma^2`` (the paper's Proposition 1).
+    ``mu(y) = cond[mean_key]`` (the upsampled LR image, or a learned regression: ``lr_mu``)
+    and ``sigma^2`` the variance of ``x - mu(y)`` over the training set (``--mode stats``).
+    Marginals: mean ``sqrt(abar)(x0 - mu) + mu``, variance ``(1 - abar) sigma^2``,
+    ``abar = exp(-int beta)``; prior ``N(mu(y), sigma^2 I)``. In the frame
+    ``u = (x - mu(y)) / sigma`` it is exactly the VP SDE (inherited), so if ``x0 - mu`` has
+    mean 0 and variance ``sigma^2`` every marginal has mean ``mu(y)`` and variance ``sigma^2``
+    (the paper's Proposition 1).
     """
 
     sigma: float = 1.0
@@ -330,8 +331,14 @@ def _make_subvpsde(cfg: Any, stats: Stats) -> SubVPSDE:
 @SDES.register('ecdp')
 def _make_ecdp(cfg: Any, stats: Stats) -> MeanRevertingSDE:
     sigma = math.sqrt(stats()['residual_var'])
+    # A learned mu(y) (``mean_model.py``) arrives as cond['lr_mu']; bicubic as cond['lr_up'].
+    mean_key = 'lr_mu' if cfg.get('mean_model', '') else 'lr_up'
     return MeanRevertingSDE(
-        beta_min=cfg.beta_min, beta_max=cfg.beta_max, N=cfg.num_scales, sigma=sigma
+        beta_min=cfg.beta_min,
+        beta_max=cfg.beta_max,
+        N=cfg.num_scales,
+        sigma=sigma,
+        mean_key=mean_key,
     )
 
 

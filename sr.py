@@ -47,6 +47,7 @@ import datasets
 import degradations
 import experiment
 import inference
+import mean_model
 import sampling
 from utils import parallel
 from utils.images import make_grid, save_png
@@ -241,7 +242,9 @@ def _validate(cfg: Any) -> None:
             raise ValueError(f'sr.{name} must be >= {low}, got {cfg[name]}')
 
 
-def _compiled_sampler(exp: experiment.Experiment, params: Any, rows: int) -> Callable:
+def _compiled_sampler(
+    exp: experiment.Experiment, params: Any, rows: int, mean: mean_model.MeanModel
+) -> Callable:
     """The configured sampler, compiled ahead of time for ``rows`` samples over the mesh."""
     config = exp.config
     sample_fn = exp.make_sampler(config.sampling)
@@ -252,6 +255,7 @@ def _compiled_sampler(exp: experiment.Experiment, params: Any, rows: int) -> Cal
         return jax.ShapeDtypeStruct(shape, dtype, sharding=split)
 
     cond = {'lr_up': spec((rows,) + exp.hr_shape), 'lr': spec((rows,) + lr_shape)}
+    cond.update({k: spec((rows,) + exp.hr_shape) for k in mean.keys})
     like = jax.random.PRNGKey(0)
     key = jax.ShapeDtypeStruct(
         like.shape, like.dtype, sharding=parallel.replicated_sharding(exp.mesh)
@@ -268,11 +272,9 @@ def _sampler_inputs(batch: Batch, first: int, num_samples: int, rows: int, cente
         return np.concatenate([x, np.zeros((rows - count,) + x.shape[1:], x.dtype)])
 
     ids = np.arange(first * num_samples, first * num_samples + count, dtype=np.int32)
-    return {
-        'lr_up': pad(scaler(np.repeat(batch['lr_up'], num_samples, axis=0)).astype(np.float32)),
-        'lr': pad(scaler(np.repeat(batch['lr'], num_samples, axis=0)).astype(np.float32)),
-        'ids': pad(ids),
-    }
+    cond = datasets.model_cond(batch, scaler)
+    rows_of = {k: pad(np.repeat(v, num_samples, axis=0)) for k, v in cond.items()}
+    return {**rows_of, 'ids': pad(ids)}
 
 
 def _local_rows(global_rows: Batch) -> Batch:
@@ -288,19 +290,20 @@ def _sample_batches(
     inputs: Inputs,
     per_batch: int,
     rows: int,
+    mean: mean_model.MeanModel,
 ) -> Iterator:
     """Yields ``(batch, sr [inputs, num_samples, H, W, C] in [0, 1], nfe)`` per batch."""
     config, num_samples = exp.config, exp.config.sr.num_samples
     key = parallel.replicate(jax.random.PRNGKey(config.sr.seed), exp.mesh)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
     for b, batch in enumerate(inputs.batches(per_batch)):
+        batch = {k: np.asarray(v) for k, v in mean(batch).items()}
         local = _local_rows(
             _sampler_inputs(batch, b * per_batch, num_samples, rows, config.data.centered)
         )
         sharded = parallel.shard_batch(local, exp.mesh)
-        samples, info = sampler(
-            params, key, {'lr_up': sharded['lr_up'], 'lr': sharded['lr']}, sharded['ids']
-        )
+        cond = {k: v for k, v in sharded.items() if k != 'ids'}
+        samples, info = sampler(params, key, cond, sharded['ids'])
         sampling.check_finished(jax.device_get(info), config.sampling)
         samples = np.asarray(multihost_utils.process_allgather(samples, tiled=True))
         count = len(batch['lr'])
@@ -330,7 +333,9 @@ def make_plan(inputs: Inputs, cfg: Any, num_devices: int) -> Plan:
     return Plan(per_batch, rows, *plan_outputs(inputs, cfg.num_samples, num_grids))
 
 
-def _sample_and_write(exp, sampler, params, inputs: Inputs, plan: Plan, out_dir: Path) -> dict:
+def _sample_and_write(
+    exp, sampler, params, inputs: Inputs, plan: Plan, out_dir: Path, mean: mean_model.MeanModel
+) -> dict:
     """Samples every batch, writes its images (process 0); images, NFE, seconds and rate."""
     is_chief = jax.process_index() == 0
     if is_chief:
@@ -339,7 +344,7 @@ def _sample_and_write(exp, sampler, params, inputs: Inputs, plan: Plan, out_dir:
     num_batches = -(-len(inputs.names) // plan.per_batch)
     progress = Progress(len(plan.items) * exp.config.sr.num_samples, unit='images')
     nfe, start = 0, time.perf_counter()
-    batches = _sample_batches(exp, sampler, params, inputs, plan.per_batch, plan.rows)
+    batches = _sample_batches(exp, sampler, params, inputs, plan.per_batch, plan.rows, mean)
     for b, (batch, sr, batch_nfe) in enumerate(batches):
         if is_chief:
             items = plan.items[b * plan.per_batch : b * plan.per_batch + len(sr)]
@@ -378,11 +383,12 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         'per call on %d devices)', len(plan.items), cfg.num_samples, step, workdir, out_dir,
         plan.rows, exp.mesh.devices.size)  # fmt: skip
     compile_start = time.perf_counter()
-    sampler = _compiled_sampler(exp, params, plan.rows)
+    mean = mean_model.load(config, exp.mesh.devices.flatten())
+    sampler = _compiled_sampler(exp, params, plan.rows, mean)
     compile_seconds = round(time.perf_counter() - compile_start, 3)
 
     # ----- Sample and write; the manifest goes last -----
-    stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir)
+    stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir, mean)
     manifest = {
         'complete': True,
         'input': cfg.input or f'eval split of {config.data.path}',

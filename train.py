@@ -32,9 +32,9 @@ import datasets
 import experiment
 import inference
 import losses
+import mean_model
 import sampling
 from degradations import resize
-from models.wrappers import init_params
 from utils import parallel
 from utils.checkpoint import Checkpointer
 from utils.images import make_grid, save_png
@@ -42,7 +42,7 @@ from utils.preemption import Preempted, PreemptionFlag, run_abandonable
 from utils.progress import Progress
 from utils.writers import MetricWriter
 
-TRAIN_KEYS = ('hr', 'lr_up')
+TRAIN_KEYS = ('hr', 'lr_up', 'lr')  # Of a data batch; a learned mean adds its own key.
 
 
 def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainState:
@@ -50,7 +50,7 @@ def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainSta
     optimizer = losses.make_optimizer(exp.config.optim)
 
     def init(k):
-        return losses.init_train_state(init_params(exp.model, k, exp.hr_shape), optimizer)
+        return losses.init_train_state(exp.new_params(k), optimizer)
 
     return jax.jit(init, out_shardings=parallel.replicated_sharding(exp.mesh))(key)
 
@@ -58,7 +58,7 @@ def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainSta
 def initial_state_from(exp: experiment.Experiment, workdir: str | Path) -> losses.TrainState:
     """A fresh train state (step 0, new optimizer) whose parameters and EMA are the EMA
     parameters of the latest checkpoint in ``workdir``: a fine-tuning stage's start."""
-    params, step = inference.load_ema_params(exp, workdir)
+    params, step = inference.load_ema_params(exp, workdir, must_match=('model',))
     logging.info('initialising from the EMA parameters of step %d of %s', step, workdir)
     optimizer = losses.make_optimizer(exp.config.optim)
     init = jax.jit(
@@ -81,8 +81,23 @@ def parallel_train_step(exp: experiment.Experiment) -> Callable:
     return losses.jit_train_step(step, exp.mesh)
 
 
+def _batch_specs(exp: experiment.Experiment, mean: mean_model.MeanModel) -> dict[str, Any]:
+    """Shapes and shardings of a train batch (``TRAIN_KEYS``, and a learned mean's key)."""
+    rows, sharding = exp.config.training.batch_size, parallel.batch_sharding(exp.mesh)
+    shapes = {'hr': exp.hr_shape, 'lr_up': exp.hr_shape, 'lr': exp.lr_shape}
+    shapes.update(dict.fromkeys(mean.keys, exp.hr_shape))
+    return {
+        k: jax.ShapeDtypeStruct((rows, *shape), np.float32, sharding=sharding)
+        for k, shape in shapes.items()
+    }
+
+
 def _snapshot_fn(
-    exp: experiment.Experiment, workdir: Path, writer: MetricWriter, state: losses.TrainState
+    exp: experiment.Experiment,
+    workdir: Path,
+    writer: MetricWriter,
+    state: losses.TrainState,
+    mean: mean_model.MeanModel,
 ):
     """A function ``(state, step)`` writing an LR | SR | HR grid of fixed eval faces.
 
@@ -102,9 +117,7 @@ def _snapshot_fn(
     )
     scaler = datasets.get_data_scaler(config.data.centered)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
-    cond = parallel.shard_batch(
-        {'lr_up': scaler(batch['lr_up']), 'lr': scaler(batch['lr'])}, exp.mesh
-    )
+    cond = parallel.shard_batch(datasets.model_cond(mean(batch), scaler), exp.mesh)
     ids = parallel.shard_batch({'ids': np.asarray(batch['index'], np.int32)}, exp.mesh)['ids']
     # Every host holds a slice of the snapshot batch; the grid shows all of it.
     lr_all, hr_all = (multihost_utils.process_allgather(batch[k], tiled=True) for k in ('lr', 'hr'))
@@ -186,11 +199,9 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
         start_step=start,
     )
     train_step = parallel_train_step(exp)
-    snapshot = _snapshot_fn(exp, workdir, writer, state) if tcfg.snapshot_freq > 0 else None
-    batch_spec = jax.ShapeDtypeStruct(
-        (tcfg.batch_size, *exp.hr_shape), np.float32, sharding=parallel.batch_sharding(exp.mesh)
-    )
-    train_step = train_step.lower(state, dict.fromkeys(TRAIN_KEYS, batch_spec), step_key).compile()
+    mean = mean_model.load(config, exp.mesh.devices.flatten())
+    snapshot = _snapshot_fn(exp, workdir, writer, state, mean) if tcfg.snapshot_freq > 0 else None
+    train_step = train_step.lower(state, _batch_specs(exp, mean), step_key).compile()
     parallel.barrier('compiled')  # Hosts compile at different speeds; collectives come next.
     progress = Progress(tcfg.n_iters, start)
     logging.info(
@@ -206,7 +217,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
         with PreemptionFlag().installed() as preemption:
             for step in range(start + 1, tcfg.n_iters + 1):
                 local = next(data)
-                batch = parallel.shard_batch({k: local[k] for k in TRAIN_KEYS}, exp.mesh)
+                batch = mean(parallel.shard_batch({k: local[k] for k in TRAIN_KEYS}, exp.mesh))
                 state, metrics = train_step(state, batch, step_key)
                 last = step == tcfg.n_iters
                 if step % tcfg.log_freq == 0 or last:

@@ -128,7 +128,10 @@ def get_config() -> ml_collections.ConfigDict:
     training.reduce_mean = False  # Per-example loss: pixel mean (True) or half-sum (False).
     training.likelihood_weighting = False  # Weight the DSM loss by g(t)^2 (score flow).
     training.eps = 1e-5  # Smallest diffusion time drawn by the continuous loss.
-    training.diffusion_weight = 1.0  # Weight of training.loss (0: quality loss only).
+    training.diffusion_weight = 1.0  # Weight of training.loss (0: off).
+    # L1 of the LR encoder's regression estimate against the HR image (model.lr_encoder_nf > 0;
+    # 0: off). With diffusion_weight = 0 it is ECDP's L1 pre-training stage of the encoder.
+    training.regression_weight = 0.0
     # ECDP's image-quality loss ||VGG16(SR) - VGG16(HR)||_1, SR generated through the
     # probability-flow ODE from the prior, gradients through the solver (0: off). A fine-tuning
     # stage: see configs/ecdp/demo.py:finetune.
@@ -162,6 +165,10 @@ def get_config() -> ml_collections.ConfigDict:
     sde.num_scales = 2000  # N: discretisation steps (discrete losses, PC samplers).
     # ECDP: residual statistics file ('' = <workdir>/residual_stats.json, from --mode stats).
     sde.stats_file = ''
+    # ECDP: mu(y). '' = the upsampled LR image; a run folder = the frozen regression estimate of
+    # that run's LR encoder (model.lr_encoder_nf > 0; see mean_model.py and
+    # configs/ecdp/demo.py:regress). Run --mode stats again after changing it.
+    sde.mean_model = ''
 
     config.score = score = ml_collections.ConfigDict()
     # How the network output becomes the score: 'scaled_score' (VE, NCSN++ scale_by_sigma:
@@ -197,6 +204,13 @@ def get_config() -> ml_collections.ConfigDict:
     model.init_scale = 0.0
     model.conditional = True  # Condition on the time label.
     model.out_channels = 3
+    # LR encoder (ECDP/SRDiff, models/rrdb.py): RRDB features of the LR image added to every
+    # level of the U-Net's downsampling path, plus a regression head (bicubic + a learned
+    # residual) returned as an extra output and trained by training.regression_weight.
+    # 0 = off.
+    model.lr_encoder_nf = 0
+    model.lr_encoder_blocks = 2  # RRDBs (3 dense blocks of 5 convolutions each).
+    model.lr_encoder_growth = 16  # Channels each dense-block convolution adds.
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = 'adam'

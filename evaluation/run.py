@@ -63,6 +63,7 @@ from jax.experimental import multihost_utils
 
 import datasets
 import experiment
+import mean_model
 import sampling
 from degradations import resize
 from evaluation import image_metrics as im
@@ -74,7 +75,8 @@ from utils import parallel
 from utils.images import make_grid, save_png, to_rgb
 from utils.progress import Progress
 
-METHODS = ('sr', 'bicubic', 'hr')
+# 'mean': the learned mu(y) of config.sde.mean_model itself (a regression baseline).
+METHODS = ('sr', 'mean', 'bicubic', 'hr')
 RECORDS, SETTINGS = 'records.jsonl', 'settings.json'
 
 
@@ -85,6 +87,7 @@ class Model:
     exp: experiment.Experiment
     params: Any
     step: int
+    mean: mean_model.MeanModel = mean_model.MeanModel()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +152,8 @@ def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict
         'lpips': ecfg.lpips,
         'face': ecfg.face,
     }
+    if 'mean' in methods:
+        settings['mean_model'] = config.sde.mean_model
     if 'sr' in methods:
         settings.update(
             checkpoint_step=step,
@@ -328,7 +333,18 @@ def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
     exp = experiment.build(config, parallel.devices_for_batch(batches, devices), workdir)
     params, step = load_ema_params(exp, workdir, config.eval.checkpoint or None)
     logging.info('eval: checkpoint %d of %s', step, workdir)
-    return Model(exp, params, step)
+    return Model(exp, params, step, mean_model.load(config, exp.mesh.devices.flatten()))
+
+
+def load_mean(config: Any, methods: Sequence[str], model: Model | None) -> mean_model.MeanModel:
+    """The learned mu(y) the methods need: the model's, or loaded for the 'mean' baseline."""
+    if model is not None:
+        return model.mean
+    if 'mean' not in methods:
+        return mean_model.MeanModel()
+    if not config.sde.mean_model:
+        raise ValueError("config.eval.methods has 'mean' but config.sde.mean_model is not set")
+    return mean_model.load(config)
 
 
 def compile_sampler(config: Any, model: Model, key: jax.Array) -> Callable[..., Any]:
@@ -342,6 +358,7 @@ def compile_sampler(config: Any, model: Model, key: jax.Array) -> Callable[..., 
         return jax.ShapeDtypeStruct(shape, dtype, sharding=split)
 
     cond = {'lr_up': spec(b, h, w, c), 'lr': spec(b, h // f, w // f, c)}
+    cond.update({k: spec(b, h, w, c) for k in model.mean.keys})
     return fn.lower(model.params, key, cond, spec(b, dtype=np.int32)).compile()
 
 
@@ -361,9 +378,7 @@ def make_sample_fn(
     parallel.barrier(f'eval_sampler_{name}')
 
     def sample(local: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        cond = parallel.shard_batch(
-            {'lr_up': scaler(local['lr_up']), 'lr': scaler(local['lr'])}, exp.mesh
-        )
+        cond = parallel.shard_batch(datasets.model_cond(local, scaler), exp.mesh)
         ids = np.maximum(local['index'], 0).astype(np.int32)  # Padding rows: any key.
         ids = parallel.shard_batch({'ids': ids}, exp.mesh)['ids']
         x, info = fn(model.params, key, cond, ids)
@@ -455,6 +470,7 @@ def evaluate(
     pairs = pair_list(config, size)
     todo = [i for i in range(limit) if missing(records.get(i), methods)]
     sample_fn = make_sample_fn(config, model, name) if 'sr' in methods and todo else None
+    mean = load_mean(config, methods, model)
     if not chief and sample_fn is None:
         return {}
     hosts = jax.process_count() if sample_fn is not None else 1  # Baselines: chief alone.
@@ -466,6 +482,7 @@ def evaluate(
 
     # ----- Loop -----
     for batch_step, local in zip(range(start, stop), data, strict=False):
+        local = {k: np.asarray(v) for k, v in mean(local).items()}
         batch = multihost_utils.process_allgather(local, tiled=True) if hosts > 1 else local
         rows = [
             r
@@ -482,7 +499,10 @@ def evaluate(
         sr, nfe = sample_fn(local) if 'sr' in need else (None, None)
         if not chief or not rows:
             continue
-        outputs = {m: {'sr': sr, 'bicubic': batch['lr_up'], 'hr': batch['hr']}[m] for m in need}
+        mu = batch.get(mean_model.MEAN_KEY)
+        known = {'sr': sr, 'mean': None if mu is None else np.clip(mu, 0, 1)}
+        known['bicubic'] = batch['lr_up']
+        outputs = {m: {**known, 'hr': batch['hr']}[m] for m in need}
         if batch_step == 0:  # Before the records: a recorded first batch implies a grid.
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
         merge_records(records, batch_records(batch, outputs, rows, fns, config, nfe))

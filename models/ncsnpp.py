@@ -23,9 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import layers, layerspp
+from models import layers, layerspp, rrdb
 from models.layers import conv3x3, default_init, group_norm
-from models.utils import MODELS
+from models.utils import MODELS, ScoreNetwork
 
 _CHOICES = types.MappingProxyType(
     {
@@ -39,11 +39,16 @@ _CHOICES = types.MappingProxyType(
 )
 
 act = nn.swish
+# Parameter scopes of the LR branch, read by ``regress``.
+LR_ENCODER, LR_REGRESSION = 'lr_encoder', 'lr_regression'
 
 
 @MODELS.register('ncsnpp')
-class NCSNpp(nn.Module):
-    """NCSN++: U-Net score model. ``__call__(x [B,H,W,C], time_label [B], train)``.
+class NCSNpp(ScoreNetwork):
+    """NCSN++: U-Net score model. ``__call__(x [B,H,W,C], time_label [B], train, lr)``.
+
+    ``lr`` (the LR image) is read only with the LR encoder on (``lr_encoder_nf > 0``); the
+    output then has ``out_channels`` plus one LR-channel image per ``aux_heads``.
 
     ``embedding_type='fourier'`` embeds ``log(time_label)`` (VE: pass sigma);
     ``'positional'`` embeds ``time_label`` itself (VP: pass ``999 * t``).
@@ -68,6 +73,12 @@ class NCSNpp(nn.Module):
     init_scale: float = 0.0
     conditional: bool = True
     out_channels: int = 3
+    # LR encoder (``models.rrdb``, ECDP/SRDiff): 0 turns it off. Its features of the LR image
+    # are added to every level of the downsampling path, and its regression estimate of the HR
+    # image is returned after the ``out_channels`` (the ``aux_heads``).
+    lr_encoder_nf: int = 0
+    lr_encoder_blocks: int = 2
+    lr_encoder_growth: int = 16
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -78,8 +89,19 @@ class NCSNpp(nn.Module):
                 )
         super().__post_init__()
 
+    @property
+    def aux_heads(self) -> tuple[str, ...]:
+        """Outputs after the ``out_channels``, one image of the LR's channel count each."""
+        return ('regression',) if self.lr_encoder_nf > 0 else ()
+
     @nn.compact
-    def __call__(self, x: jax.Array, time_label: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        time_label: jax.Array,
+        train: bool = False,
+        lr: jax.Array | None = None,
+    ) -> jax.Array:
         B, H, W, _ = x.shape
         factor = 2 ** (len(self.ch_mult) - 1)
         if H % factor or W % factor:
@@ -87,12 +109,55 @@ class NCSNpp(nn.Module):
         time_label = jnp.broadcast_to(jnp.asarray(time_label, jnp.float32), (B,))
         temb = self._embed_time(time_label)
         x = x.astype(self._dtype)
-        hs = self._encode(x, temb, train)
+        lr_feats, regression = self._lr_branch(lr, (H, W))
+        hs = self._encode(x, temb, train, lr_feats)
         h = self._resblock()(hs[-1], temb, train)
         h = self._attn()(h)
         h = self._resblock()(h, temb, train)
-        h = self._decode(h, hs, temb, train)
-        return h.astype(jnp.float32)
+        h = self._decode(h, hs, temb, train).astype(jnp.float32)
+        return h if regression is None else jnp.concatenate([h, regression], axis=-1)
+
+    def _lr_branch(
+        self, lr: jax.Array | None, hr_size: tuple[int, int]
+    ) -> tuple[jax.Array | None, jax.Array | None]:
+        """The LR encoder's features and regression estimate (``None, None`` when off)."""
+        if self.lr_encoder_nf <= 0:
+            return None, None
+        if lr is None:
+            raise ValueError(
+                f'model.lr_encoder_nf={self.lr_encoder_nf} needs the LR image: call the '
+                "network with lr=cond['lr']"
+            )
+        feats = self._lr_encoder(name=LR_ENCODER)(lr)
+        head = rrdb.RegressionHead(self._dtype, name=LR_REGRESSION)
+        return feats, head(feats, lr.astype(jnp.float32), hr_size)
+
+    def _lr_encoder(self, **scope: Any) -> rrdb.LREncoder:
+        """The encoder: ``name=`` inside ``__call__``, ``parent=None`` (standalone) outside."""
+        return rrdb.LREncoder(
+            self.lr_encoder_nf, self.lr_encoder_blocks, self.lr_encoder_growth, self._dtype, **scope
+        )
+
+    def regress(self, params: Any, lr: jax.Array, hr_size: tuple[int, int]) -> jax.Array:
+        """The LR encoder's regression estimate alone, from the network's parameters (call on
+        the unbound model). The U-Net is not built, so its forward and backward passes cost
+        nothing; through ``__call__`` the backward pass would run the U-Net on zero cotangents.
+        """
+        if self.lr_encoder_nf <= 0:
+            return ScoreNetwork.regress(self, params, lr, hr_size)
+        feats = self._lr_encoder(parent=None).apply({'params': params[LR_ENCODER]}, lr)
+        head = rrdb.RegressionHead(self._dtype, parent=None)
+        return head.apply({'params': params[LR_REGRESSION]}, feats, lr.astype(jnp.float32), hr_size)
+
+    def _add_lr_features(self, h: jax.Array, lr_feats: jax.Array | None) -> jax.Array:
+        """``h`` plus the LR features resized to its resolution and projected to its width."""
+        if lr_feats is None:
+            return h
+        b, height, width, _ = h.shape
+        resized = jax.image.resize(
+            lr_feats, (b, height, width, lr_feats.shape[-1]), 'bilinear'
+        ).astype(h.dtype)
+        return h + nn.Conv(h.shape[-1], (1, 1), dtype=self._dtype)(resized)
 
     @property
     def _dtype(self) -> jnp.dtype:
@@ -145,12 +210,15 @@ class NCSNpp(nn.Module):
             dtype=self._dtype,
         )
 
-    def _encode(self, x: jax.Array, temb: jax.Array | None, train: bool) -> list[jax.Array]:
+    def _encode(
+        self, x: jax.Array, temb: jax.Array | None, train: bool, lr_feats: jax.Array | None
+    ) -> list[jax.Array]:
         """Downsampling path; returns the skip activations (last one feeds the middle)."""
         input_pyramid = x if self.progressive_input != 'none' else None
         hs = [conv3x3(x, self.nf, dtype=self._dtype)]
         num_resolutions = len(self.ch_mult)
         for i_level in range(num_resolutions):
+            hs[-1] = self._add_lr_features(hs[-1], lr_feats)
             for _ in range(self.num_res_blocks):
                 h = self._resblock(out_ch=self.nf * self.ch_mult[i_level])(hs[-1], temb, train)
                 if h.shape[1] in self.attn_resolutions:

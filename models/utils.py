@@ -13,6 +13,23 @@ from utils.registry import Registry
 
 MODELS = Registry('model')
 
+
+class ScoreNetwork(nn.Module):
+    """What ``models.wrappers`` calls: ``__call__(x, time_label, train=False, lr=None)``, where
+    ``x`` is the scaled state concatenated with the upsampled LR image and ``lr`` the LR image
+    (read only by networks with an LR encoder). The output holds the parametrization's heads,
+    then one image per name in ``aux_heads`` (outputs that are not heads of the score, such as
+    the LR encoder's regression estimate)."""
+
+    @property
+    def aux_heads(self) -> tuple[str, ...]:
+        return ()
+
+    def regress(self, params: Any, lr: Any, hr_size: tuple[int, int]) -> Any:
+        """The ``'regression'`` aux head alone (networks with an LR encoder override this)."""
+        raise ValueError('the network has no LR regression head: set config.model.lr_encoder_nf')
+
+
 # Fields every Flax module has that are not model options.
 _MODULE_INTERNALS = frozenset({'parent', 'name'})
 

@@ -8,7 +8,9 @@ the score of ``u``. Samplers and guidance see ``score_fn``; losses see ``predict
 dictionary holds ``'score'`` and every head of a multi-head parametrization (``'eps'``,
 ``'x0'``) so that a loss can regress each head to its own target.
 
-``cond`` is a mapping; ``cond['lr_up']`` is the upsampled LR image in the model's value range.
+``cond`` is a mapping; ``cond['lr_up']`` is the upsampled LR image in the model's value range,
+``cond['lr']`` the LR image itself (read by a network with an LR encoder, whose regression
+estimate of the HR image is returned as the extra output ``'regression'``: ``model.aux_heads``).
 Further keys (attributes for guidance, ...) pass through untouched, so adding a conditioning
 signal never changes a sampler's signature.
 """
@@ -160,6 +162,22 @@ def _split_heads(output: jax.Array, heads: tuple[str, ...]) -> Heads:
     return dict(zip(heads, jnp.split(output, len(heads), axis=-1), strict=True))
 
 
+def apply_network(
+    model: nn.Module, params: Any, x: jax.Array, t_label: jax.Array, cond: Any, **kwargs: Any
+) -> jax.Array:
+    """The raw network on ``x`` (state and condition, concatenated) at ``t_label``; the LR
+    image ``cond['lr']`` goes along when the condition has it (the LR encoder reads it)."""
+    return model.apply({'params': params}, x, t_label, lr=cond.get('lr'), **kwargs)
+
+
+def make_regress_fn(model: nn.Module, params: Any) -> Callable[[Any], jax.Array]:
+    """``regress(cond)``: the LR encoder's regression estimate of the HR image (model range),
+    ``cond['lr']`` in, the size of ``cond['lr_up']`` out; the U-Net is not evaluated."""
+    if 'regression' not in model.aux_heads:
+        raise ValueError('the network has no LR regression head: set config.model.lr_encoder_nf')
+    return lambda cond: model.regress(params, cond['lr'], cond['lr_up'].shape[1:3])
+
+
 def make_predict_fn(
     model: nn.Module,
     params: Any,
@@ -181,14 +199,18 @@ def make_predict_fn(
     def predict_fn(u: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array]) -> Heads:
         alpha, std = sde.mean_coeff(t), sde.marginal_std(t)
         scaled = batch_mul(param.input_scale(alpha, std, score_config), u)
-        output = model.apply(
-            {'params': params},
+        output = apply_network(
+            model,
+            params,
             network_input(scaled, cond),
             sde.time_label(t),
+            cond,
             train=train,
             rngs=rngs,
         )
-        return param.to_score(_split_heads(output, param.heads), u, alpha, std, score_config)
+        outs = _split_heads(output, param.heads + model.aux_heads)
+        aux = {name: outs.pop(name) for name in model.aux_heads}
+        return {**param.to_score(outs, u, alpha, std, score_config), **aux}
 
     return predict_fn
 
@@ -207,12 +229,20 @@ def make_score_fn(
 
 
 def init_params(
-    model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], batch_size: int = 1
+    model: nn.Module,
+    key: jax.Array,
+    image_shape: tuple[int, ...],
+    batch_size: int = 1,
+    lr_shape: tuple[int, ...] | None = None,
 ) -> Any:
-    """Initial parameters for HR images of ``image_shape`` = (H, W, C)."""
+    """Initial parameters for HR images of ``image_shape`` = (H, W, C) (and LR images of
+    ``lr_shape``, which a network with an LR encoder needs)."""
     x = jnp.zeros((batch_size, *image_shape))
     cond = {'lr_up': x}
+    if lr_shape is not None:
+        cond['lr'] = jnp.zeros((batch_size, *lr_shape))
     t = jnp.ones((batch_size,))
-    return model.init({'params': key, 'dropout': key}, network_input(x, cond), t, train=False)[
-        'params'
-    ]
+    variables = model.init(
+        {'params': key, 'dropout': key}, network_input(x, cond), t, train=False, lr=cond.get('lr')
+    )
+    return variables['params']

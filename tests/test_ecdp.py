@@ -20,6 +20,7 @@ import residual_stats
 import sampling
 import sde_lib
 from configs import default
+from models.utils import ScoreNetwork
 from models.wrappers import init_params, make_predict_fn, score_options
 
 SIGMA = 0.3
@@ -135,7 +136,7 @@ def test_residual_stats_match_numpy_and_refuse_other_data(tmp_path):
 # ----------------------------------------------------------------------------- hybrid heads
 
 
-class HeadsNet(nn.Module):
+class HeadsNet(ScoreNetwork):
     """Outputs fixed eps and u0 images (the 'eps' head first), chosen by the test."""
 
     eps: jax.Array
@@ -143,7 +144,7 @@ class HeadsNet(nn.Module):
     heads: tuple[str, ...] = ('eps', 'x0')
 
     @nn.compact
-    def __call__(self, x, label, train=False):
+    def __call__(self, x, label, train=False, lr=None):
         b = self.param('b', nn.initializers.zeros, ())
         outs = {'eps': self.eps, 'x0': self.u0}
         return jnp.concatenate([outs[h] for h in self.heads], axis=-1) + b
@@ -178,9 +179,9 @@ def test_hybrid_score_is_exact_when_both_heads_are(c):
     np.testing.assert_allclose(out['score'], expected, rtol=2e-3, atol=2e-3)
 
 
-class TwoHeadConv(nn.Module):
+class TwoHeadConv(ScoreNetwork):
     @nn.compact
-    def __call__(self, x, label, train=False):
+    def __call__(self, x, label, train=False, lr=None):
         h = nn.Conv(8, (3, 3))(x) + nn.Dense(8)(label[:, None] / 1000.0)[:, None, None, :]
         return nn.Conv(6, (3, 3))(nn.silu(h))
 
@@ -226,7 +227,7 @@ def test_out_channels_must_match_the_heads():
 # --------------------------------------------------------- samplers with a condition-dependent mean
 
 
-class ExactConditionalScore(nn.Module):
+class ExactConditionalScore(ScoreNetwork):
     """The exact score of ``u_t`` for data ``x | y ~ N(A lr_up + B, Sigma)`` (in the SDE's frame,
     ``u = (x - offset) / scale``), read from the network input [scaled u, lr_up]; 'score'
     parametrization. Offset and scale are given explicitly (not taken from the SDE)."""
@@ -239,7 +240,7 @@ class ExactConditionalScore(nn.Module):
     scale: float
 
     @nn.compact
-    def __call__(self, inp, label, train=False):
+    def __call__(self, inp, label, train=False, lr=None):
         _ = self.param('unused', nn.initializers.zeros, ())
         n, shape = inp.shape[0], inp.shape[1:-1] + (1,)
         u, lr_up = inp[..., :1].reshape(n, -1), inp[..., 1:].reshape(n, -1)

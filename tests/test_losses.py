@@ -13,6 +13,7 @@ import scipy.integrate
 
 import losses
 import sde_lib
+from models.utils import ScoreNetwork
 from models.wrappers import make_predict_fn, make_score_fn, score_options
 from utils import parallel
 
@@ -28,7 +29,7 @@ def _gaussian_score(sde, x, t):
     return sde_lib.batch_mul(-1.0 / var, x - sde_lib.batch_mul(alpha * MU, jnp.ones_like(x)))
 
 
-class ExactScoreNet(nn.Module):
+class ExactScoreNet(ScoreNetwork):
     """Outputs ``scale`` times the exact score (raw 'score' parametrization); scale=1 is exact.
 
     The time is recovered from the label the wrapper passes (sigma for VE, 999 t for VP).
@@ -38,7 +39,7 @@ class ExactScoreNet(nn.Module):
     scale: float = 1.0
 
     @nn.compact
-    def __call__(self, x, label, train=False):
+    def __call__(self, x, label, train=False, lr=None):
         x = x[..., :3]  # The network input is [noisy HR, upsampled LR].
         if hasattr(self.sde, 'sigma_max'):
             sde = self.sde
@@ -126,9 +127,9 @@ def test_parametrizations_give_same_score():
     t = jnp.array([0.1, 0.7])
     std = sde.marginal_std(t)
 
-    class Constant(nn.Module):
+    class Constant(ScoreNetwork):
         @nn.compact
-        def __call__(self, x, label, train=False):
+        def __call__(self, x, label, train=False, lr=None):
             return jnp.ones_like(x[..., :3]) + 0 * self.param('b', nn.initializers.zeros, ())
 
     x = jnp.zeros((2, *SHAPE))
@@ -140,9 +141,9 @@ def test_parametrizations_give_same_score():
     np.testing.assert_allclose(scaled[:, 0, 0, 0], 1 / std, rtol=1e-6)
 
 
-class TinyConvNet(nn.Module):
+class TinyConvNet(ScoreNetwork):
     @nn.compact
-    def __call__(self, x, label, train=False):
+    def __call__(self, x, label, train=False, lr=None):
         h = nn.Conv(8, (3, 3))(x)
         h = h + nn.Dense(8)(jnp.log(label)[:, None])[:, None, None, :]
         return nn.Conv(3, (3, 3))(nn.silu(h))

@@ -16,6 +16,7 @@ import ode
 import sampling
 import sde_lib
 from configs import default
+from models.utils import ScoreNetwork
 from models.wrappers import init_params, score_options
 
 
@@ -157,9 +158,9 @@ def test_checkpointed_gradient_memory_does_not_grow_with_steps():
 # ----------------------------------------------------------------------------- quality loss
 
 
-class TinyNet(nn.Module):
+class TinyNet(ScoreNetwork):
     @nn.compact
-    def __call__(self, x, label, train=False):
+    def __call__(self, x, label, train=False, lr=None):
         h = nn.Conv(8, (3, 3))(x) + nn.Dense(8)(label[:, None] / 1000.0)[:, None, None, :]
         return 0.1 * nn.Conv(6, (3, 3))(nn.silu(h))
 

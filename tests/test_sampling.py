@@ -21,6 +21,7 @@ import degradations
 import sampling
 import sde_lib
 from configs import default, presets
+from models.utils import ScoreNetwork
 from models.wrappers import init_params, score_options
 from utils.parallel import batch_sharding, make_mesh, replicate
 
@@ -385,11 +386,11 @@ def test_config_presets():
 # ----------------------------------------------------------------------------- make_sampler
 
 
-class TinyScoreNet(nn.Module):
+class TinyScoreNet(ScoreNetwork):
     """Two convolutions and a time embedding; HR (3) + upsampled LR (3) channels in, 3 out."""
 
     @nn.compact
-    def __call__(self, x, time_label, train=False):
+    def __call__(self, x, time_label, train=False, lr=None):
         emb = nn.Dense(8)(jnp.log(time_label)[:, None])
         h = nn.Conv(8, (3, 3))(x) + emb[:, None, None, :]
         return nn.Conv(3, (3, 3))(nn.silu(h)) * 0.1

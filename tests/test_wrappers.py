@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 
 import sde_lib
+from models.utils import ScoreNetwork
 from models.wrappers import make_score_fn, score_options
 
 SDES = {'vesde': sde_lib.VESDE(0.01, 50.0, N=100), 'vpsde': sde_lib.VPSDE(0.1, 20.0, N=100)}
 
 
-class RecordingNet(nn.Module):
+class RecordingNet(ScoreNetwork):
     """Returns 0.3 everywhere."""
 
     @nn.compact
-    def __call__(self, x, label, train=False):
+    def __call__(self, x, label, train=False, lr=None):
         return jnp.full(x.shape[:-1] + (3,), 0.3) + 0 * self.param('b', nn.initializers.zeros, ())
 
 
@@ -48,7 +49,7 @@ def test_edm_network_input_has_unit_scale():
     seen = {}
 
     class Spy(RecordingNet):
-        def __call__(self, inp, label, train=False):
+        def __call__(self, inp, label, train=False, lr=None):
             seen['input'] = inp
             return super().__call__(inp, label, train)
 

@@ -15,7 +15,19 @@ low learning rate with a fast EMA (the paper: 1e-5, decay 0.9)::
     python main.py --config configs/ecdp/demo.py:finetune --workdir W2 \
         --config.training.init_from=W
 
-``get_config('smoke')`` shrinks everything for a seconds-long run (tests).
+``get_config('regress')`` and ``get_config('encoder')`` add the LR encoder (``models/rrdb.py``,
+two RRDBs at LR resolution): ``regress`` is its L1 pre-training alone (a regression SR network;
+the diffusion loss is off, so only the encoder and its head train, and the SDE is unused);
+``encoder`` trains the whole network from it, jointly with the L1 term, around the frozen
+regression of the first stage as mu(y) instead of bicubic::
+
+    python main.py --config configs/ecdp/demo.py:regress --workdir R
+    E="--config configs/ecdp/demo.py:encoder --workdir W --config.sde.mean_model=R"
+    python main.py $E --mode stats
+    python main.py $E --config.training.init_from=R
+
+``get_config('smoke')`` shrinks everything for a seconds-long run (tests); ``smoke_regress``
+and ``smoke_encoder`` are the two stages at that size.
 """
 
 from configs import default, presets
@@ -49,6 +61,15 @@ def get_config(arg: str = ''):
             snapshot_freq=50,
         )
         config.optim.update(lr=1e-5, warmup=1, ema_rate=0.9)
-    if arg == 'smoke':
+    if arg.endswith(('regress', 'encoder')):
+        config.model.update(lr_encoder_nf=32, lr_encoder_blocks=2, lr_encoder_growth=16)
+        config.training.regression_weight = 1.0
+    if arg.endswith('regress'):
+        config.sde.name = 'vpsde'  # Unused: no diffusion term; needs no statistics.
+        config.training.update(diffusion_weight=0.0, n_iters=3000, batch_size=16, snapshot_freq=0)
+        config.optim.lr = 5e-4
+    if arg.startswith('smoke'):
         presets.apply_ecdp_smoke(config)
+        if config.model.lr_encoder_nf:
+            config.model.update(lr_encoder_nf=8, lr_encoder_blocks=1, lr_encoder_growth=8)
     return config

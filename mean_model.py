@@ -1,0 +1,93 @@
+"""A learned ``mu(y)``: the regression estimate of a trained LR encoder (``config.sde.mean_model``).
+
+ECDP approximates the per-pixel mean of ``p(x | y)`` by bicubic upsampling only because it must;
+the L1 stage of its LR encoder (``models.rrdb``) is a regression estimate of that mean. With
+``config.sde.mean_model = W`` (a run whose network has ``model.lr_encoder_nf > 0``), the EMA
+regression of W's latest checkpoint, frozen, is the SDE's mean: every data batch gains
+``batch['lr_mu']`` next to ``batch['lr_up']``, in the same [0, 1] range, before anything else
+sees it (train steps, snapshots, sr, eval, ``--mode stats``). It is a deterministic function of
+the LR image, like bicubic upsampling, so the SDE's frame stays fixed while the score network
+trains. W's checkpoint step is recorded with the residual statistics, which are refused if W
+has moved on since.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+import datasets
+import experiment
+import inference
+from models.wrappers import make_regress_fn
+
+MEAN_KEY = 'lr_mu'
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanModel:
+    """``batch -> batch`` adding ``MEAN_KEY`` (identity without a mean model)."""
+
+    apply: Callable[[Any, Any, Any], jax.Array] | None = None
+    params: Any = None
+    workdir: str = ''
+    step: int = -1
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.apply is None:
+            return batch
+        return {**batch, MEAN_KEY: self.apply(self.params, batch['lr'], batch['lr_up'])}
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The batch keys this adds."""
+        return () if self.apply is None else (MEAN_KEY,)
+
+    def record(self) -> dict[str, Any]:
+        """What the residual statistics record about the mean (compared by ``check``)."""
+        return {'mean_model': self.workdir, 'mean_model_step': self.step}
+
+
+def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a run in ``workdir`` was trained with (``config.json``)."""
+    path = Path(workdir) / inference.CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: no run config; config.sde.mean_model must be a run')
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load(config: Any, devices: Any = None) -> MeanModel:
+    """The mean model of ``config.sde.mean_model`` on ``devices`` (identity when it is '')."""
+    workdir = config.sde.get('mean_model', '')
+    if not workdir:
+        return MeanModel()
+    run_config = read_run_config(workdir)
+    if run_config.model.get('lr_encoder_nf', 0) <= 0:
+        raise ValueError(
+            f'config.sde.mean_model={workdir!r}: its network has no LR encoder '
+            '(model.lr_encoder_nf = 0), so it has no regression estimate to use as mu(y)'
+        )
+    for key in ('image_size', 'downscale', 'num_channels', 'centered', 'down_kernel'):
+        if run_config.data[key] != config.data[key]:
+            raise ValueError(
+                f'config.sde.mean_model={workdir!r} was trained with data.{key}='
+                f'{run_config.data[key]!r}, this run has {config.data[key]!r}'
+            )
+    exp = experiment.build(run_config, devices, workdir)
+    params, step = inference.load_ema_params(exp, workdir)
+    logging.info('mu(y): the LR regression of %s at step %d', workdir, step)
+    scaler = datasets.get_data_scaler(config.data.centered)
+    inverse = datasets.get_data_inverse_scaler(config.data.centered)
+
+    def apply(p, lr, lr_up):
+        cond = {'lr': scaler(lr), 'lr_up': scaler(lr_up)}
+        return inverse(make_regress_fn(exp.model, p)(cond))
+
+    return MeanModel(jax.jit(apply), params, str(workdir), step)

@@ -1,0 +1,197 @@
+"""The LR encoder (RRDB features into NCSN++), its regression head and L1 stage, and a learned
+mu(y) for ECDP (``mean_model``)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import datasets
+import experiment
+import losses
+import mean_model
+import modes
+import residual_stats
+from configs import default
+from configs.ecdp import demo
+from evaluation import image_metrics as im
+from evaluation import run as evaluation_run
+from models import build_model
+from models.wrappers import init_params, make_regress_fn, network_input
+
+HR, LR = (16, 16, 3), (4, 4, 3)
+
+
+def _net(encoder_nf: int = 8):
+    return build_model(
+        'ncsnpp',
+        nf=16,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        out_channels=6,
+        lr_encoder_nf=encoder_nf,
+        lr_encoder_blocks=1,
+        lr_encoder_growth=8,
+    )
+
+
+def _random_params(model, key=0):
+    """Initial parameters plus noise: every layer (zero-initialised ones too) does something."""
+    params = init_params(model, jax.random.key(key), HR, lr_shape=LR)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(key + 1), len(leaves))
+    noisy = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(tree, noisy)
+
+
+def _cond(key=2, batch=2):
+    lr = jax.random.uniform(jax.random.key(key), (batch, *LR))
+    return {'lr': lr, 'lr_up': jax.image.resize(lr, (batch, *HR), 'bicubic')}
+
+
+def _apply(model, params, cond, u=None):
+    u = jnp.zeros_like(cond['lr_up']) if u is None else u
+    t = jnp.full((u.shape[0],), 0.5)
+    return model.apply({'params': params}, network_input(u, cond), t, lr=cond.get('lr'))
+
+
+def test_regression_head_starts_at_bicubic_and_features_reach_the_unet():
+    model, cond = _net(), _cond()
+    params = init_params(model, jax.random.key(0), HR, lr_shape=LR)
+    out = _apply(model, params, cond)
+    assert out.shape == (2, *HR[:2], 9) and model.aux_heads == ('regression',)
+    # The zero-initialised last convolution: the estimate is exactly bicubic upsampling.
+    bicubic = jax.image.resize(cond['lr'], (2, *HR), 'bicubic')
+    np.testing.assert_allclose(out[..., 6:], bicubic, atol=1e-6)
+    # Trained (random) weights: another LR image changes the U-Net's heads, for a fixed state.
+    params, other = _random_params(model), _cond(key=3)
+    other['lr_up'] = cond['lr_up']  # Only the LR image the encoder reads differs.
+    heads = lambda c: _apply(model, params, c)[..., :6]
+    assert float(jnp.abs(heads(cond) - heads(other)).max()) > 1e-3
+    with pytest.raises(ValueError, match='needs the LR image'):
+        _apply(model, params, {'lr_up': cond['lr_up']})
+
+
+def test_without_encoder_the_lr_image_is_ignored():
+    model = _net(encoder_nf=0)
+    params = init_params(model, jax.random.key(0), HR)
+    cond, other = _cond(), _cond(key=3)
+    other['lr_up'] = cond['lr_up']
+    assert model.aux_heads == ()
+    np.testing.assert_array_equal(_apply(model, params, cond), _apply(model, params, other))
+
+
+def test_regress_fn_is_the_last_output_and_skips_the_unet():
+    model, cond = _net(), _cond()
+    params = _random_params(model)
+    regress = jax.jit(lambda p, c: make_regress_fn(model, p)(c))
+    full = jax.jit(lambda p, c: _apply(model, p, c))
+    np.testing.assert_allclose(regress(params, cond), full(params, cond)[..., 6:], atol=1e-5)
+    # The U-Net is not evaluated, forward or backward: a fraction of one network evaluation.
+    flops = lambda fn: fn.lower(params, cond).compile().cost_analysis()['flops']
+    grad = jax.jit(jax.grad(lambda p, c: jnp.sum(make_regress_fn(model, p)(c))))
+    assert flops(grad) < 0.5 * flops(full), (flops(grad), flops(full))
+    with pytest.raises(ValueError, match='no LR regression head'):
+        make_regress_fn(_net(encoder_nf=0), params)
+
+
+def _config(**training):
+    config = default.get_config()
+    config.unlock()
+    config.model.update(
+        nf=16,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        out_channels=6,
+        lr_encoder_nf=8,
+        lr_encoder_blocks=1,
+        lr_encoder_growth=8,
+        progressive_input='none',
+    )
+    config.sde.name, config.score.parametrization = 'vpsde', 'hybrid'
+    config.training.update(loss='heads', **training)
+    return config
+
+
+def test_regression_loss_is_l1_and_trains_only_the_encoder():
+    config = _config(diffusion_weight=0.0, regression_weight=2.0)
+    model = build_model('ncsnpp', **{k: v for k, v in config.model.items() if k != 'name'})
+    params, cond = _random_params(model), _cond()
+    hr = jax.random.uniform(jax.random.key(5), (2, *HR))
+    batch = {'hr': hr, **cond}
+    loss_fn = losses.make_loss_fn(config, None, model)
+    value, grads = jax.value_and_grad(loss_fn)(params, batch, jax.random.key(0))
+    expected = 2.0 * np.mean(np.abs(np.asarray(_apply(model, params, cond)[..., 6:] - hr)))
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+    branch = ('lr_encoder', 'lr_regression')
+    for name, sub in grads.items():
+        size = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(sub))
+        assert (size > 0) == (name in branch), (name, size)
+
+
+def test_all_loss_weights_zero_is_refused():
+    config = _config(diffusion_weight=0.0, regression_weight=0.0)
+    with pytest.raises(ValueError, match='all 0'):
+        losses.make_loss_fn(config, None, _net())
+
+
+def run_mode(config, workdir, mode):
+    return modes.MODES.get(mode)(config, workdir)
+
+
+def _overrides(config, **fields):
+    config.unlock()
+    config.training.update(n_iters=2, log_freq=1, checkpoint_freq=2, batch_size=8)
+    config.eval.update(
+        max_images=8, batch_size=8, face='', lpips='', methods=('sr', 'mean', 'bicubic', 'hr')
+    )
+    config.sampling.update(method='dpm2m', num_steps=3, schedule='logsnr')
+    for key, value in fields.items():
+        section, name = key.split('.')
+        config[section][name] = value
+    return config
+
+
+def test_two_stages_and_a_learned_mean_on_real_faces(tmp_path, celeba_id128):
+    """L1 stage, then ECDP around its frozen regression: the statistics, the warm start, the
+    'mean' eval baseline and the refusals all agree with direct computations."""
+    data = str(celeba_id128)
+    stage1, stage2 = tmp_path / 'regress', tmp_path / 'ecdp'
+    run_mode(_overrides(demo.get_config('smoke_regress'), **{'data.path': data}), stage1, 'train')
+    config = _overrides(
+        demo.get_config('smoke_encoder'),
+        **{'data.path': data, 'sde.mean_model': str(stage1), 'training.init_from': str(stage1)},
+    )
+    mean = mean_model.load(config)
+    assert mean.keys == ('lr_mu',) and mean.step == 2
+    # The residual statistics are of x - mu(y), mu(y) the regression (checked on one batch).
+    batch = next(datasets.get_dataset(config.data, 'train', 8, train=False))
+    scaler = datasets.get_data_scaler(config.data.centered)
+    regress = make_regress_fn(experiment.build_model(config), mean.params)
+    direct = regress({k: jnp.asarray(scaler(batch[k])) for k in ('lr', 'lr_up')})
+    np.testing.assert_allclose(scaler(np.asarray(mean(batch)['lr_mu'])), direct, atol=1e-5)
+    stats = residual_stats.run(config, stage2)
+    assert stats['mean_model'] == str(stage1) and stats['mean_model_step'] == 2
+    run_mode(config, stage2, 'train')
+    metrics = evaluation_run.run(config, stage2)
+    # The 'mean' baseline's PSNR is that of mu(y) itself.
+    (records_file,) = (stage2 / 'eval').glob('*/records.jsonl')
+    records = [json.loads(line) for line in records_file.open()]
+    first = next(datasets.get_dataset(config.data, 'test', 8, train=False))
+    mu = np.asarray(mean(first)['lr_mu'])
+    psnr = np.asarray(im.psnr(np.clip(mu, 0, 1), first['hr']))
+    by_index = {r['index']: r for r in records}
+    got = [by_index[int(i)]['methods']['mean']['psnr'] for i in first['index']]
+    np.testing.assert_allclose(got, psnr, rtol=1e-4)
+    assert 'mean' in json.dumps(metrics)
+    # Statistics made around another mean are refused, naming the field.
+    config.unlock()
+    config.sde.mean_model = ''
+    with pytest.raises(ValueError, match='sde.mean_model'):
+        residual_stats.load(residual_stats.stats_path(config, stage2), config.data, '')
