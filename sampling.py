@@ -658,15 +658,17 @@ def make_sampler(
     config); with a ``mesh``, params and key are replicated and ``cond``/``sample_ids`` split
     over its 'data' axis. Samplers run on the SDE's state ``u`` (``sde_lib``'s frame); samples
     are returned in data coordinates. ``stats``: 'nfe', 'unfinished' (see ``check_finished``).
+    The prior draw is scaled by ``config.temperature``.
     """
     sampler = get_sampler(config.method)
     ts, opts = time_steps(config, sde), sampler_options(sampler, config, data_config)
     projecting = opts.get('projection') is not None
+    temperature = config.temperature
 
     def sample_fn(params, key, cond, sample_ids):
         score_fn = make_score_fn(model, params, sde, score_config)
         prior_keys, loop_keys = split_keys(per_sample_keys(key, sample_ids))
-        u_T = prior_sample(sde, prior_keys, shape)
+        u_T = temperature * prior_sample(sde, prior_keys, shape)
         if projecting:
             cond = {**cond, LR_STATE: lr_in_state(sde, cond, data_config)}
         u, stats = sampler(loop_keys, score_fn, sde, u_T, ts, cond, **opts)

@@ -69,6 +69,10 @@ def sampling_config() -> ml_collections.ConfigDict:
     cfg.schedule = 'uniform'  # Time grid: 'uniform' in t | 'karras' | 'logsnr'.
     cfg.rho = 7.0  # 'karras' schedule exponent (uniform in sigma^(1/rho)).
     cfg.projection = 'none'  # LR data consistency: 'none' | 'ilvr' (pc, heun, dpm2m).
+    # Scale of the prior draw (in the SDE's frame): 1 samples the model; below 1 trades
+    # diversity and detail for fidelity (SRFlow/Glow's temperature). With the deterministic
+    # solvers and Gaussian data it scales each sample's deviation from the mean exactly.
+    cfg.temperature = 1.0
     return cfg
 
 

@@ -373,3 +373,30 @@ def test_few_step_error_shrinks_with_steps_with_offset(sde_name, method):
     print(method, sde_name, 'RMS error vs the exact flow at 5/20/80 steps:', errors)
     assert errors[1] < errors[0] and errors[2] < errors[1] / 8, errors
     assert errors[2] < 5e-3, errors
+
+
+@pytest.mark.parametrize('method', ['ode', 'dpm2m'])
+def test_temperature_scales_the_deviation_from_the_conditional_mean(method):
+    """Gaussian data: the probability-flow map is affine in the prior draw, so a prior scaled by
+    tau gives samples whose deviation from the conditional mean is scaled by tau (covariance
+    tau^2 Sigma), for ECDP's frame."""
+    sde, n, tau = _toy('ecdp'), 2000, 0.5
+    rng = np.random.default_rng(2)
+    cov = np.diag([0.02, 0.04, 0.06, 0.08])
+    model = ExactConditionalScore(sde, 0.6, 0.4, cov, True, sde.scale)
+    lr_up = jnp.asarray(rng.normal(size=(n, 2, 2, 1)), jnp.float32)
+
+    def sample(temperature):
+        cfg = default.sampling_config()
+        cfg.update(eps=1e-3, temperature=temperature, **SAMPLING[method])
+        fn = sampling.make_sampler(
+            cfg, sde, model, score_options('score'), default.data_config(), (2, 2, 1)
+        )
+        x, _ = fn({'unused': jnp.zeros(())}, jax.random.key(0), {'lr_up': lr_up}, jnp.arange(n))
+        return np.asarray(x).reshape(n, 4)
+
+    cold, plain = sample(tau), sample(1.0)
+    mean = 0.6 * np.asarray(lr_up).reshape(n, 4) + 0.4
+    np.testing.assert_allclose(cold - mean, tau * (plain - mean), atol=0.02)
+    rel = np.abs(np.diag(np.cov((cold - mean).T)) / (tau**2 * np.diag(cov)) - 1)
+    assert rel.max() < 0.12, rel
