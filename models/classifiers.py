@@ -213,7 +213,8 @@ def log_prob_fn(classifier: nn.Module) -> Callable[[Any, jax.Array, jax.Array, j
 
     def log_prob(variables, x, sigma, target):
         logits = classifier.apply(variables, x, sigma, train=False)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        logp = jax.nn.log_softmax(logits, axis=-1)
         return jnp.take_along_axis(logp, target.astype(jnp.int32)[:, None], axis=-1)[:, 0]
 
     return log_prob
