@@ -58,6 +58,7 @@ MAY_CHANGE_ON_RESUME = (
     'sampling',
     'sr',
     'eval',
+    'guidance',
     'compute.cpu_devices',
     'data.cache_mb',
     'data.allow_split_overlap',

@@ -115,6 +115,25 @@ def eval_config() -> ml_collections.ConfigDict:
     return cfg
 
 
+def guidance_config() -> ml_collections.ConfigDict:
+    """Every ``config.guidance`` field: SRDG classifier guidance of every sampler (guidance.py)."""
+    cfg = ml_collections.ConfigDict()
+    # Attributes that steer sampling, one binary classifier each, e.g. ('male',) or
+    # ('male', 'eyeglasses', 'no_beard') (CelebA semantics); () = no guidance.
+    cfg.attributes = ()
+    # One classifier checkpoint per attribute, in the same order (flax msgpack of
+    # {params, batch_stats}), e.g. ../shared/data/srdg_classifiers/ckpt_gender.
+    cfg.checkpoints = ()
+    # Registered classifier architecture (models/classifiers.py): 'srdg_densenet' (the
+    # published 128x128 checkpoints) or 'small_densenet' (64x64 demo size).
+    cfg.classifier = 'srdg_densenet'
+    # h: score + h * grad log C(a | x_t). 0 samples exactly as without guidance (SRDG: 500).
+    cfg.scale = 0.0
+    # Per-image targets: a CSV with columns file,<attribute>... (0/1), '' = none.
+    cfg.attributes_csv = ''
+    return cfg
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42  # Root PRNG seed: parameter init, noise, data order.
@@ -216,6 +235,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = eval_config()
 
     config.sr = sr_config()
+
+    config.guidance = guidance_config()
 
     config.compute = compute = ml_collections.ConfigDict()
     compute.dtype = 'float32'  # Network compute dtype: 'float32' or 'bfloat16' (params f32).
