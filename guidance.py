@@ -25,13 +25,16 @@ in the order of ``config.guidance.attributes``.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from models import classifiers
@@ -144,3 +147,61 @@ def load_variables(
         )
     }
     return {'scale': jnp.asarray(guidance_config.scale, jnp.float32), 'classifiers': loaded}
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def read_attribute_csv(path: str | Path, attributes: Sequence[str]) -> dict[str, np.ndarray]:
+    """``file -> [n_attributes]`` 0/1 targets from a CSV with columns ``file,<attribute>...``.
+
+    A missing column or a value other than 0 or 1 is an error naming the file (and row): an
+    attribute with no label is never filled in.
+    """
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0]) if rows else set()
+    missing = [a for a in ('file', *attributes) if a not in columns]
+    if missing:
+        raise ValueError(f'{path}: no column {missing} (has {sorted(columns)})')
+    table = {}
+    for line, row in enumerate(rows, start=2):
+        values = [row[a].strip() for a in attributes]
+        if any(v not in ('0', '1') for v in values):
+            raise ValueError(f'{path}:{line}: {attributes} must be 0 or 1, got {values}')
+        table[row['file'].strip()] = np.asarray([int(v) for v in values], np.int32)
+    return table
+
+
+def _lookup(table: Mapping[str, np.ndarray], source: str) -> np.ndarray | None:
+    """The row whose ``file`` is the longest trailing part of the path ``source``."""
+    parts = Path(source).parts
+    for i in range(len(parts)):
+        row = table.get('/'.join(parts[i:]))
+        if row is not None:
+            return row
+    return None
+
+
+def input_targets(guidance_config: Any, sources: Sequence[str]) -> np.ndarray:
+    """``[len(sources), n_attributes]`` targets: per input from ``attributes_csv`` (matched by
+    the trailing part of its path), else ``targets`` for every input. An input without a row
+    is an error naming it."""
+    attributes = tuple(guidance_config.attributes)
+    if not guidance_config.attributes_csv:
+        targets = np.asarray(guidance_config.targets, np.int32)
+        if targets.shape != (len(attributes),) or not np.isin(targets, (0, 1)).all():
+            raise ValueError(
+                f'config.guidance.targets={tuple(guidance_config.targets)}: give one 0/1 value '
+                f'per attribute {attributes}, or config.guidance.attributes_csv'
+            )
+        return np.tile(targets, (len(sources), 1))
+    table = read_attribute_csv(guidance_config.attributes_csv, attributes)
+    rows = [_lookup(table, s) for s in sources]
+    unknown = [s for s, r in zip(sources, rows, strict=True) if r is None]
+    if unknown:
+        raise ValueError(
+            f'{guidance_config.attributes_csv} has no row for {len(unknown)} input(s), e.g. '
+            f'{unknown[0]}'
+        )
+    return np.stack(rows).reshape(len(sources), len(attributes))

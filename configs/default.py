@@ -129,8 +129,10 @@ def guidance_config() -> ml_collections.ConfigDict:
     cfg.classifier = 'srdg_densenet'
     # h: score + h * grad log C(a | x_t). 0 samples exactly as without guidance (SRDG: 500).
     cfg.scale = 0.0
-    # Per-image targets: a CSV with columns file,<attribute>... (0/1), '' = none.
+    # Per-image targets: a CSV with columns file,<attribute>... (0/1; 'file' matched against
+    # the end of each input's path), '' = `targets` for every image.
     cfg.attributes_csv = ''
+    cfg.targets = ()  # One 0/1 per attribute, for every image (when attributes_csv is '').
     return cfg
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -281,3 +282,65 @@ def test_guided_samples_same_on_1_and_8_devices_and_batch_sizes(tiny_guided):
     half = jax.tree.map(lambda v: v[:4], cond)
     first4, _ = build(True)(params, key, half, jnp.arange(4))
     np.testing.assert_allclose(np.asarray(first4), samples[None][:4], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def _guidance_config(**fields):
+    cfg = default.guidance_config()
+    cfg.update(fields)
+    return cfg
+
+
+def test_guidance_from_config_loads_each_checkpoint(tmp_path):
+    assert guidance_lib.make_guidance(default.guidance_config(), centered=False) is None
+    classifier = classifiers.build_classifier('small_densenet', num_layers=(1, 1))
+    paths = []
+    for seed in (0, 1):
+        variables = jax.tree.map(np.asarray, random_variables(classifier, SHAPE, seed))
+        paths.append(tmp_path / f'ckpt{seed}')
+        paths[-1].write_bytes(flax.serialization.msgpack_serialize(variables))
+    cfg = _guidance_config(
+        attributes=('male', 'eyeglasses'),
+        checkpoints=tuple(map(str, paths)),
+        classifier='small_densenet',
+        scale=3.0,
+    )
+    # The preset has 3 blocks of 3 layers, the files 2 of 1.
+    with pytest.raises(ValueError, match='does not fit'):
+        guidance_lib.load_variables(guidance_lib.make_guidance(cfg, True), cfg, SHAPE)
+    g = guidance_lib.Guidance(('male', 'eyeglasses'), (classifier, classifier), centered=True)
+    loaded = guidance_lib.load_variables(g, cfg, SHAPE)
+    assert float(loaded['scale']) == 3.0
+    np.testing.assert_array_equal(
+        loaded['classifiers']['eyeglasses']['params']['Dense_3']['kernel'],
+        random_variables(classifier, SHAPE, 1)['params']['Dense_3']['kernel'],
+    )
+    with pytest.raises(ValueError, match='one checkpoint per attribute'):
+        guidance_lib.make_guidance(_guidance_config(attributes=('male',)), centered=False)
+
+
+def test_targets_per_input_from_csv_or_one_vector(tmp_path):
+    csv_path = tmp_path / 'attributes.csv'
+    csv_path.write_text('file,male,eyeglasses,no_beard\na.png,1,0,1\nsub/b.png,0,1,1\n')
+    cfg = _guidance_config(attributes=('no_beard', 'male'), attributes_csv=str(csv_path))
+    targets = guidance_lib.input_targets(cfg, ['/data/x/sub/b.png', 'faces/a.png'])
+    np.testing.assert_array_equal(targets, [[1, 0], [1, 1]])
+    with pytest.raises(ValueError, match='no row for 1 input.*c.png'):
+        guidance_lib.input_targets(cfg, ['a.png', 'c.png'])
+    with pytest.raises(ValueError, match="no column \\['gender'\\]"):
+        guidance_lib.input_targets(
+            _guidance_config(attributes=('gender',), attributes_csv=str(csv_path)), ['a.png']
+        )
+    csv_path.write_text('file,male\na.png,2\n')
+    with pytest.raises(ValueError, match=r'attributes.csv:2: .* must be 0 or 1'):
+        guidance_lib.input_targets(
+            _guidance_config(attributes=('male',), attributes_csv=str(csv_path)), ['a.png']
+        )
+    fixed = guidance_lib.input_targets(
+        _guidance_config(attributes=('male',), targets=(1,)), ['p', 'q']
+    )
+    np.testing.assert_array_equal(fixed, [[1], [1]])
+    with pytest.raises(ValueError, match='one 0/1 value per attribute'):
+        guidance_lib.input_targets(_guidance_config(attributes=('male',), targets=()), ['p'])
