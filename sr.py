@@ -46,6 +46,7 @@ from jax.experimental import multihost_utils
 import datasets
 import degradations
 import experiment
+import guidance as guidance_lib
 import inference
 import sampling
 from utils import parallel
@@ -241,10 +242,22 @@ def _validate(cfg: Any) -> None:
             raise ValueError(f'sr.{name} must be >= {low}, got {cfg[name]}')
 
 
-def _compiled_sampler(exp: experiment.Experiment, params: Any, rows: int) -> Callable:
+def _make_sampler(exp: experiment.Experiment, guide: guidance_lib.Guidance | None) -> Callable:
+    """``exp.make_sampler``, guided by ``guide`` (``config.guidance``) when there is one."""
+    config = exp.config
+    if guide is None:
+        return exp.make_sampler(config.sampling)
+    return sampling.make_sampler(
+        config.sampling, exp.sde, exp.model, config.score, config.data, exp.hr_shape,
+        mesh=exp.mesh, guidance=guide)  # fmt: skip
+
+
+def _compiled_sampler(
+    exp: experiment.Experiment, params: Any, rows: int, guide: guidance_lib.Guidance | None
+) -> Callable:
     """The configured sampler, compiled ahead of time for ``rows`` samples over the mesh."""
     config = exp.config
-    sample_fn = exp.make_sampler(config.sampling)
+    sample_fn = _make_sampler(exp, guide)
     split = parallel.batch_sharding(exp.mesh)
     lr_shape = (lr_size(config.data),) * 2 + (exp.hr_shape[-1],)
 
@@ -252,6 +265,8 @@ def _compiled_sampler(exp: experiment.Experiment, params: Any, rows: int) -> Cal
         return jax.ShapeDtypeStruct(shape, dtype, sharding=split)
 
     cond = {'lr_up': spec((rows,) + exp.hr_shape), 'lr': spec((rows,) + lr_shape)}
+    if guide is not None:
+        cond[guidance_lib.ATTRIBUTES] = spec((rows, len(guide.attributes)), jnp.int32)
     like = jax.random.PRNGKey(0)
     key = jax.ShapeDtypeStruct(
         like.shape, like.dtype, sharding=parallel.replicated_sharding(exp.mesh)
@@ -259,8 +274,16 @@ def _compiled_sampler(exp: experiment.Experiment, params: Any, rows: int) -> Cal
     return sample_fn.lower(params, key, cond, spec((rows,), jnp.int32)).compile()
 
 
-def _sampler_inputs(batch: Batch, first: int, num_samples: int, rows: int, centered: bool) -> Batch:
-    """Global sampler rows (input-major, zero-padded to ``rows``): scaled cond and sample ids."""
+def _sampler_inputs(
+    batch: Batch,
+    first: int,
+    num_samples: int,
+    rows: int,
+    centered: bool,
+    targets: np.ndarray | None = None,
+) -> Batch:
+    """Global sampler rows (input-major, zero-padded to ``rows``): scaled cond and sample ids,
+    and the guidance targets of the batch's inputs (``targets`` of every input) if any."""
     scaler = datasets.get_data_scaler(centered)
     count = len(batch['lr']) * num_samples
 
@@ -268,11 +291,15 @@ def _sampler_inputs(batch: Batch, first: int, num_samples: int, rows: int, cente
         return np.concatenate([x, np.zeros((rows - count,) + x.shape[1:], x.dtype)])
 
     ids = np.arange(first * num_samples, first * num_samples + count, dtype=np.int32)
-    return {
+    rows_of = {
         'lr_up': pad(scaler(np.repeat(batch['lr_up'], num_samples, axis=0)).astype(np.float32)),
         'lr': pad(scaler(np.repeat(batch['lr'], num_samples, axis=0)).astype(np.float32)),
         'ids': pad(ids),
     }
+    if targets is not None:
+        mine = targets[first : first + len(batch['lr'])]
+        rows_of[guidance_lib.ATTRIBUTES] = pad(np.repeat(mine, num_samples, axis=0))
+    return rows_of
 
 
 def _local_rows(global_rows: Batch) -> Batch:
@@ -288,6 +315,7 @@ def _sample_batches(
     inputs: Inputs,
     per_batch: int,
     rows: int,
+    targets: np.ndarray | None = None,
 ) -> Iterator:
     """Yields ``(batch, sr [inputs, num_samples, H, W, C] in [0, 1], nfe)`` per batch."""
     config, num_samples = exp.config, exp.config.sr.num_samples
@@ -295,12 +323,11 @@ def _sample_batches(
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
     for b, batch in enumerate(inputs.batches(per_batch)):
         local = _local_rows(
-            _sampler_inputs(batch, b * per_batch, num_samples, rows, config.data.centered)
+            _sampler_inputs(batch, b * per_batch, num_samples, rows, config.data.centered, targets)
         )
         sharded = parallel.shard_batch(local, exp.mesh)
-        samples, info = sampler(
-            params, key, {'lr_up': sharded['lr_up'], 'lr': sharded['lr']}, sharded['ids']
-        )
+        cond = {k: v for k, v in sharded.items() if k != 'ids'}
+        samples, info = sampler(params, key, cond, sharded['ids'])
         sampling.check_finished(jax.device_get(info), config.sampling)
         samples = np.asarray(multihost_utils.process_allgather(samples, tiled=True))
         count = len(batch['lr'])
@@ -330,7 +357,9 @@ def make_plan(inputs: Inputs, cfg: Any, num_devices: int) -> Plan:
     return Plan(per_batch, rows, *plan_outputs(inputs, cfg.num_samples, num_grids))
 
 
-def _sample_and_write(exp, sampler, params, inputs: Inputs, plan: Plan, out_dir: Path) -> dict:
+def _sample_and_write(
+    exp, sampler, params, inputs: Inputs, plan: Plan, out_dir: Path, targets=None
+) -> dict:
     """Samples every batch, writes its images (process 0); images, NFE, seconds and rate."""
     is_chief = jax.process_index() == 0
     if is_chief:
@@ -339,7 +368,7 @@ def _sample_and_write(exp, sampler, params, inputs: Inputs, plan: Plan, out_dir:
     num_batches = -(-len(inputs.names) // plan.per_batch)
     progress = Progress(len(plan.items) * exp.config.sr.num_samples, unit='images')
     nfe, start = 0, time.perf_counter()
-    batches = _sample_batches(exp, sampler, params, inputs, plan.per_batch, plan.rows)
+    batches = _sample_batches(exp, sampler, params, inputs, plan.per_batch, plan.rows, targets)
     for b, (batch, sr, batch_nfe) in enumerate(batches):
         if is_chief:
             items = plan.items[b * plan.per_batch : b * plan.per_batch + len(sr)]
@@ -354,6 +383,22 @@ def _sample_and_write(exp, sampler, params, inputs: Inputs, plan: Plan, out_dir:
         'seconds': round(seconds, 3),
         'images_per_sec': round(progress.done / seconds, 3),
     }
+
+
+def _guidance(exp: experiment.Experiment, params: Any, inputs: Inputs) -> tuple:
+    """``(guide, sampler params, targets [inputs, attributes])`` of ``config.guidance``;
+    ``(None, params, None)`` without guidance. Classifier weights and h are replicated data."""
+    config = exp.config
+    guide = guidance_lib.make_guidance(config.guidance, config.data.centered)
+    if guide is None:
+        return None, params, None
+    targets = guidance_lib.input_targets(config.guidance, inputs.sources)
+    variables = guidance_lib.load_variables(guide, config.guidance, exp.hr_shape)
+    variables = parallel.replicate(variables, exp.mesh)
+    logging.info('guidance: %s targets from %s, h = %s', guide.attributes,
+                 config.guidance.attributes_csv or 'config.guidance.targets',
+                 config.guidance.scale)  # fmt: skip
+    return guide, guidance_lib.sampler_params(params, variables), targets
 
 
 def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]:
@@ -372,17 +417,18 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         inputs = dataset_inputs(config, cfg.max_images)
     exp = experiment.build(config, devices, workdir)
     params, step = inference.load_ema_params(exp, workdir, cfg.checkpoint or None)
+    guide, params, targets = _guidance(exp, params, inputs)
     plan = make_plan(inputs, cfg, exp.mesh.devices.size)
     logging.info(
         'super-resolving %d inputs x %d samples with checkpoint %d of %s into %s (%d samples '
         'per call on %d devices)', len(plan.items), cfg.num_samples, step, workdir, out_dir,
         plan.rows, exp.mesh.devices.size)  # fmt: skip
     compile_start = time.perf_counter()
-    sampler = _compiled_sampler(exp, params, plan.rows)
+    sampler = _compiled_sampler(exp, params, plan.rows, guide)
     compile_seconds = round(time.perf_counter() - compile_start, 3)
 
     # ----- Sample and write; the manifest goes last -----
-    stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir)
+    stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir, targets)
     manifest = {
         'complete': True,
         'input': cfg.input or f'eval split of {config.data.path}',
@@ -392,6 +438,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         'num_inputs': len(plan.items),
         'sr': config.sr.to_dict(),
         'sampling': config.sampling.to_dict(),
+        'guidance': config.guidance.to_dict(),
         'lr_size': lr_size(config.data),
         'hr_size': exp.hr_shape[0],
         'devices': exp.mesh.devices.size,
