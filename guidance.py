@@ -67,20 +67,24 @@ def to_unit_range(x: jax.Array, sigma: jax.Array, centered: bool) -> tuple[jax.A
     return (x - low) / (high - low), sigma / (high - low)
 
 
-def log_prob(
-    guidance: Guidance, variables: Mapping[str, Any], sde: SDE, u: jax.Array, t: jax.Array, cond
-) -> jax.Array:
-    """``sum_k log C_k(a_k | x_ve, sigma_ve)`` per sample [B] for the state ``u`` at times ``t``."""
-    x_ve, sigma = sde.ve_equivalent(u, t, cond)
-    x01, sigma01 = to_unit_range(x_ve, sigma, guidance.centered)
-    targets = cond[ATTRIBUTES]
-    total = jnp.zeros(u.shape[:1], jnp.float32)
+def _sum_log_probs(guidance: Guidance, variables, x01, sigma01, targets) -> jax.Array:
+    """``sum_k log C_k(targets[:, k] | x01, sigma01)`` per example, in [0, 1] units."""
+    total = jnp.zeros(x01.shape[:1], jnp.float32)
     for k, (name, classifier) in enumerate(
         zip(guidance.attributes, guidance.classifiers, strict=True)
     ):
         fn = classifiers.log_prob_fn(classifier)
         total = total + fn(variables['classifiers'][name], x01, sigma01, targets[:, k])
     return total
+
+
+def log_prob(
+    guidance: Guidance, variables: Mapping[str, Any], sde: SDE, u: jax.Array, t: jax.Array, cond
+) -> jax.Array:
+    """``sum_k log C_k(a_k | x_ve, sigma_ve)`` per sample [B] for the state ``u`` at times ``t``."""
+    x_ve, sigma = sde.ve_equivalent(u, t, cond)
+    x01, sigma01 = to_unit_range(x_ve, sigma, guidance.centered)
+    return _sum_log_probs(guidance, variables, x01, sigma01, cond[ATTRIBUTES])
 
 
 def guidance_term(
@@ -114,6 +118,30 @@ def guided_score_fn(
         )
 
     return guided
+
+
+def target_probability(
+    guidance: Guidance,
+    variables: Mapping[str, Any],
+    x01: jax.Array,
+    targets: jax.Array,
+    sigma: float,
+) -> jax.Array:
+    """``prod_k C_k(a_k | x, sigma)`` [B] of images ``x01`` in [0, 1] (e.g. SR outputs, judged
+    at a small ``sigma``): does guidance move the attributes?"""
+    sigmas = jnp.full(x01.shape[:1], sigma, jnp.float32)
+    return jnp.exp(_sum_log_probs(guidance, variables, x01, sigmas, targets))
+
+
+def tag(guidance_config: Any) -> str:
+    """A readable name of the guidance settings (part of eval names), e.g.
+    ``srdg-male+eyeglasses-h500-attributes``: attributes, h and where targets come from."""
+    source = (
+        Path(guidance_config.attributes_csv).stem
+        if guidance_config.attributes_csv
+        else 't' + ''.join(str(int(v)) for v in guidance_config.targets)
+    )
+    return f'srdg-{"+".join(guidance_config.attributes)}-h{guidance_config.scale:g}-{source}'
 
 
 def sampler_params(score_params: Any, variables: Mapping[str, Any]) -> dict[str, Any]:

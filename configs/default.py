@@ -133,6 +133,9 @@ def guidance_config() -> ml_collections.ConfigDict:
     # the end of each input's path), '' = `targets` for every image.
     cfg.attributes_csv = ''
     cfg.targets = ()  # One 0/1 per attribute, for every image (when attributes_csv is '').
+    # --mode eval: the noise std ([0, 1] units) at which the classifiers judge every output
+    # ('attr_prob', the probability of the requested attributes), i.e. nearly clean images.
+    cfg.eval_sigma = 0.01
     return cfg
 
 
