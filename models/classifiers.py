@@ -26,7 +26,8 @@ What the checkpoint and the published training code fix, and this module reprodu
   BatchNorm and ReLU; flatten 16x16x184 -> Dense 2). BatchNorm runs in inference mode unless
   ``train`` (running statistics in the ``batch_stats`` collection).
 
-``small_densenet`` is the same network at demo size (64x64, fewer layers), for training here.
+``small_densenet`` is the same network at demo size (64x64, fewer layers), for training here;
+``tiny_densenet`` a smoke-test size.
 """
 
 from __future__ import annotations
@@ -71,12 +72,14 @@ class DenseLayer(nn.Module):
 
     bottleneck: int
     growth_rate: int
+    momentum: float = 0.99
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        z = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+        norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.momentum)
+        z = nn.relu(norm()(x))
         z = nn.Conv(self.bottleneck, (1, 1), use_bias=False)(z)
-        z = nn.relu(nn.BatchNorm(use_running_average=not train)(z))
+        z = nn.relu(norm()(z))
         z = nn.Conv(self.growth_rate, (3, 3), use_bias=False)(z)
         return jnp.concatenate([x, z], axis=-1)
 
@@ -85,11 +88,12 @@ class DenseBlock(nn.Module):
     num_layers: int
     bottleneck: int
     growth_rate: int
+    momentum: float = 0.99
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for _ in range(self.num_layers):
-            x = DenseLayer(self.bottleneck, self.growth_rate)(x, train)
+            x = DenseLayer(self.bottleneck, self.growth_rate, self.momentum)(x, train)
         return x
 
 
@@ -97,10 +101,11 @@ class TransitionLayer(nn.Module):
     """BN-ReLU-1x1 conv to ``channels``, then 2x2 average pooling."""
 
     channels: int
+    momentum: float = 0.99
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(x))
         x = nn.Conv(self.channels, (1, 1), use_bias=False)(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -126,6 +131,8 @@ class TimeDenseNet(nn.Module):
     embedding_width: int = 512
     input_mean: tuple[float, ...] = CIFAR_MEAN
     input_std: tuple[float, ...] = CIFAR_STD
+    # Running-average momentum of BatchNorm (flax's default, as published; short runs need less).
+    bn_momentum: float = 0.99
 
     def _embed(self, sigma: jax.Array) -> jax.Array:
         emb = GaussianFourierProjection(self.embedding_size, self.fourier_scale)(jnp.log(sigma))
@@ -144,12 +151,12 @@ class TimeDenseNet(nn.Module):
         # Transition widths count the stem's channels, not the embedding's (as published).
         bottleneck = self.bottleneck_factor * self.growth_rate
         for i, layers in enumerate(self.num_layers):
-            h = DenseBlock(layers, bottleneck, self.growth_rate)(h, train)
+            h = DenseBlock(layers, bottleneck, self.growth_rate, self.bn_momentum)(h, train)
             channels += layers * self.growth_rate
             if i < len(self.num_layers) - 1:
                 channels //= 2
-                h = TransitionLayer(channels)(h, train)
-        h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+                h = TransitionLayer(channels, self.bn_momentum)(h, train)
+        h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(h))
         return nn.Dense(self.num_classes)(h.reshape(h.shape[0], -1))
 
 
@@ -159,6 +166,19 @@ CLASSIFIERS.register('srdg_densenet')(TimeDenseNet)
 CLASSIFIERS.register('small_densenet')(
     functools.partial(
         TimeDenseNet, num_layers=(3, 3, 3), growth_rate=8, embedding_size=32, embedding_width=64
+    )
+)
+
+
+# Smoke size (tests, smoke configs): 2 blocks of 1 layer.
+CLASSIFIERS.register('tiny_densenet')(
+    functools.partial(
+        TimeDenseNet,
+        num_layers=(1, 1),
+        growth_rate=8,
+        embedding_size=16,
+        embedding_width=32,
+        bn_momentum=0.9,
     )
 )
 
