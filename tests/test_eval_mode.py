@@ -334,13 +334,13 @@ def test_guided_and_unguided_sr_in_one_eval(trained, eval_faces, tmp_path):
     """config.guidance adds 'srdg' beside 'sr'; at h = 0 it is 'sr' exactly; the guidance
     settings name the folder and guard its records; the classifier judges every output."""
     config, workdir = trained
-    classifier = classifiers.build_classifier('small_densenet')
+    classifier = classifiers.build_classifier('tiny_densenet')
     ckpt = tmp_path / 'classifier'
     variables = jax.tree.map(np.asarray, random_variables(classifier, (32, 32, 3)))
     ckpt.write_bytes(flax.serialization.msgpack_serialize(variables))
     cfg = _config(config, eval_faces, max_images=4, lpips='', face='', methods=('sr', 'hr'))
     cfg.guidance.update(
-        attributes=('male',), checkpoints=(str(ckpt),), classifier='small_densenet', targets=(1,)
+        attributes=('male',), checkpoints=(str(ckpt),), classifier='tiny_densenet', targets=(1,)
     )
     results = {}
     for h in (0.0, 200.0):
