@@ -201,7 +201,7 @@ def read_attribute_csv(path: str | Path, attributes: Sequence[str]) -> dict[str,
     return table
 
 
-def _lookup(table: Mapping[str, np.ndarray], source: str) -> np.ndarray | None:
+def lookup(table: Mapping[str, np.ndarray], source: str) -> np.ndarray | None:
     """The row whose ``file`` is the longest trailing part of the path ``source``."""
     parts = Path(source).parts
     for i in range(len(parts)):
@@ -225,7 +225,7 @@ def input_targets(guidance_config: Any, sources: Sequence[str]) -> np.ndarray:
             )
         return np.tile(targets, (len(sources), 1))
     table = read_attribute_csv(guidance_config.attributes_csv, attributes)
-    rows = [_lookup(table, s) for s in sources]
+    rows = [lookup(table, s) for s in sources]
     unknown = [s for s, r in zip(sources, rows, strict=True) if r is None]
     if unknown:
         raise ValueError(

@@ -59,6 +59,7 @@ MAY_CHANGE_ON_RESUME = (
     'sr',
     'eval',
     'guidance',
+    'classifier_training',
     'compute.cpu_devices',
     'data.cache_mb',
     'data.allow_split_overlap',
