@@ -175,6 +175,7 @@ def plot_accuracy(path: Path, ts, accuracy: dict[str, list[float]]) -> None:
         ax.plot(ts, values, marker='o', label=name)
     ax.set(xlabel='diffusion time t', ylabel='accuracy', ylim=(0, 1))
     ax.legend()
+    figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
