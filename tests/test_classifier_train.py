@@ -24,7 +24,7 @@ from configs import demo
 from models import classifiers
 from utils.writers import read_metrics
 
-HR = 32
+HR = 16
 DEVICES = 2
 
 
@@ -85,10 +85,10 @@ def _config(folder: Path, labels: Path):
         attribute='reddish',
         labels_csv=str(labels),
         batch_size=16,
-        n_iters=120,
+        n_iters=100,
         lr=3e-3,
-        log_freq=60,
-        checkpoint_freq=60,
+        log_freq=50,
+        checkpoint_freq=50,
         eval_times=3,
         eval_images=48,
     )
@@ -106,7 +106,7 @@ def test_training_on_real_faces_beats_chance_and_resumes(red_faces, tmp_path):
     saved = json.loads((out / 'accuracy_vs_t.json').read_text())
     assert saved['accuracy'] == result['accuracy'] and (out / 'accuracy_vs_t.png').is_file()
     logged = read_metrics(out / 'tensorboard')
-    assert [m['step'] for m in logged] == [60, 120]
+    assert [m['step'] for m in logged] == [50, 100]
     assert any(k.startswith('accuracy/t0.00-') for k in logged[-1])
     # The export is what config.guidance loads, as it is.
     model = classifiers.build_classifier('tiny_densenet')
@@ -116,4 +116,4 @@ def test_training_on_real_faces_beats_chance_and_resumes(red_faces, tmp_path):
     assert again['accuracy'] == result['accuracy']
     reloaded = classifiers.load_variables(out / 'classifier.msgpack', model, (HR, HR, 3))
     jax.tree.map(np.testing.assert_array_equal, reloaded, exported)
-    assert [m['step'] for m in read_metrics(out / 'tensorboard')] == [60, 120]
+    assert [m['step'] for m in read_metrics(out / 'tensorboard')] == [50, 100]

@@ -70,8 +70,8 @@ def random_variables(model, image_shape, seed: int = 0):
     return jax.tree_util.tree_map_with_path(fill, dict(shapes))
 
 
-def test_small_classifier_examples_are_independent_in_inference_mode():
-    model = classifiers.build_classifier('small_densenet')
+def test_classifier_examples_are_independent_in_inference_mode():
+    model = classifiers.build_classifier('tiny_densenet')
     variables = random_variables(model, (16, 16, 3))
     x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
     sigma = jnp.asarray([0.01, 0.1, 1.0, 10.0])
