@@ -344,3 +344,25 @@ def test_targets_per_input_from_csv_or_one_vector(tmp_path):
     np.testing.assert_array_equal(fixed, [[1], [1]])
     with pytest.raises(ValueError, match='one 0/1 value per attribute'):
         guidance_lib.input_targets(_guidance_config(attributes=('male',), targets=()), ['p'])
+
+
+class NanGradient(nn.Module):
+    """A classifier whose log-probability has a nan gradient everywhere."""
+
+    @nn.compact
+    def __call__(self, x, sigma, train=False):
+        bad = jnp.sqrt(-jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=-1) - 1.0)
+        return jnp.stack([jnp.zeros_like(bad), jnp.nan_to_num(bad)], axis=-1)
+
+
+def test_h_zero_stays_exact_when_the_classifier_gradient_is_nan():
+    g = guidance_lib.Guidance(('bad',), (NanGradient(),))
+    sde, u = make_sde('vp'), jax.random.normal(jax.random.key(0), (3, 2, 2, 1))
+    t, cond = jnp.full((3,), 0.4), {guidance_lib.ATTRIBUTES: jnp.ones((3, 1), jnp.int32)}
+    score_fn = lambda u, t, cond: -u
+    for h, finite in ((0.0, True), (1.0, False)):
+        variables = {'scale': jnp.float32(h), 'classifiers': {'bad': {}}}
+        guided = jax.jit(guidance_lib.guided_score_fn(score_fn, sde, g, variables))(u, t, cond)
+        assert bool(jnp.all(jnp.isfinite(guided))) == finite
+        if finite:
+            np.testing.assert_array_equal(guided, -u)
