@@ -57,6 +57,8 @@ MAY_CHANGE_ON_RESUME = (
     'sampling',
     'sr',
     'eval',
+    'guidance',
+    'classifier_training',
     'compute.cpu_devices',
     'data.cache_mb',
     'data.allow_split_overlap',

@@ -19,7 +19,7 @@ from utils.cpu_devices import use_all_cpu_cores
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, summaries and outputs.')
-flags.DEFINE_string('mode', 'train', 'What to run: train, sr or eval.')
+flags.DEFINE_string('mode', 'train', 'What to run: train, sr, eval, stats or train_classifier.')
 flags.DEFINE_string(
     'coordinator_address',
     None,

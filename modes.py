@@ -35,3 +35,10 @@ def run_stats(config: Any, workdir: str | Path) -> None:
     import residual_stats
 
     residual_stats.run(config, workdir)
+
+
+@MODES.register('train_classifier')
+def run_train_classifier(config: Any, workdir: str | Path) -> None:
+    import classifier_train
+
+    classifier_train.run(config, workdir)

@@ -55,6 +55,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 import degradations
+import guidance as guidance_lib
 import ode
 from models.wrappers import make_score_fn
 from sde_lib import SDE, ScoreFn, batch_mul
@@ -648,6 +649,7 @@ def make_sampler(
     data_config: Any,
     shape: tuple[int, ...],
     mesh: Mesh | None = None,
+    guidance: guidance_lib.Guidance | None = None,
 ) -> SampleFn:
     """The jitted ``sample_fn(params, key, cond, sample_ids) -> (samples, stats)``.
 
@@ -658,7 +660,9 @@ def make_sampler(
     config); with a ``mesh``, params and key are replicated and ``cond``/``sample_ids`` split
     over its 'data' axis. Samplers run on the SDE's state ``u`` (``sde_lib``'s frame); samples
     are returned in data coordinates. ``stats``: 'nfe', 'unfinished' (see ``check_finished``).
-    The prior draw is scaled by ``config.temperature``.
+    The prior draw is scaled by ``config.temperature``. With ``guidance``, ``params`` is
+    ``guidance.sampler_params(score_params, variables)`` and every sampler runs on the guided
+    score (``guidance.py``); ``cond`` needs its targets.
     """
     sampler = get_sampler(config.method)
     ts, opts = time_steps(config, sde), sampler_options(sampler, config, data_config)
@@ -666,7 +670,11 @@ def make_sampler(
     temperature = config.temperature
 
     def sample_fn(params, key, cond, sample_ids):
-        score_fn = make_score_fn(model, params, sde, score_config)
+        if guidance is None:
+            score_fn = make_score_fn(model, params, sde, score_config)
+        else:
+            score_fn = make_score_fn(model, params['score'], sde, score_config)
+            score_fn = guidance_lib.guided_score_fn(score_fn, sde, guidance, params['guidance'])
         prior_keys, loop_keys = split_keys(per_sample_keys(key, sample_ids))
         u_T = temperature * prior_sample(sde, prior_keys, shape)
         if projecting:

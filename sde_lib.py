@@ -83,6 +83,19 @@ class SDE(abc.ABC):
         drift, diffusion = self.sde(self.to_state(x, cond), t)
         return self.scale * drift, self.scale * diffusion
 
+    def ve_equivalent(self, u: jax.Array, t: jax.Array, cond: Any) -> tuple[jax.Array, jax.Array]:
+        """The state ``u`` at time ``t`` as a VE perturbation in data coordinates.
+
+        With ``u = alpha(t) u0 + std(t) z`` and ``x0 = offset + scale u0``, the image
+        ``x_ve = offset + scale u / alpha`` is ``x0 + sigma_ve z`` with
+        ``sigma_ve = scale std / alpha`` (shape [B]): what a noise-aware classifier trained on VE
+        perturbations of the data (SRDG) sees. It equals
+        ``(x_t - (1 - alpha) offset) / alpha`` for the data-space state ``x_t``.
+        """
+        alpha, std = self.mean_coeff(t), self.marginal_std(t)
+        x_ve = self.offset(cond) + self.scale * batch_mul(1.0 / alpha, u)
+        return x_ve, self.scale * std / alpha
+
     def ancestral_step(
         self, x: jax.Array, t: jax.Array, score: jax.Array
     ) -> tuple[jax.Array, jax.Array]:

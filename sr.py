@@ -46,6 +46,7 @@ from jax.experimental import multihost_utils
 import datasets
 import degradations
 import experiment
+import guidance as guidance_lib
 import inference
 import mean_model
 import sampling
@@ -242,12 +243,26 @@ def _validate(cfg: Any) -> None:
             raise ValueError(f'sr.{name} must be >= {low}, got {cfg[name]}')
 
 
+def _make_sampler(exp: experiment.Experiment, guide: guidance_lib.Guidance | None) -> Callable:
+    """``exp.make_sampler``, guided by ``guide`` (``config.guidance``) when there is one."""
+    config = exp.config
+    if guide is None:
+        return exp.make_sampler(config.sampling)
+    return sampling.make_sampler(
+        config.sampling, exp.sde, exp.model, config.score, config.data, exp.hr_shape,
+        mesh=exp.mesh, guidance=guide)  # fmt: skip
+
+
 def _compiled_sampler(
-    exp: experiment.Experiment, params: Any, rows: int, mean: mean_model.MeanModel
+    exp: experiment.Experiment,
+    params: Any,
+    rows: int,
+    guide: guidance_lib.Guidance | None,
+    mean: mean_model.MeanModel,
 ) -> Callable:
     """The configured sampler, compiled ahead of time for ``rows`` samples over the mesh."""
     config = exp.config
-    sample_fn = exp.make_sampler(config.sampling)
+    sample_fn = _make_sampler(exp, guide)
     split = parallel.batch_sharding(exp.mesh)
     lr_shape = (lr_size(config.data),) * 2 + (exp.hr_shape[-1],)
 
@@ -256,6 +271,8 @@ def _compiled_sampler(
 
     cond = {'lr_up': spec((rows,) + exp.hr_shape), 'lr': spec((rows,) + lr_shape)}
     cond.update({k: spec((rows,) + exp.hr_shape) for k in mean.keys})
+    if guide is not None:
+        cond[guidance_lib.ATTRIBUTES] = spec((rows, len(guide.attributes)), jnp.int32)
     like = jax.random.PRNGKey(0)
     key = jax.ShapeDtypeStruct(
         like.shape, like.dtype, sharding=parallel.replicated_sharding(exp.mesh)
@@ -263,8 +280,16 @@ def _compiled_sampler(
     return sample_fn.lower(params, key, cond, spec((rows,), jnp.int32)).compile()
 
 
-def _sampler_inputs(batch: Batch, first: int, num_samples: int, rows: int, centered: bool) -> Batch:
-    """Global sampler rows (input-major, zero-padded to ``rows``): scaled cond and sample ids."""
+def _sampler_inputs(
+    batch: Batch,
+    first: int,
+    num_samples: int,
+    rows: int,
+    centered: bool,
+    targets: np.ndarray | None = None,
+) -> Batch:
+    """Global sampler rows (input-major, zero-padded to ``rows``): scaled cond and sample ids,
+    and the guidance targets of the batch's inputs (``targets`` of every input) if any."""
     scaler = datasets.get_data_scaler(centered)
     count = len(batch['lr']) * num_samples
 
@@ -274,7 +299,11 @@ def _sampler_inputs(batch: Batch, first: int, num_samples: int, rows: int, cente
     ids = np.arange(first * num_samples, first * num_samples + count, dtype=np.int32)
     cond = datasets.model_cond(batch, scaler)
     rows_of = {k: pad(np.repeat(v, num_samples, axis=0)) for k, v in cond.items()}
-    return {**rows_of, 'ids': pad(ids)}
+    rows_of['ids'] = pad(ids)
+    if targets is not None:
+        mine = targets[first : first + len(batch['lr'])]
+        rows_of[guidance_lib.ATTRIBUTES] = pad(np.repeat(mine, num_samples, axis=0))
+    return rows_of
 
 
 def _local_rows(global_rows: Batch) -> Batch:
@@ -291,6 +320,7 @@ def _sample_batches(
     per_batch: int,
     rows: int,
     mean: mean_model.MeanModel,
+    targets: np.ndarray | None = None,
 ) -> Iterator:
     """Yields ``(batch, sr [inputs, num_samples, H, W, C] in [0, 1], nfe)`` per batch."""
     config, num_samples = exp.config, exp.config.sr.num_samples
@@ -299,7 +329,7 @@ def _sample_batches(
     for b, batch in enumerate(inputs.batches(per_batch)):
         batch = {k: np.asarray(v) for k, v in mean(batch).items()}
         local = _local_rows(
-            _sampler_inputs(batch, b * per_batch, num_samples, rows, config.data.centered)
+            _sampler_inputs(batch, b * per_batch, num_samples, rows, config.data.centered, targets)
         )
         sharded = parallel.shard_batch(local, exp.mesh)
         cond = {k: v for k, v in sharded.items() if k != 'ids'}
@@ -334,7 +364,14 @@ def make_plan(inputs: Inputs, cfg: Any, num_devices: int) -> Plan:
 
 
 def _sample_and_write(
-    exp, sampler, params, inputs: Inputs, plan: Plan, out_dir: Path, mean: mean_model.MeanModel
+    exp,
+    sampler,
+    params,
+    inputs: Inputs,
+    plan: Plan,
+    out_dir: Path,
+    mean: mean_model.MeanModel,
+    targets: np.ndarray | None = None,
 ) -> dict:
     """Samples every batch, writes its images (process 0); images, NFE, seconds and rate."""
     is_chief = jax.process_index() == 0
@@ -344,7 +381,9 @@ def _sample_and_write(
     num_batches = -(-len(inputs.names) // plan.per_batch)
     progress = Progress(len(plan.items) * exp.config.sr.num_samples, unit='images')
     nfe, start = 0, time.perf_counter()
-    batches = _sample_batches(exp, sampler, params, inputs, plan.per_batch, plan.rows, mean)
+    batches = _sample_batches(
+        exp, sampler, params, inputs, plan.per_batch, plan.rows, mean, targets
+    )
     for b, (batch, sr, batch_nfe) in enumerate(batches):
         if is_chief:
             items = plan.items[b * plan.per_batch : b * plan.per_batch + len(sr)]
@@ -359,6 +398,22 @@ def _sample_and_write(
         'seconds': round(seconds, 3),
         'images_per_sec': round(progress.done / seconds, 3),
     }
+
+
+def _guidance(exp: experiment.Experiment, params: Any, inputs: Inputs) -> tuple:
+    """``(guide, sampler params, targets [inputs, attributes])`` of ``config.guidance``;
+    ``(None, params, None)`` without guidance. Classifier weights and h are replicated data."""
+    config = exp.config
+    guide = guidance_lib.make_guidance(config.guidance, config.data.centered)
+    if guide is None:
+        return None, params, None
+    targets = guidance_lib.input_targets(config.guidance, inputs.sources)
+    variables = guidance_lib.load_variables(guide, config.guidance, exp.hr_shape)
+    variables = parallel.replicate(variables, exp.mesh)
+    logging.info('guidance: %s targets from %s, h = %s', guide.attributes,
+                 config.guidance.attributes_csv or 'config.guidance.targets',
+                 config.guidance.scale)  # fmt: skip
+    return guide, guidance_lib.sampler_params(params, variables), targets
 
 
 def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]:
@@ -377,6 +432,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         inputs = dataset_inputs(config, cfg.max_images)
     exp = experiment.build(config, devices, workdir)
     params, step = inference.load_ema_params(exp, workdir, cfg.checkpoint or None)
+    guide, params, targets = _guidance(exp, params, inputs)
     plan = make_plan(inputs, cfg, exp.mesh.devices.size)
     logging.info(
         'super-resolving %d inputs x %d samples with checkpoint %d of %s into %s (%d samples '
@@ -384,11 +440,11 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         plan.rows, exp.mesh.devices.size)  # fmt: skip
     compile_start = time.perf_counter()
     mean = mean_model.load(config, exp.mesh.devices.flatten())
-    sampler = _compiled_sampler(exp, params, plan.rows, mean)
+    sampler = _compiled_sampler(exp, params, plan.rows, guide, mean)
     compile_seconds = round(time.perf_counter() - compile_start, 3)
 
     # ----- Sample and write; the manifest goes last -----
-    stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir, mean)
+    stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir, mean, targets)
     manifest = {
         'complete': True,
         'input': cfg.input or f'eval split of {config.data.path}',
@@ -398,6 +454,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         'num_inputs': len(plan.items),
         'sr': config.sr.to_dict(),
         'sampling': config.sampling.to_dict(),
+        'guidance': config.guidance.to_dict(),
         'lr_size': lr_size(config.data),
         'hr_size': exp.hr_shape[0],
         'devices': exp.mesh.devices.size,

@@ -119,6 +119,50 @@ def eval_config() -> ml_collections.ConfigDict:
     return cfg
 
 
+def guidance_config() -> ml_collections.ConfigDict:
+    """Every ``config.guidance`` field: SRDG classifier guidance of every sampler (guidance.py)."""
+    cfg = ml_collections.ConfigDict()
+    # Attributes that steer sampling, one binary classifier each, e.g. ('male',) or
+    # ('male', 'eyeglasses', 'no_beard') (CelebA semantics); () = no guidance.
+    cfg.attributes = ()
+    # One classifier checkpoint per attribute, in the same order (flax msgpack of
+    # {params, batch_stats}), e.g. ../shared/data/srdg_classifiers/ckpt_gender.
+    cfg.checkpoints = ()
+    # Registered classifier architecture (models/classifiers.py): 'srdg_densenet' (the
+    # published 128x128 checkpoints) or 'small_densenet' (64x64 demo size).
+    cfg.classifier = 'srdg_densenet'
+    # h: score + h * grad log C(a | x_t). 0 samples exactly as without guidance (SRDG: 500).
+    cfg.scale = 0.0
+    # Per-image targets: a CSV with columns file,<attribute>... (0/1; 'file' matched against
+    # the end of each input's path), '' = `targets` for every image.
+    cfg.attributes_csv = ''
+    cfg.targets = ()  # One 0/1 per attribute, for every image (when attributes_csv is '').
+    # --mode eval: the noise std ([0, 1] units) at which the classifiers judge every output
+    # ('attr_prob', the probability of the requested attributes), i.e. nearly clean images.
+    cfg.eval_sigma = 0.01
+    return cfg
+
+
+def classifier_training_config() -> ml_collections.ConfigDict:
+    """Every ``config.classifier_training`` field (``--mode train_classifier``)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.classifier = 'small_densenet'  # Registered classifier (models/classifiers.py).
+    cfg.attribute = 'male'  # The CSV column trained (one binary attribute per classifier).
+    cfg.labels_csv = ''  # file,<attribute>... (0/1) ('' = <data.path>/attributes.csv).
+    cfg.batch_size = 32  # Global batch.
+    cfg.n_iters = 5000  # Optimisation steps.
+    cfg.lr = 1e-3  # AdamW learning rate.
+    cfg.weight_decay = 1e-4  # AdamW decoupled weight decay.
+    cfg.t_eps = 1e-3  # Smallest diffusion time drawn (t ~ U[t_eps, T] of config.sde).
+    cfg.accuracy_bins = 5  # Training accuracy is logged per equal-width bin of t.
+    cfg.log_freq = 50  # Steps between metric summaries and progress lines.
+    cfg.checkpoint_freq = 1000  # Steps between checkpoints (and at the last step).
+    cfg.checkpoint_keep = 2  # Checkpoints kept on disk.
+    cfg.eval_times = 11  # Accuracy against t at this many times in [t_eps, T] (eval split).
+    cfg.eval_images = 512  # Labelled eval images measured (the first ones).
+    return cfg
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42  # Root PRNG seed: parameter init, noise, data order.
@@ -234,6 +278,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = eval_config()
 
     config.sr = sr_config()
+
+    config.guidance = guidance_config()
+
+    config.classifier_training = classifier_training_config()
 
     config.compute = compute = ml_collections.ConfigDict()
     compute.dtype = 'float32'  # Network compute dtype: 'float32' or 'bfloat16' (params f32).

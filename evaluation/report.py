@@ -48,7 +48,8 @@ from evaluation import protocols as pr
 from evaluation.image_metrics import summarize
 
 #: Per-image scalar metrics, in table order.
-SCALARS = ('psnr', 'ssim', 'consistency', 'cs', 'lpips')
+# attr_prob: the guidance classifiers' probability of each image's requested attributes.
+SCALARS = ('psnr', 'ssim', 'consistency', 'cs', 'lpips', 'attr_prob')
 #: Consistency (an MSE on [0, 1] pixels) is shown multiplied by this in tables and plots.
 CONSISTENCY_SCALE = 1e5
 #: Points of the stored (log-FAR sampled) ROC curve.
@@ -293,10 +294,17 @@ def _number(value: float | None) -> str:
     return '–' if value is None else f'{value:.4f}'
 
 
-def table_row(method: str, stats: dict[str, Any], ecfg: Any, has_pairs: bool = False) -> list[str]:
+def table_row(
+    method: str,
+    stats: dict[str, Any],
+    ecfg: Any,
+    has_pairs: bool = False,
+    has_attributes: bool = False,
+) -> list[str]:
     """One Markdown table row: image metrics (mean ± std), then the face protocols.
 
     ``has_pairs`` adds the LFW pair accuracies (mean ± std over folds) per pair mode.
+    ``has_attributes`` adds the guidance classifiers' probability of the requested attributes.
     """
     ver, ide = stats.get('verification') or {}, stats.get('identification') or {}
     cells = [
@@ -313,6 +321,8 @@ def table_row(method: str, stats: dict[str, Any], ecfg: Any, has_pairs: bool = F
     if has_pairs:
         pairs = stats.get(PAIRS_KEY) or {}
         cells += [_mean_std((pairs.get(mode) or {}).get('accuracy'), 4) for mode in PAIR_MODES]
+    if has_attributes:
+        cells.append(_mean_std(stats.get('attr_prob'), 4))
     return cells
 
 
@@ -324,9 +334,14 @@ def markdown_table(summary: dict[str, Any], ecfg: Any, caption: str) -> str:
     has_pairs = any(s.get(PAIRS_KEY) for s in summary['methods'].values())
     if has_pairs:
         header += [f'LFW acc ({label})' for label, _ in PAIR_MODES.values()]
+    # Guidance: the classifiers' probability of the requested attributes on each output.
+    has_attributes = any('attr_prob' in s for s in summary['methods'].values())
+    if has_attributes:
+        header.append('p(attributes)')
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for method, stats in summary['methods'].items():
-        lines.append('| ' + ' | '.join(table_row(method, stats, ecfg, has_pairs)) + ' |')
+        cells = table_row(method, stats, ecfg, has_pairs, has_attributes)
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n\n' + caption + '\n'
 
 

@@ -33,6 +33,14 @@ ceiling of the identity metrics). With baselines only, no model is built or load
 ``i`` is sampled with ``fold_in(PRNGKey(eval.seed), i)``: it depends neither on the batch nor
 on the devices, so a resumed eval samples the same images. Outputs are clipped to [0, 1].
 
+Guidance (``config.guidance`` names attributes): ``srdg`` is evaluated beside ``sr``, the same
+sampler, seed and images steered by the attribute classifiers (``guidance.py``) to each
+image's targets (``guidance.attributes_csv`` matched to the image files, or
+``guidance.targets`` for all); the guidance settings are part of the folder name
+(``...-srdg-<attributes>-h<h>-<targets>``) and of ``settings.json``. Every method then also
+gets ``attr_prob``: the classifiers' probability of the image's requested attributes on its
+output at noise ``guidance.eval_sigma`` (does guidance move the attribute?).
+
 Face metrics align on the HR image (YuNet landmarks -> ArcFace template) and cut HR and output
 with the same transform, so an SR artefact never moves the crop (:mod:`evaluation.face`).
 
@@ -63,6 +71,7 @@ from jax.experimental import multihost_utils
 
 import datasets
 import experiment
+import guidance as guidance_lib
 import mean_model
 import sampling
 from degradations import resize
@@ -75,18 +84,32 @@ from utils import parallel
 from utils.images import make_grid, save_png, to_rgb
 from utils.progress import Progress
 
+# 'srdg': SR sampled with classifier guidance (config.guidance), beside the unguided 'sr';
 # 'mean': the learned mu(y) of config.sde.mean_model itself (a regression baseline).
-METHODS = ('sr', 'mean', 'bicubic', 'hr')
+METHODS = ('sr', 'srdg', 'mean', 'bicubic', 'hr')
 RECORDS, SETTINGS = 'records.jsonl', 'settings.json'
 
 
 @dataclasses.dataclass(frozen=True)
+class Guided:
+    """What ``srdg`` adds (``config.guidance``): the classifiers, their variables (replicated
+    over the mesh, and on the host for judging outputs) and the targets of every image."""
+
+    guide: guidance_lib.Guidance
+    variables: Any
+    host_variables: Any
+    targets: np.ndarray  # [dataset size, attributes], by dataset index.
+
+
+@dataclasses.dataclass(frozen=True)
 class Model:
-    """What ``sr`` samples with: the experiment (SDE, network, mesh), EMA params, their step."""
+    """What ``sr`` samples with: the experiment (SDE, network, mesh), EMA params, their step;
+    ``guided`` for ``srdg``."""
 
     exp: experiment.Experiment
     params: Any
     step: int
+    guided: Guided | None = None
     mean: mean_model.MeanModel = mean_model.MeanModel()
 
 
@@ -96,6 +119,9 @@ class MetricFns:
 
     lpips: Callable[[Any, Any], jax.Array] | None
     embedder: Any | None
+    # ``attributes(outputs, dataset_indices) -> [B]``: the classifiers' probability of each
+    # image's requested attributes (``config.guidance``; None: no guidance configured).
+    attributes: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 # ----------------------------------------------------------------------------- settings
@@ -107,6 +133,17 @@ def parse_methods(methods: Sequence[str]) -> tuple[str, ...]:
     if not names or not names <= set(METHODS):
         raise ValueError(f'config.eval.methods={tuple(methods)!r}: give one or more of {METHODS}')
     return tuple(m for m in METHODS if m in names)
+
+
+def with_guidance(methods: tuple[str, ...], config: Any) -> tuple[str, ...]:
+    """Adds ``srdg`` beside ``sr`` when ``config.guidance`` names attributes (guided and
+    unguided in one run); ``srdg`` without guidance is an error."""
+    guided = bool(config.guidance.attributes)
+    if 'srdg' in methods and not guided:
+        raise ValueError('eval method srdg needs config.guidance.attributes and checkpoints')
+    if guided and 'sr' in methods:
+        methods = tuple(m for m in METHODS if m in methods or m == 'srdg')
+    return methods
 
 
 def sampler_tag(s: Any) -> str:
@@ -138,9 +175,10 @@ def eval_name(config: Any, methods: Sequence[str], step: int | None) -> str:
         f'{Path(data.path).name or data.source}{subset}-{datasets.split_name(config.eval.split)}'
         f'-x{data.downscale}'
     )
-    if 'sr' not in methods:
+    if 'sr' not in methods and 'srdg' not in methods:
         return f'{base}-baselines'
-    return f'{base}-{sampler_tag(config.sampling)}-step{step}'
+    guided = f'-{guidance_lib.tag(config.guidance)}' if 'srdg' in methods else ''
+    return f'{base}-{sampler_tag(config.sampling)}-step{step}{guided}'
 
 
 def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict[str, Any]:
@@ -154,7 +192,9 @@ def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict
     }
     if 'mean' in methods:
         settings['mean_model'] = config.sde.mean_model
-    if 'sr' in methods:
+    if 'srdg' in methods:
+        settings['guidance'] = config.guidance.to_dict()
+    if 'sr' in methods or 'srdg' in methods:
         settings.update(
             checkpoint_step=step,
             seed=ecfg.seed,
@@ -256,15 +296,18 @@ def batch_records(
     rows: list[int],
     fns: MetricFns,
     config: Any,
-    nfe: np.ndarray | None = None,
+    nfe: dict[str, np.ndarray] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Records of batch ``rows`` with every metric of every method in ``outputs``."""
+    """Records of batch ``rows`` with every metric of every method in ``outputs`` (``nfe``:
+    network evaluations per image of the sampled methods)."""
     values = {m: image_metrics(out, batch, config.data) for m, out in outputs.items()}
     for m, out in outputs.items():
         if fns.lpips is not None:
             values[m]['lpips'] = np.asarray(fns.lpips(to_rgb(out), to_rgb(batch['hr'])))
-        if m == 'sr' and nfe is not None:
-            values[m]['nfe'] = nfe
+        if fns.attributes is not None:
+            values[m]['attr_prob'] = np.asarray(fns.attributes(out, batch['index']))
+        if m in (nfe or {}):
+            values[m]['nfe'] = nfe[m]
     records = {}
     for r in rows:
         index = int(batch['index'][r])
@@ -333,7 +376,8 @@ def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
     exp = experiment.build(config, parallel.devices_for_batch(batches, devices), workdir)
     params, step = load_ema_params(exp, workdir, config.eval.checkpoint or None)
     logging.info('eval: checkpoint %d of %s', step, workdir)
-    return Model(exp, params, step, mean_model.load(config, exp.mesh.devices.flatten()))
+    mean = mean_model.load(config, exp.mesh.devices.flatten())
+    return Model(exp, params, step, load_guided(config, exp), mean)
 
 
 def load_mean(config: Any, methods: Sequence[str], model: Model | None) -> mean_model.MeanModel:
@@ -347,10 +391,43 @@ def load_mean(config: Any, methods: Sequence[str], model: Model | None) -> mean_
     return mean_model.load(config)
 
 
-def compile_sampler(config: Any, model: Model, key: jax.Array) -> Callable[..., Any]:
-    """The sampler of ``config.sampling`` compiled ahead of time for eval batches."""
+def load_guided(config: Any, exp: experiment.Experiment) -> Guided | None:
+    """The classifiers, variables and per-image targets of ``config.guidance`` (or None)."""
+    guide = guidance_lib.make_guidance(config.guidance, config.data.centered)
+    if guide is None:
+        return None
+    source = datasets.open_source(config.data, config.eval.split).source
+    files = getattr(source, 'files', None)
+    if files is None and config.guidance.attributes_csv:
+        raise ValueError(
+            f'config.guidance.attributes_csv needs image files; data.source='
+            f'{config.data.source!r} has none: give config.guidance.targets'
+        )
+    sources = [str(f) for f in files] if files is not None else [''] * len(source)
+    targets = guidance_lib.input_targets(config.guidance, sources)
+    host = guidance_lib.load_variables(guide, config.guidance, exp.hr_shape)
+    return Guided(guide, parallel.replicate(host, exp.mesh), host, targets)
+
+
+def attribute_fn(config: Any, guided: Guided) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``MetricFns.attributes``: the classifiers judge outputs in [0, 1] at
+    ``guidance.eval_sigma``, each against its image's targets."""
+    sigma = config.guidance.eval_sigma
+    prob = jax.jit(lambda v, x, a: guidance_lib.target_probability(guided.guide, v, x, a, sigma))
+
+    def attributes(outputs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        targets = guided.targets[np.maximum(indices, 0)]
+        return np.asarray(prob(guided.host_variables, outputs.astype(np.float32), targets))
+
+    return attributes
+
+
+def compile_sampler(
+    config: Any, model: Model, key: jax.Array, guided: bool = False
+) -> Callable[..., Any]:
+    """The sampler of ``config.sampling`` compiled ahead of time for eval batches (with
+    ``guided``: steered by ``model.guided``, its params ``{'score', 'guidance'}``)."""
     exp = model.exp
-    fn = exp.make_sampler(config.sampling)
     split = parallel.batch_sharding(exp.mesh)
     b, (h, w, c), f = config.eval.batch_size, exp.hr_shape, config.data.downscale
 
@@ -359,29 +436,44 @@ def compile_sampler(config: Any, model: Model, key: jax.Array) -> Callable[..., 
 
     cond = {'lr_up': spec(b, h, w, c), 'lr': spec(b, h // f, w // f, c)}
     cond.update({k: spec(b, h, w, c) for k in model.mean.keys})
-    return fn.lower(model.params, key, cond, spec(b, dtype=np.int32)).compile()
+    fn, params = exp.make_sampler(config.sampling), model.params
+    if guided:
+        guide = model.guided.guide
+        fn = sampling.make_sampler(
+            config.sampling, exp.sde, exp.model, config.score, config.data, exp.hr_shape,
+            mesh=exp.mesh, guidance=guide)  # fmt: skip
+        params = guidance_lib.sampler_params(model.params, model.guided.variables)
+        cond[guidance_lib.ATTRIBUTES] = spec(b, len(guide.attributes), dtype=np.int32)
+    return fn.lower(params, key, cond, spec(b, dtype=np.int32)).compile()
 
 
 def make_sample_fn(
-    config: Any, model: Model, name: str
+    config: Any, model: Model, name: str, guided: bool = False
 ) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
     """``sample(local_batch) -> (sr, nfe)`` for the global batch, on every host.
 
     ``sr`` ``[B, H, W, C]`` in [0, 1] (clipped), ``nfe`` ``[B]`` network evaluations. Compiled
     here, then hosts wait for each other (``name``), so that they enter collectives together.
+    ``guided``: classifier guidance (``model.guided``), each image steered to its targets.
     """
     exp = model.exp
     scaler = datasets.get_data_scaler(config.data.centered)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
     key = jax.random.PRNGKey(config.eval.seed)
-    fn = compile_sampler(config, model, key)
-    parallel.barrier(f'eval_sampler_{name}')
+    fn = compile_sampler(config, model, key, guided)
+    params = model.params
+    if guided:
+        params = guidance_lib.sampler_params(model.params, model.guided.variables)
+    parallel.barrier(f'eval_sampler_{name}{"_guided" if guided else ""}')
 
     def sample(local: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        cond = parallel.shard_batch(datasets.model_cond(local, scaler), exp.mesh)
         ids = np.maximum(local['index'], 0).astype(np.int32)  # Padding rows: any key.
+        rows = datasets.model_cond(local, scaler)
+        if guided:
+            rows[guidance_lib.ATTRIBUTES] = model.guided.targets[ids]
+        cond = parallel.shard_batch(rows, exp.mesh)
         ids = parallel.shard_batch({'ids': ids}, exp.mesh)['ids']
-        x, info = fn(model.params, key, cond, ids)
+        x, info = fn(params, key, cond, ids)
         sampling.check_finished(jax.device_get(info), config.sampling)
         x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
         nfe = np.asarray(jax.device_get(info['nfe']), np.float64).reshape(-1)
@@ -469,11 +561,15 @@ def evaluate(
     limit = min(size, ecfg.max_images) if ecfg.max_images > 0 else size
     pairs = pair_list(config, size)
     todo = [i for i in range(limit) if missing(records.get(i), methods)]
-    sample_fn = make_sample_fn(config, model, name) if 'sr' in methods and todo else None
+    sample_fns = {
+        m: make_sample_fn(config, model, name, guided=m == 'srdg')
+        for m in ('sr', 'srdg')
+        if m in methods and todo
+    }
     mean = load_mean(config, methods, model)
-    if not chief and sample_fn is None:
+    if not chief and not sample_fns:
         return {}
-    hosts = jax.process_count() if sample_fn is not None else 1  # Baselines: chief alone.
+    hosts = jax.process_count() if sample_fns else 1  # Baselines: chief alone.
     batch_size = ecfg.batch_size
     start, stop = (todo[0] // batch_size, -(-limit // batch_size)) if todo else (0, 0)
     data = eval_batches(config, start, hosts) if todo else iter(())
@@ -496,14 +592,16 @@ def evaluate(
             for m in methods
             if any(m in missing(records.get(int(batch['index'][r])), methods) for r in rows)
         ]
-        sr, nfe = sample_fn(local) if 'sr' in need else (None, None)
+        sampled = {m: fn(local) for m, fn in sample_fns.items() if m in need}
         if not chief or not rows:
             continue
         mu = batch.get(mean_model.MEAN_KEY)
-        known = {'sr': sr, 'mean': None if mu is None else np.clip(mu, 0, 1)}
-        known['bicubic'] = batch['lr_up']
-        outputs = {m: {**known, 'hr': batch['hr']}[m] for m in need}
+        given = {'bicubic': batch['lr_up'], 'hr': batch['hr']}
+        given['mean'] = None if mu is None else np.clip(mu, 0, 1)
+        outputs = {m: sampled[m][0] if m in sampled else given[m] for m in need}
+        nfe = {m: v[1] for m, v in sampled.items()}
         if batch_step == 0:  # Before the records: a recorded first batch implies a grid.
+            sr = next((outputs[m] for m in ('sr', 'srdg') if m in outputs), None)
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
         merge_records(records, batch_records(batch, outputs, rows, fns, config, nfe))
         save_records(out / RECORDS, records)
@@ -630,11 +728,14 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
 
     ``devices`` (default: all devices of all hosts) is the sampling mesh.
     """
-    methods = parse_methods(config.eval.methods)
-    if 'sr' in methods:  # Baselines are not trained: any split measures them fairly.
+    methods = with_guidance(parse_methods(config.eval.methods), config)
+    sampled = 'sr' in methods or 'srdg' in methods
+    if sampled:  # Baselines are not trained: any split measures them fairly.
         datasets.check_held_out(config.data, config.eval.split)
-    model = load_model(config, workdir, devices) if 'sr' in methods else None
+    model = load_model(config, workdir, devices) if sampled else None
     fns = make_metric_fns(config.eval)
+    if model is not None and model.guided is not None:
+        fns = dataclasses.replace(fns, attributes=attribute_fn(config, model.guided))
     if config.eval.sweep_key:
         return run_sweep(config, workdir, methods, model, fns)
     return evaluate(config, workdir, methods, model, fns)

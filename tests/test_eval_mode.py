@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -27,6 +28,8 @@ import train
 from configs import demo
 from evaluation.report import decode_embedding
 from evaluation.run import RECORDS, parse_methods, run
+from models import classifiers
+from tests.test_classifiers import random_variables
 from utils.paths import REPO_ROOT
 
 #: Four test identities, three faces each (their first files by name). At 32 px SFace ranks
@@ -325,3 +328,41 @@ def test_killed_eval_continues_and_counts_nothing_twice(trained, eval_faces, cap
             rtol=1e-5, err_msg=key,
         )  # fmt: skip
     assert resumed['n_images'] == N_FACES
+
+
+def test_guided_and_unguided_sr_in_one_eval(trained, eval_faces, tmp_path):
+    """config.guidance adds 'srdg' beside 'sr'; at h = 0 it is 'sr' exactly; the guidance
+    settings name the folder and guard its records; the classifier judges every output."""
+    config, workdir = trained
+    classifier = classifiers.build_classifier('tiny_densenet')
+    ckpt = tmp_path / 'classifier'
+    variables = jax.tree.map(np.asarray, random_variables(classifier, (32, 32, 3)))
+    ckpt.write_bytes(flax.serialization.msgpack_serialize(variables))
+    cfg = _config(config, eval_faces, max_images=4, lpips='', face='', methods=('sr', 'hr'))
+    cfg.guidance.update(
+        attributes=('male',), checkpoints=(str(ckpt),), classifier='tiny_densenet', targets=(1,)
+    )
+    results = {}
+    for h in (0.0, 200.0):
+        cfg.guidance.scale = h
+        results[h] = _run(cfg, workdir)
+        assert list(results[h]['methods']) == ['sr', 'srdg', 'hr']
+        assert results[h]['name'].endswith(f'-srdg-male-h{h:g}-t1')
+        assert results[h]['settings']['guidance']['scale'] == h
+    psnr = {
+        h: {m: [r['psnr'] for r in res['per_image'] if r['method'] == m] for m in ('sr', 'srdg')}
+        for h, res in results.items()
+    }
+    assert psnr[0.0]['srdg'] == psnr[0.0]['sr'] == psnr[200.0]['sr']
+    assert psnr[200.0]['srdg'] != psnr[200.0]['sr']
+    attr = {
+        h: {m: s['attr_prob']['mean'] for m, s in r['methods'].items()} for h, r in results.items()
+    }
+    print('p(male) of sr / srdg / hr at h = 0 and 200:', attr)
+    assert attr[0.0]['srdg'] == attr[0.0]['sr'] and attr[200.0]['srdg'] > attr[200.0]['sr']
+    out = workdir / 'eval' / results[200.0]['name']
+    assert 'p(attributes)' in (out / 'table.md').read_text().splitlines()[0]
+    cfg.eval.name = results[200.0]['name']
+    cfg.guidance.scale = 100.0  # Other guidance, same folder: refused, not mixed.
+    with pytest.raises(ValueError, match='guidance'):
+        _run(cfg, workdir)

@@ -16,6 +16,7 @@ import time
 import zlib
 from pathlib import Path
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -26,6 +27,8 @@ import main
 import sr
 import train
 from configs import demo
+from models import classifiers
+from tests.test_classifiers import random_variables
 from utils.checkpoint import CheckpointError
 from utils.images import to_uint8
 from utils.paths import REPO_ROOT
@@ -378,3 +381,34 @@ def test_unlistable_input_folder_is_named(lr_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'scandir', scandir)
     with pytest.raises(datasets.DataError, match=re.escape(f'cannot list folder {locked}')):
         sr.file_inputs(tmp_path / 'inputs', _config(lr_dir).data)
+
+
+def test_guided_sr_at_h_0_is_unguided(workdir, lr_dir, tmp_path):
+    """Per-input targets from a CSV, a random tiny classifier: h = 0 writes the unguided images
+    exactly (that guidance moves samples is tested in test_guidance and test_eval_mode)."""
+    classifier = classifiers.build_classifier('tiny_densenet')
+    variables = jax.tree.map(np.asarray, random_variables(classifier, (HR, HR, 3)))
+    ckpt = tmp_path / 'classifier'
+    ckpt.write_bytes(flax.serialization.msgpack_serialize(variables))
+    table = tmp_path / 'attributes.csv'
+    table.write_text('file,male\nface0.png,1\nface1.png,0\nface2.png,1\nface3.png,0\n')
+    images, manifests = {}, {}
+    for name, guided in (('plain', False), ('h0', True)):
+        config = _config(lr_dir, input=str(lr_dir), output=str(tmp_path / name), max_images=4)
+        if guided:
+            config.guidance.update(
+                attributes=('male',),
+                checkpoints=(str(ckpt),),
+                classifier='tiny_densenet',
+                scale=0.0,
+                attributes_csv=str(table),
+            )
+        manifests[name] = _run(config, workdir)
+        images[name] = np.stack([_read(tmp_path / name / f'face{i}.png') for i in range(4)])
+    np.testing.assert_array_equal(images['h0'], images['plain'])
+    assert tuple(manifests['h0']['guidance']['attributes']) == ('male',)
+    assert tuple(manifests['plain']['guidance']['attributes']) == ()
+    # A target missing from the CSV stops the run before anything is written.
+    table.write_text('file,male\nface0.png,1\n')
+    with pytest.raises(ValueError, match='no row for 3 input'):
+        _run(config, workdir)
