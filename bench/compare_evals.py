@@ -3,8 +3,9 @@
     python bench/compare_evals.py --out bench/results/ecdp_demo \\
         "ECDP, ODE=runs/ecdp/eval/ecdp_ode" "SDE-VE, PC N=1000=runs/ve/eval/ve_pc"
 
-Each argument is ``label=eval folder`` (split at the last ``=``); the ``bicubic`` row is
-added once, from the first folder that has it (all folders should hold the same images: equal
+Each argument is ``label=eval folder`` (split at the last ``=``), optionally
+``label=eval folder#method`` for a method other than ``sr`` (``mean``, ``srdg``); the
+``bicubic`` row is added once, from the first folder that has it (all folders should hold the same images: equal
 ``eval.max_images`` and split). Writes ``<out>.md`` and ``<out>.json``: PSNR, SSIM, LR
 consistency, LPIPS, CS, verification AUC, Rank-1 and NFE, with each row's number of images.
 """
@@ -46,12 +47,15 @@ def collect(pairs: list[str]) -> list[dict[str, Any]]:
         label, sep, folder = pair.rpartition('=')  # Labels may hold '=' (N=1000).
         if not sep:
             raise ValueError(f'{pair!r}: expected label=eval folder')
+        folder, _, method = folder.partition('#')
         path = Path(folder) / 'metrics.json'
         if not path.is_file():
             raise FileNotFoundError(f'{path}: not an eval result (run --mode eval first)')
         metrics = json.loads(path.read_text())
         methods, images = metrics['methods'], metrics['n_images']
-        rows.append({'label': label, 'eval': folder, **row(methods['sr'], images)})
+        if (method or 'sr') not in methods:
+            raise ValueError(f'{path}: no method {method or "sr"!r}; it has {sorted(methods)}')
+        rows.append({'label': label, 'eval': folder, **row(methods[method or 'sr'], images)})
         if 'bicubic' in methods and not any(r['label'] == 'bicubic' for r in rows):
             rows.append({'label': 'bicubic', 'eval': folder, **row(methods['bicubic'], images)})
     return rows

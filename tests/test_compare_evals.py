@@ -39,3 +39,11 @@ def test_rows_and_bicubic_once(tmp_path):
         compare_evals.collect([f'x={tmp_path}'])
     with pytest.raises(ValueError, match='label=eval folder'):
         compare_evals.collect([str(a)])
+
+
+def test_another_method_by_suffix(tmp_path):
+    a = _eval(tmp_path / 'a', 20.0, 70.0)
+    rows = compare_evals.collect([f'mu={a}#bicubic'])
+    assert rows[0]['label'] == 'mu' and rows[0]['PSNR'] == 18.0
+    with pytest.raises(ValueError, match="no method 'mean'"):
+        compare_evals.collect([f'mu={a}#mean'])
