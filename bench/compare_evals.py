@@ -6,8 +6,9 @@
 Each argument is ``label=eval folder`` (split at the last ``=``), optionally
 ``label=eval folder#method`` for a method other than ``sr`` (``mean``, ``srdg``); the
 ``bicubic`` row is added once, from the first folder that has it (all folders should hold the
-same images: equal ``eval.max_images`` and split). Writes ``<out>.md`` and ``<out>.json``: PSNR, SSIM, LR
-consistency, LPIPS, CS, verification AUC, Rank-1 and NFE, with each row's number of images.
+same images: equal ``eval.max_images`` and split). Writes ``<out>.md`` and ``<out>.json``:
+PSNR, SSIM, LR consistency, LPIPS, CS, verification AUC, Rank-1 and NFE, with each row's number
+of images.
 """
 
 from __future__ import annotations
