@@ -195,3 +195,26 @@ def test_two_stages_and_a_learned_mean_on_real_faces(tmp_path, celeba_id128):
     config.sde.mean_model = ''
     with pytest.raises(ValueError, match='sde.mean_model'):
         residual_stats.load(residual_stats.stats_path(config, stage2), config.data, '')
+
+
+def test_mean_model_refuses_runs_without_an_encoder_or_with_other_data(tmp_path):
+    """``sde.mean_model`` must name a run with an LR encoder, trained on the same LR geometry;
+    the 'mean' eval baseline needs one configured."""
+    config = demo.get_config('smoke_encoder')
+    config.unlock()
+    run = demo.get_config('smoke_encoder')
+    run.model.lr_encoder_nf = 0
+    (tmp_path / 'config.json').write_text(run.to_json_best_effort())
+    config.sde.mean_model = str(tmp_path)
+    with pytest.raises(ValueError, match='has no LR encoder'):
+        mean_model.load(config)
+    run = demo.get_config('smoke_encoder')
+    run.data.downscale = 2
+    (tmp_path / 'config.json').write_text(run.to_json_best_effort())
+    with pytest.raises(ValueError, match='data.downscale=2'):
+        mean_model.load(config)
+    with pytest.raises(FileNotFoundError, match='no run config'):
+        mean_model.read_run_config(tmp_path / 'absent')
+    config.sde.mean_model = ''
+    with pytest.raises(ValueError, match="'mean' but config.sde.mean_model is not set"):
+        evaluation_run.load_mean(config, ('mean', 'bicubic'), None)
