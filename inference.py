@@ -8,11 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax.serialization
 import jax
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 import experiment
 import losses
-from utils import parallel
+from utils import package, parallel
 from utils.checkpoint import Checkpointer, CheckpointError
 
 
@@ -41,7 +44,7 @@ MUST_MATCH = (
     'data.up_kernel',
     'data.num_channels',
 )
-CONFIG_FILE = 'config.json'
+CONFIG_FILE = package.CONFIG_FILE
 # Fields that may differ when a run resumes: its length, how often it logs, checkpoints and
 # snapshots, how snapshots, sr and eval sample, and machine settings. Any other field (model,
 # SDE, score, data, optimizer, seed, batch) must equal the run's record: changing one would
@@ -56,6 +59,7 @@ MAY_CHANGE_ON_RESUME = (
     'training.init_from',  # (read only when a run starts without a checkpoint)
     'sampling',
     'sr',
+    'export',
     'eval',
     'guidance',
     'classifier_training',
@@ -93,10 +97,9 @@ def config_changes(config: Any, workdir: str | Path) -> dict[str, tuple[Any, Any
 
     Fields missing on either side (a record from older code) are not compared; no record: {}.
     """
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
+    if not (Path(workdir) / CONFIG_FILE).exists():
         return {}
-    recorded = _flatten(json.loads(path.read_text()))
+    recorded = _flatten(package.read_config(workdir))
     current = _flatten(json.loads(config.to_json_best_effort()))
     return {
         k: (recorded[k], current[k])
@@ -144,7 +147,7 @@ def check_config_matches(
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         return
-    trained = _flatten(json.loads(path.read_text()))
+    trained = _flatten(package.read_config(workdir))
     current = _flatten(json.loads(config.to_json_best_effort()))
     wrong = [
         f'config.{k}: trained {trained[k]!r}, now {current.get(k)!r}'
@@ -162,16 +165,30 @@ def load_ema_params(
     workdir: str | Path,
     step: int | None = None,
     must_match: tuple[str, ...] = MUST_MATCH,
+    scopes: tuple[str, ...] = (),
 ) -> tuple[Any, int]:
-    """The EMA parameters of checkpoint ``step`` (default: the latest readable) in ``workdir``.
+    """The EMA parameters of checkpoint ``step`` (default: the latest readable) in ``workdir``,
+    a run folder or a model package (``utils.package``; it has one step, the exported one).
 
     ``exp.config`` must equal the run's record on ``must_match`` (a warm start of a new stage
-    checks only ``('model',)``: its SDE, mean or data may change). Raises
-    :class:`CheckpointError` naming the folder when there is no checkpoint, or when the
-    checkpoint does not fit the configured model (shapes differ: wrong config for this workdir).
+    checks only ``('model',)``: its SDE, mean or data may change). ``scopes``: only these
+    top-level parameter collections (e.g. a mean model's regression branch), all if empty.
+    Raises :class:`CheckpointError` naming the folder or file when there is no checkpoint, or
+    when it does not fit the configured model (shapes differ: wrong config for this workdir).
     """
     check_config_matches(exp.config, workdir, must_match)
-    directory = Path(workdir) / 'checkpoints'
+    target = abstract_train_state(exp).ema_params
+    if scopes:
+        target = {k: target[k] for k in scopes}
+    if package.is_package(workdir):
+        return _read_package(workdir, target, step)
+    state, step = _restore_checkpoint(exp, Path(workdir) / 'checkpoints', step)
+    params = state.ema_params
+    return ({k: params[k] for k in scopes} if scopes else params), step
+
+
+def _restore_checkpoint(exp: experiment.Experiment, directory: Path, step: int | None) -> tuple:
+    """The train state of checkpoint ``step`` (latest readable if None) in ``directory``."""
     if not directory.is_dir():
         raise CheckpointError(f'no checkpoints in {directory}: train first (--mode train)')
     checkpointer = Checkpointer(directory, keep=None, async_save=False)
@@ -189,4 +206,37 @@ def load_ema_params(
             state = checkpointer.restore(step, target)
     finally:
         checkpointer.close()
-    return state.ema_params, int(state.step)
+    return state, int(state.step)
+
+
+def _read_package(folder: str | Path, target: Any, step: int | None) -> tuple[Any, int]:
+    """The exported EMA weights of a package, checked against ``target`` (shapes, tree) and
+    cast to its dtypes, replicated like ``target``."""
+    path = Path(folder) / package.WEIGHTS_FILE
+    exported = package.read_export(folder)['step']
+    if step is not None and step != exported:
+        raise CheckpointError(f'{path} holds step {exported} only, not {step}')
+    try:
+        stored = flax.serialization.msgpack_restore(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f'{path}: unreadable weights ({err})') from err
+    want = dict(flatten_dict(target, sep='/'))
+    got = dict(flatten_dict(stored, sep='/'))
+    wrong = [f'{k}: missing' for k in sorted(want.keys() - got.keys())]
+    wrong += [f'{k}: not in this model' for k in sorted(got.keys() - want.keys())]
+    wrong += [
+        f'{k}: shape {tuple(got[k].shape)}, the model has {tuple(want[k].shape)}'
+        for k in sorted(want.keys() & got.keys())
+        if tuple(got[k].shape) != tuple(want[k].shape)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f'{path} does not fit the configured model ({len(wrong)} arrays differ):\n  '
+            + '\n  '.join(wrong[:10])
+        )
+    params = jax.tree.map(
+        lambda a, s: jax.device_put(np.asarray(a, s.dtype), s.sharding),
+        unflatten_dict({tuple(k.split('/')): v for k, v in got.items()}),
+        target,
+    )
+    return params, exported

@@ -14,12 +14,15 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+import pretrained  # (imports no JAX)
 from utils.cpu_devices import use_all_cpu_cores
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, summaries and outputs.')
-flags.DEFINE_string('mode', 'train', 'What to run: train, sr, eval, stats or train_classifier.')
+flags.DEFINE_string(
+    'mode', 'train', 'What to run: train, sr, eval, stats, export or train_classifier.'
+)
 flags.DEFINE_string(
     'coordinator_address',
     None,
@@ -67,5 +70,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-    sys.argv[:] = expand_sr_flags(sys.argv)  # config_flags reads sys.argv for overrides.
+    # A shipped model for --mode sr without --config; config_flags reads sys.argv for overrides.
+    sys.argv[:] = expand_sr_flags(pretrained.main_flags(sys.argv))
     app.run(main)

@@ -14,7 +14,6 @@ has moved on since.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import datasets
 import experiment
 import inference
 from models.wrappers import make_regress_fn
+from utils import package
 
 MEAN_KEY = 'lr_mu'
 
@@ -56,11 +56,11 @@ class MeanModel:
 
 
 def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a run in ``workdir`` was trained with (``config.json``)."""
+    """The config a run (or model package) in ``workdir`` was trained with (``config.json``)."""
     path = Path(workdir) / inference.CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f'{path}: no run config; config.sde.mean_model must be a run')
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(package.read_config(workdir))
 
 
 def load(config: Any, devices: Any = None) -> MeanModel:
@@ -81,7 +81,7 @@ def load(config: Any, devices: Any = None) -> MeanModel:
                 f'{run_config.data[key]!r}, this run has {config.data[key]!r}'
             )
     exp = experiment.build(run_config, devices, workdir)
-    params, step = inference.load_ema_params(exp, workdir)
+    params, step = inference.load_ema_params(exp, workdir, scopes=exp.model.regress_scopes)
     logging.info('mu(y): the LR regression of %s at step %d', workdir, step)
     scaler = datasets.get_data_scaler(config.data.centered)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)

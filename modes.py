@@ -42,3 +42,10 @@ def run_train_classifier(config: Any, workdir: str | Path) -> None:
     import classifier_train
 
     classifier_train.run(config, workdir)
+
+
+@MODES.register('export')
+def run_export(config: Any, workdir: str | Path) -> None:
+    import export
+
+    export.run(config, workdir)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 import datasets
+from utils import package
 
 STATS_FILE = 'residual_stats.json'
 # The data fields the statistics depend on; a run whose config differs from the record refuses.
@@ -111,8 +112,8 @@ def load(path: Path, data_config: Any, mean_model: str | None = None) -> dict[st
         for k in DATA_FIELDS
         if _normalise(recorded.get(k)) != _normalise(data_config[k])
     ]
-    if mean_model is not None and stats.get('mean_model', '') != mean_model:
-        recorded_mean = stats.get('mean_model', '')
+    recorded_mean = package.resolve(stats.get('mean_model', ''), path.parent)
+    if mean_model is not None and recorded_mean != mean_model:
         differ.append(f'sde.mean_model (stats: {recorded_mean!r}, config: {mean_model!r})')
     if differ:
         raise ValueError(f'{path} was made with other data settings: ' + '; '.join(differ))

@@ -50,11 +50,13 @@ import guidance as guidance_lib
 import inference
 import mean_model
 import sampling
-from utils import parallel
+from utils import package, parallel
 from utils.images import make_grid, save_png
 from utils.progress import Progress
 
 MANIFEST = 'manifest.json'
+# Default output of a shipped model (its package folder is read-only), as GFPGAN's 'results'.
+PACKAGE_OUTPUT = 'results'
 Batch = dict[str, np.ndarray]
 
 
@@ -425,7 +427,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     cfg = config.sr
     _validate(cfg)
     workdir = Path(workdir)
-    out_dir = Path(cfg.output) if cfg.output else workdir / 'sr'
+    out_dir = Path(cfg.output or (PACKAGE_OUTPUT if package.is_package(workdir) else workdir / 'sr'))
     if cfg.input:
         inputs = file_inputs(cfg.input, config.data, cfg.max_images)
     else:

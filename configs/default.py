@@ -82,7 +82,11 @@ def sr_config() -> ml_collections.ConfigDict:
     # LR image file or folder (recursive; any size, resized to the model's LR size),
     # or '' for the eval split of config.data (then HR and LR images are written too).
     sr.input = ''
-    sr.output = ''  # Output folder ('' = <workdir>/sr); manifest.json is written last.
+    # Output folder ('' = <workdir>/sr, or ./results for a shipped model); manifest.json last.
+    sr.output = ''
+    # The shipped model in use (pretrained/<name>; set by --sr.model NAME, which replaces
+    # --config and --workdir; '' = the run in --workdir).
+    sr.model = ''
     sr.checkpoint = 0  # Checkpoint step to load EMA weights from (0 = the latest readable).
     sr.num_samples = 1  # SR samples per input (diversity): <name>_s<k>.png when > 1.
     # SR images per sampler call; a batch holds whole inputs (batch_size // num_samples, at
@@ -278,6 +282,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = eval_config()
 
     config.sr = sr_config()
+
+    # --mode export: the run's EMA weights into a model package (export.py, utils/package.py).
+    config.export = export = ml_collections.ConfigDict()
+    export.output = ''  # The package folder to write (required), e.g. pretrained/<name>.
+    export.dtype = 'float16'  # Weight dtype in the package: 'float16' or 'float32'.
+    # Eval-split faces super-resolved with the run's and the package's weights: the largest
+    # output change (must stay within 1/255) and their PSNR are recorded (0: no check).
+    export.check_images = 8
 
     config.guidance = guidance_config()
 

@@ -94,6 +94,10 @@ class NCSNpp(ScoreNetwork):
         """Outputs after the ``out_channels``, one image of the LR's channel count each."""
         return ('regression',) if self.lr_encoder_nf > 0 else ()
 
+    @property
+    def regress_scopes(self) -> tuple[str, ...]:
+        return (LR_ENCODER, LR_REGRESSION) if self.lr_encoder_nf > 0 else ()
+
     @nn.compact
     def __call__(
         self,

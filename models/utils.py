@@ -25,6 +25,12 @@ class ScoreNetwork(nn.Module):
     def aux_heads(self) -> tuple[str, ...]:
         return ()
 
+    @property
+    def regress_scopes(self) -> tuple[str, ...]:
+        """The top-level parameter collections :meth:`regress` reads (all it needs: a mean
+        model's package keeps only these)."""
+        return ()
+
     def regress(self, params: Any, lr: Any, hr_size: tuple[int, int]) -> Any:
         """The ``'regression'`` aux head alone (networks with an LR encoder override this)."""
         raise ValueError('the network has no LR regression head: set config.model.lr_encoder_nf')

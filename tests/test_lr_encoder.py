@@ -158,16 +158,26 @@ def _overrides(config, **fields):
     return config
 
 
-def test_two_stages_and_a_learned_mean_on_real_faces(tmp_path, celeba_id128):
-    """L1 stage, then ECDP around its frozen regression: the statistics, the warm start, the
-    'mean' eval baseline and the refusals all agree with direct computations."""
+@pytest.fixture(scope='module')
+def two_stages(tmp_path_factory, celeba_id128):
+    """The L1 stage (R), then ECDP around its frozen regression (W): ``(config, R, W)``."""
+    tmp = tmp_path_factory.mktemp('stages')
     data = str(celeba_id128)
-    stage1, stage2 = tmp_path / 'regress', tmp_path / 'ecdp'
+    stage1, stage2 = tmp / 'regress', tmp / 'ecdp'
     run_mode(_overrides(demo.get_config('smoke_regress'), **{'data.path': data}), stage1, 'train')
     config = _overrides(
         demo.get_config('smoke_encoder'),
         **{'data.path': data, 'sde.mean_model': str(stage1), 'training.init_from': str(stage1)},
     )
+    residual_stats.run(config, stage2)
+    run_mode(config, stage2, 'train')
+    return config, stage1, stage2
+
+
+def test_two_stages_and_a_learned_mean_on_real_faces(two_stages):
+    """L1 stage, then ECDP around its frozen regression: the statistics, the warm start, the
+    'mean' eval baseline and the refusals all agree with direct computations."""
+    config, stage1, stage2 = two_stages
     mean = mean_model.load(config)
     assert mean.keys == ('lr_mu',) and mean.step == 2
     # The residual statistics are of x - mu(y), mu(y) the regression (checked on one batch).
@@ -176,9 +186,8 @@ def test_two_stages_and_a_learned_mean_on_real_faces(tmp_path, celeba_id128):
     regress = make_regress_fn(experiment.build_model(config), mean.params)
     direct = regress({k: jnp.asarray(scaler(batch[k])) for k in ('lr', 'lr_up')})
     np.testing.assert_allclose(scaler(np.asarray(mean(batch)['lr_mu'])), direct, atol=1e-5)
-    stats = residual_stats.run(config, stage2)
+    stats = json.loads(residual_stats.stats_path(config, stage2).read_text())
     assert stats['mean_model'] == str(stage1) and stats['mean_model_step'] == 2
-    run_mode(config, stage2, 'train')
     metrics = evaluation_run.run(config, stage2)
     # The 'mean' baseline's PSNR is that of mu(y) itself.
     (records_file,) = (stage2 / 'eval').glob('*/records.jsonl')
@@ -191,8 +200,6 @@ def test_two_stages_and_a_learned_mean_on_real_faces(tmp_path, celeba_id128):
     np.testing.assert_allclose(got, psnr, rtol=1e-4)
     assert 'mean' in json.dumps(metrics)
     # Statistics made around another mean are refused, naming the field.
-    config.unlock()
-    config.sde.mean_model = ''
     with pytest.raises(ValueError, match='sde.mean_model'):
         residual_stats.load(residual_stats.stats_path(config, stage2), config.data, '')
 
@@ -218,3 +225,44 @@ def test_mean_model_refuses_runs_without_an_encoder_or_with_other_data(tmp_path)
     config.sde.mean_model = ''
     with pytest.raises(ValueError, match="'mean' but config.sde.mean_model is not set"):
         evaluation_run.load_mean(config, ('mean', 'bicubic'), None)
+
+
+def test_export_packages_the_run_and_its_mean(two_stages, tmp_path):
+    """``--mode export`` of W: float16 weights equal to W's rounded, the mean pruned to the
+    regression branch, paths resolved inside the package, sr reads it, and weights of another
+    shape are refused naming the file and the array."""
+    import ml_collections
+
+    import export
+    import inference
+    from utils import package
+
+    config, _, stage2 = two_stages
+    config = ml_collections.ConfigDict(config.to_dict())
+    folder = tmp_path / 'pkg'
+    config.export.update(output=str(folder), check_images=4)
+    record = export.run(config, stage2)
+    assert record['check']['max_output_change'] <= export.MAX_OUTPUT_CHANGE + 1e-6
+    assert record['mean']['scopes'] == ['lr_encoder', 'lr_regression']
+    packaged = ml_collections.ConfigDict(package.read_config(folder))
+    assert packaged.sde.mean_model == str((folder / 'mean').absolute())
+    exp = experiment.build(config, None, stage2)
+    ours, step = inference.load_ema_params(exp, stage2)
+    theirs, exported = inference.load_ema_params(experiment.build(packaged, None, folder), folder)
+    assert exported == step
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_array_equal(np.asarray(a).astype(np.float16).astype(np.float32), b)
+    mean = mean_model.load(packaged)
+    assert set(mean.params) == {'lr_encoder', 'lr_regression'}
+    # Weights of another shape: refused, naming the file and the array.
+    import flax.serialization
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    weights = folder / package.WEIGHTS_FILE
+    tree = flax.serialization.msgpack_restore(weights.read_bytes())
+    flat = flatten_dict(tree, sep='/')
+    name = sorted(k for k in flat if k.startswith('lr_regression'))[0]
+    flat[name] = np.zeros(flat[name].shape + (2,), np.float16)
+    weights.write_bytes(flax.serialization.msgpack_serialize(unflatten_dict(flat, sep='/')))
+    with pytest.raises(Exception, match=rf'ema_params.msgpack does not fit(.|\n)*{name}: shape'):
+        inference.load_ema_params(experiment.build(packaged, None, folder), folder)
