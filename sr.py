@@ -427,7 +427,8 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     cfg = config.sr
     _validate(cfg)
     workdir = Path(workdir)
-    out_dir = Path(cfg.output or (PACKAGE_OUTPUT if package.is_package(workdir) else workdir / 'sr'))
+    default_out = PACKAGE_OUTPUT if package.is_package(workdir) else workdir / 'sr'
+    out_dir = Path(cfg.output or default_out)
     if cfg.input:
         inputs = file_inputs(cfg.input, config.data, cfg.max_images)
     else:
