@@ -50,6 +50,7 @@ import guidance as guidance_lib
 import inference
 import mean_model
 import sampling
+import uncertainty
 from utils import package, parallel
 from utils.images import make_grid, save_png
 from utils.progress import Progress
@@ -178,7 +179,13 @@ def dataset_inputs(config: Any, max_images: int = 0) -> Inputs:
 # ----------------------------------------------------------------------------- outputs
 
 
-def plan_outputs(inputs: Inputs, num_samples: int, num_grids: int) -> tuple[list[dict], list[str]]:
+UNCERTAINTY_OUTPUTS = {'mean': '_mean.png', 'std': '_std.npy', 'std_map': '_std.png',
+                       'sheet': '_sheet.png'}  # fmt: skip
+
+
+def plan_outputs(
+    inputs: Inputs, num_samples: int, num_grids: int, with_uncertainty: bool = False
+) -> tuple[list[dict], list[str]]:
     """Output file names (relative to the output folder) per input, and the grid names.
 
     Raises :class:`datasets.DataError` naming both inputs when two outputs would share a name.
@@ -193,11 +200,14 @@ def plan_outputs(inputs: Inputs, num_samples: int, num_grids: int) -> tuple[list
         item = {'input': source, 'sr': srs}
         if inputs.with_hr:
             item.update(lr=f'{name}_lr.png', hr=f'{name}_hr.png')
+        if with_uncertainty:
+            item.update({key: name + suffix for key, suffix in UNCERTAINTY_OUTPUTS.items()})
         items.append(item)
     grids = [f'grid_{b:04d}.png' for b in range(num_grids)]
     owners: dict[str, str] = {g: 'a grid' for g in grids}
     for item in items:
-        for out in item['sr'] + [item[k] for k in ('lr', 'hr') if k in item]:
+        singles = ('lr', 'hr', *UNCERTAINTY_OUTPUTS)
+        for out in item['sr'] + [item[k] for k in singles if k in item]:
             if out in owners:
                 raise datasets.DataError(
                     f'{item["input"]} and {owners[out]} would both be written to {out}: '
@@ -228,6 +238,31 @@ def write_batch(
         _save(make_grid(columns + ([batch['hr']] if 'hr' in batch else [])), out_dir / grid)
 
 
+def write_uncertainty(
+    out_dir: Path, items: list[dict], batch: Batch, sr: np.ndarray, cfg: Any, embedder: Any
+) -> None:
+    """Per input of the batch: posterior mean, std (array and heat map), sheet, and the
+    uncertainty figures (``uncertainty.py``) added to its manifest item."""
+    for j, item in enumerate(items):
+        mean, std = uncertainty.mean_and_std(sr[j])
+        std_rgb = uncertainty.heat_map(std, cfg.std_max)
+        _save(mean.astype(np.float32), out_dir / item['mean'])
+        _save_npy(std.astype(np.float32), out_dir / item['std'])
+        _save(std_rgb, out_dir / item['std_map'])
+        save_png(uncertainty.sheet(batch['lr'][j], sr[j], mean, std_rgb), out_dir / item['sheet'])
+        figures = uncertainty.summarize(std)
+        if embedder is not None:
+            figures.update(uncertainty.identity_stability(uncertainty.quantize(sr[j]), mean,
+                                                          embedder))  # fmt: skip
+        item['uncertainty'] = figures
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(path.name + '.tmp.npy')
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     """``manifest.json`` through a temporary file and a rename: it marks the run complete."""
     path = out_dir / MANIFEST
@@ -243,6 +278,10 @@ def _validate(cfg: Any) -> None:
     for name, low in (('num_samples', 1), ('batch_size', 1), ('max_images', 0), ('checkpoint', 0)):
         if cfg[name] < low:
             raise ValueError(f'sr.{name} must be >= {low}, got {cfg[name]}')
+    if cfg.uncertainty:
+        uncertainty.check_num_samples(cfg.num_samples)
+        if cfg.std_max <= 0:
+            raise ValueError(f'sr.std_max must be > 0, got {cfg.std_max}')
 
 
 def _make_sampler(exp: experiment.Experiment, guide: guidance_lib.Guidance | None) -> Callable:
@@ -362,7 +401,7 @@ def make_plan(inputs: Inputs, cfg: Any, num_devices: int) -> Plan:
     per_batch = min(n, max(1, cfg.batch_size // cfg.num_samples))
     rows = -(-per_batch * cfg.num_samples // num_devices) * num_devices
     num_grids = -(-n // per_batch) if cfg.grid else 0
-    return Plan(per_batch, rows, *plan_outputs(inputs, cfg.num_samples, num_grids))
+    return Plan(per_batch, rows, *plan_outputs(inputs, cfg.num_samples, num_grids, cfg.uncertainty))
 
 
 def _sample_and_write(
@@ -386,10 +425,14 @@ def _sample_and_write(
     batches = _sample_batches(
         exp, sampler, params, inputs, plan.per_batch, plan.rows, mean, targets
     )
+    cfg = exp.config.sr
+    embedder = _embedder(cfg) if is_chief else None
     for b, (batch, sr, batch_nfe) in enumerate(batches):
         if is_chief:
             items = plan.items[b * plan.per_batch : b * plan.per_batch + len(sr)]
             write_batch(out_dir, items, batch, sr, plan.grids[b] if plan.grids else None)
+            if cfg.uncertainty:
+                write_uncertainty(out_dir, items, batch, sr, cfg, embedder)
         nfe = max(nfe, batch_nfe)
         progress.update(progress.done + sr.shape[0] * sr.shape[1])
         logging.info(progress.line(f'batch {b + 1}/{num_batches}, NFE {nfe}'))
@@ -400,6 +443,15 @@ def _sample_and_write(
         'seconds': round(seconds, 3),
         'images_per_sec': round(progress.done / seconds, 3),
     }
+
+
+def _embedder(cfg: Any) -> Any:
+    """The face embedder of the identity-stability figures (None without them)."""
+    if not (cfg.uncertainty and cfg.face):
+        return None
+    from evaluation.face import get_embedder  # onnxruntime: loaded only when used.
+
+    return get_embedder(cfg.face)
 
 
 def _guidance(exp: experiment.Experiment, params: Any, inputs: Inputs) -> tuple:

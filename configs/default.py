@@ -95,6 +95,12 @@ def sr_config() -> ml_collections.ConfigDict:
     sr.seed = 0  # Sample k of input i draws its noise from fold_in(key(seed), i*num_samples+k).
     sr.max_images = 0  # Only the first N inputs (0 = all).
     sr.grid = True  # Also write an LR | SR... (| HR) grid per batch: grid_<batch>.png.
+    # With num_samples >= 2: per input the posterior mean (<name>_mean.png), the per-pixel std
+    # (<name>_std.npy, heat map <name>_std.png), a sheet LR | samples | mean | std
+    # (<name>_sheet.png) and identity stability (embedding cosines) in the manifest.
+    sr.uncertainty = False
+    sr.std_max = 0.15  # Std (on [0, 1] pixels) at the top of the heat map's colour scale.
+    sr.face = 'sface'  # Face embedder of the identity-stability figures ('' = none).
     return sr
 
 

@@ -412,3 +412,42 @@ def test_guided_sr_at_h_0_is_unguided(workdir, lr_dir, tmp_path):
     table.write_text('file,male\nface0.png,1\n')
     with pytest.raises(ValueError, match='no row for 3 input'):
         _run(config, workdir)
+
+
+def test_uncertainty_outputs_equal_numpy_over_the_written_samples(workdir, lr_dir, tmp_path):
+    out = tmp_path / 'unc'
+    config = _config(lr_dir, input=str(lr_dir), output=str(out), num_samples=3, max_images=2,
+                     uncertainty=True, face='')  # fmt: skip
+    manifest = _run(config, workdir)
+    for item in manifest['items']:
+        samples = np.stack([_read(out / name) for name in item['sr']]).astype(np.float64) / 255
+        mean = _read(out / item['mean']).astype(np.float64) / 255
+        np.testing.assert_allclose(mean, samples.mean(0), atol=0.5 / 255 + 1e-9)
+        std = np.load(out / item['std'])
+        np.testing.assert_allclose(std, samples.std(0).mean(-1), atol=1e-6)
+        assert item['uncertainty']['std_mean'] == pytest.approx(float(std.mean()), abs=1e-6)
+        assert _read(out / item['sheet']).shape[1] > 5 * HR  # LR | 3 samples | mean | std
+        assert _read(out / item['std_map']).shape[:2] == (HR, HR)
+
+
+def test_uncertainty_needs_two_samples(workdir, lr_dir, tmp_path):
+    config = _config(lr_dir, input=str(lr_dir), output=str(tmp_path), uncertainty=True)
+    with pytest.raises(ValueError, match=r'sr.uncertainty needs sr.num_samples >= 2 \(got 1\)'):
+        _run(config, workdir)
+    assert not any(tmp_path.iterdir())
+
+
+def test_identity_stability_of_equal_and_of_different_faces(celeba_id128):
+    """K copies of one face are perfectly stable; a different person among them is not."""
+    import uncertainty
+    from evaluation.face import get_embedder
+
+    files = sorted((celeba_id128 / 'images').glob('*.png'))[:2]
+    faces = np.stack([_read(f) for f in files]).astype(np.float64) / 255
+    embedder = get_embedder('sface')
+    same = uncertainty.identity_stability(np.stack([faces[0]] * 3), faces[0], embedder)
+    assert same['pairwise_cos'] == pytest.approx(1.0, abs=1e-5)
+    assert same['to_mean_cos'] == pytest.approx(1.0, abs=1e-5)
+    mixed = uncertainty.identity_stability(np.stack([faces[0], faces[0], faces[1]]), faces[0],
+                                           embedder)  # fmt: skip
+    assert mixed['pairwise_cos'] < 0.9 and mixed['to_mean_cos'] < same['to_mean_cos']
