@@ -32,11 +32,13 @@ MIN_SAMPLES = 2
 COLORMAP = 'inferno'
 
 
-def check_num_samples(num_samples: int, what: str = 'sr.uncertainty') -> None:
+def check_num_samples(
+    num_samples: int, what: str = 'sr.uncertainty', field: str = 'sr.num_samples'
+) -> None:
     """Refuses fewer than two samples: the spread of one sample is undefined."""
     if num_samples < MIN_SAMPLES:
         raise ValueError(
-            f'{what} needs sr.num_samples >= {MIN_SAMPLES} (got {num_samples}): the spread and '
+            f'{what} needs {field} >= {MIN_SAMPLES} (got {num_samples}): the spread and '
             'identity stability of a single sample are undefined'
         )
 
@@ -49,7 +51,7 @@ def quantize(samples: np.ndarray) -> np.ndarray:
 def mean_and_std(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``samples`` [K, H, W, C] -> posterior mean [H, W, C] and per-pixel std [H, W] (channel
     mean of the per-channel population std), over the quantized samples."""
-    check_num_samples(len(samples), 'the posterior mean and std')
+    check_num_samples(len(samples), 'the posterior mean and std', 'the sample count')
     levels = quantize(samples)
     return levels.mean(axis=0), levels.std(axis=0).mean(axis=-1)
 
@@ -73,12 +75,15 @@ def sheet(lr: np.ndarray, samples: np.ndarray, mean: np.ndarray, std_rgb: np.nda
     return make_grid([c[None] for c in columns])
 
 
-def identity_stability(samples: np.ndarray, mean: np.ndarray, embedder: Any) -> dict[str, float]:
+def identity_stability(
+    samples: np.ndarray, mean: np.ndarray, embedder: Any, reference: np.ndarray | None = None
+) -> dict[str, float]:
     """Mean pairwise embedding cosine of the samples, and mean sample-to-mean cosine.
 
-    ``embedder``: an ``evaluation.face.FaceEmbedder`` (alignment decided on ``mean``).
+    ``embedder``: an ``evaluation.face.FaceEmbedder``; the crop is decided on ``reference``
+    (the HR image in evaluation) or, without one, on ``mean``.
     """
-    alignment = embedder.align(mean[None])
+    alignment = embedder.align((mean if reference is None else reference)[None])
     repeated = type(alignment)(**{
         f.name: np.repeat(getattr(alignment, f.name), len(samples) + 1, axis=0)
         for f in dataclasses.fields(alignment)

@@ -121,6 +121,8 @@ def eval_config() -> ml_collections.ConfigDict:
     cfg.face = 'sface'  # Face embedder for CS, verification, identification ('' = off).
     cfg.far_targets = (1e-2, 1e-3)  # False accept rates at which TAR is reported.
     cfg.ranks = (1, 5, 10)  # Identification ranks reported (the full CMC is also written).
+    # Samples per image of the 'posterior_mean' method (>= 2; costs that many sampler runs).
+    cfg.posterior_samples = 8
     cfg.grid_images = 8  # Rows of the LR | bicubic | SR | HR grid (first batch, <= batch_size).
     # Sweep: re-run 'sr' over values of one sampler field, e.g. 'sampling.snr' or
     # 'sampling.num_steps' ('' = off), plotting PSNR and CS against it.

@@ -50,6 +50,8 @@ from evaluation.image_metrics import summarize
 #: Per-image scalar metrics, in table order.
 # attr_prob: the guidance classifiers' probability of each image's requested attributes.
 SCALARS = ('psnr', 'ssim', 'consistency', 'cs', 'lpips', 'attr_prob')
+# Of the posterior mean of K samples: their pixel std and identity stability (uncertainty.py).
+STABILITY = ('std_mean', 'pairwise_cos', 'to_mean_cos')
 #: Consistency (an MSE on [0, 1] pixels) is shown multiplied by this in tables and plots.
 CONSISTENCY_SCALE = 1e5
 #: Points of the stored (log-FAR sampled) ROC curve.
@@ -195,7 +197,7 @@ def method_summary(
     values = [r['methods'][method] for r in records]
     with np.errstate(invalid='ignore'):  # std of PSNR inf (hr) is nan, not a warning.
         out: dict[str, Any] = {
-            k: summarize([v[k] for v in values]) for k in SCALARS if k in values[0]
+            k: summarize([v[k] for v in values]) for k in SCALARS + STABILITY if k in values[0]
         }
     nfe = [v['nfe'] for v in values if 'nfe' in v]
     if nfe:
@@ -263,7 +265,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_csv(path: Path, rows: Sequence[dict], summary: dict[str, Any]) -> None:
     """Per-image rows (``row=image``) then per-method ``mean`` and ``std`` rows."""
-    fields = ['method', 'row', 'index', 'id', 'detected', *SCALARS, 'nfe']
+    fields = ['method', 'row', 'index', 'id', 'detected', *SCALARS, *STABILITY, 'nfe']
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fields, extrasaction='ignore', lineterminator='\n')
     writer.writeheader()
@@ -275,7 +277,7 @@ def write_csv(path: Path, rows: Sequence[dict], summary: dict[str, Any]) -> None
                 {
                     'method': method,
                     'row': stat,
-                    **{k: stats[k][stat] for k in SCALARS if k in stats},
+                    **{k: stats[k][stat] for k in SCALARS + STABILITY if k in stats},
                 }
             )
     atomic_write_text(path, buffer.getvalue())
@@ -300,6 +302,7 @@ def table_row(
     ecfg: Any,
     has_pairs: bool = False,
     has_attributes: bool = False,
+    has_stability: bool = False,
 ) -> list[str]:
     """One Markdown table row: image metrics (mean ± std), then the face protocols.
 
@@ -323,6 +326,8 @@ def table_row(
         cells += [_mean_std((pairs.get(mode) or {}).get('accuracy'), 4) for mode in PAIR_MODES]
     if has_attributes:
         cells.append(_mean_std(stats.get('attr_prob'), 4))
+    if has_stability:
+        cells += [_mean_std(stats.get(k), 4) for k in STABILITY]
     return cells
 
 
@@ -338,9 +343,12 @@ def markdown_table(summary: dict[str, Any], ecfg: Any, caption: str) -> str:
     has_attributes = any('attr_prob' in s for s in summary['methods'].values())
     if has_attributes:
         header.append('p(attributes)')
+    has_stability = any('std_mean' in s for s in summary['methods'].values())
+    if has_stability:
+        header += ['pixel std', 'ID cos (samples)', 'ID cos (to mean)']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for method, stats in summary['methods'].items():
-        cells = table_row(method, stats, ecfg, has_pairs, has_attributes)
+        cells = table_row(method, stats, ecfg, has_pairs, has_attributes, has_stability)
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n\n' + caption + '\n'
 

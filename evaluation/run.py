@@ -74,6 +74,7 @@ import experiment
 import guidance as guidance_lib
 import mean_model
 import sampling
+import uncertainty
 from degradations import resize
 from evaluation import image_metrics as im
 from evaluation import report
@@ -85,8 +86,11 @@ from utils.images import make_grid, save_png, to_rgb
 from utils.progress import Progress
 
 # 'srdg': SR sampled with classifier guidance (config.guidance), beside the unguided 'sr';
+# 'posterior_mean': the mean of eval.posterior_samples unguided samples per image (trades
+# sharpness for PSNR; adds the samples' pixel std and identity stability, see uncertainty.py);
 # 'mean': the learned mu(y) of config.sde.mean_model itself (a regression baseline).
-METHODS = ('sr', 'srdg', 'mean', 'bicubic', 'hr')
+METHODS = ('sr', 'srdg', 'posterior_mean', 'mean', 'bicubic', 'hr')
+SAMPLED = ('sr', 'srdg', 'posterior_mean')  # Methods that need the trained model.
 RECORDS, SETTINGS = 'records.jsonl', 'settings.json'
 
 
@@ -175,7 +179,7 @@ def eval_name(config: Any, methods: Sequence[str], step: int | None) -> str:
         f'{Path(data.path).name or data.source}{subset}-{datasets.split_name(config.eval.split)}'
         f'-x{data.downscale}'
     )
-    if 'sr' not in methods and 'srdg' not in methods:
+    if not set(SAMPLED) & set(methods):
         return f'{base}-baselines'
     guided = f'-{guidance_lib.tag(config.guidance)}' if 'srdg' in methods else ''
     return f'{base}-{sampler_tag(config.sampling)}-step{step}{guided}'
@@ -194,7 +198,9 @@ def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict
         settings['mean_model'] = config.sde.mean_model
     if 'srdg' in methods:
         settings['guidance'] = config.guidance.to_dict()
-    if 'sr' in methods or 'srdg' in methods:
+    if 'posterior_mean' in methods:
+        settings['posterior_samples'] = ecfg.posterior_samples
+    if set(SAMPLED) & set(methods):
         settings.update(
             checkpoint_step=step,
             seed=ecfg.seed,
@@ -455,6 +461,8 @@ def make_sample_fn(
     ``sr`` ``[B, H, W, C]`` in [0, 1] (clipped), ``nfe`` ``[B]`` network evaluations. Compiled
     here, then hosts wait for each other (``name``), so that they enter collectives together.
     ``guided``: classifier guidance (``model.guided``), each image steered to its targets.
+    ``sample(local, draw, draws)`` draws sample ``draw`` of ``draws`` per image (sample id
+    ``index * draws + draw``; the default is ``sr``'s sample, id ``index``).
     """
     exp = model.exp
     scaler = datasets.get_data_scaler(config.data.centered)
@@ -466,11 +474,14 @@ def make_sample_fn(
         params = guidance_lib.sampler_params(model.params, model.guided.variables)
     parallel.barrier(f'eval_sampler_{name}{"_guided" if guided else ""}')
 
-    def sample(local: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.maximum(local['index'], 0).astype(np.int32)  # Padding rows: any key.
+    def sample(
+        local: dict[str, np.ndarray], draw: int = 0, draws: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        index = np.maximum(local['index'], 0).astype(np.int32)  # Padding rows: any key.
+        ids = (index * draws + draw).astype(np.int32)
         rows = datasets.model_cond(local, scaler)
         if guided:
-            rows[guidance_lib.ATTRIBUTES] = model.guided.targets[ids]
+            rows[guidance_lib.ATTRIBUTES] = model.guided.targets[index]
         cond = parallel.shard_batch(rows, exp.mesh)
         ids = parallel.shard_batch({'ids': ids}, exp.mesh)['ids']
         x, info = fn(params, key, cond, ids)
@@ -481,6 +492,50 @@ def make_sample_fn(
         return np.clip(inverse(x), 0.0, 1.0), nfe
 
     return sample
+
+
+def make_sample_fns(
+    config: Any, model: Model, name: str, methods: Sequence[str]
+) -> dict[str, Callable[[dict[str, np.ndarray]], tuple]]:
+    """The samplers of the sampled ``methods`` (``sr`` and ``posterior_mean`` share one)."""
+    fns: dict[str, Callable] = {}
+    if 'sr' in methods or 'posterior_mean' in methods:
+        unguided = make_sample_fn(config, model, name)
+        if 'sr' in methods:
+            fns['sr'] = unguided
+        if 'posterior_mean' in methods:
+            fns['posterior_mean'] = posterior_mean_fn(unguided, config.eval.posterior_samples)
+    if 'srdg' in methods:
+        fns['srdg'] = make_sample_fn(config, model, name, guided=True)
+    return fns
+
+
+def posterior_mean_fn(sample: Callable, draws: int) -> Callable[[dict[str, np.ndarray]], tuple]:
+    """``local -> (mean [B, H, W, C], nfe [B] of all draws, samples [B, K, H, W, C])``."""
+    uncertainty.check_num_samples(draws, 'the posterior_mean method', 'eval.posterior_samples')
+
+    def posterior(local: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        runs = [sample(local, k, draws) for k in range(draws)]
+        samples = np.stack([x for x, _ in runs], axis=1)
+        return samples.mean(axis=1), np.sum([n for _, n in runs], axis=0), samples
+
+    return posterior
+
+
+def add_stability(
+    records: dict[int, dict], batch: dict[str, np.ndarray], rows: list[int], samples: np.ndarray,
+    embedder: Any,
+) -> None:  # fmt: skip
+    """Adds the samples' mean pixel std and (with ``embedder``) identity stability, cut with
+    the HR's transform as every face metric, to each record's ``posterior_mean``."""
+    for r in rows:
+        values = records[int(batch['index'][r])]['methods']['posterior_mean']
+        values['std_mean'] = float(np.std(samples[r], axis=0).mean())
+        if embedder is not None:
+            figures = uncertainty.identity_stability(
+                to_rgb(samples[r]), to_rgb(samples[r].mean(0)), embedder,
+                reference=to_rgb(batch['hr'][r]))  # fmt: skip
+            values.update(pairwise_cos=figures['pairwise_cos'], to_mean_cos=figures['to_mean_cos'])
 
 
 def make_metric_fns(ecfg: Any) -> MetricFns:
@@ -561,11 +616,7 @@ def evaluate(
     limit = min(size, ecfg.max_images) if ecfg.max_images > 0 else size
     pairs = pair_list(config, size)
     todo = [i for i in range(limit) if missing(records.get(i), methods)]
-    sample_fns = {
-        m: make_sample_fn(config, model, name, guided=m == 'srdg')
-        for m in ('sr', 'srdg')
-        if m in methods and todo
-    }
+    sample_fns = make_sample_fns(config, model, name, methods) if todo else {}
     mean = load_mean(config, methods, model)
     if not chief and not sample_fns:
         return {}
@@ -600,10 +651,14 @@ def evaluate(
         given['mean'] = None if mu is None else np.clip(mu, 0, 1)
         outputs = {m: sampled[m][0] if m in sampled else given[m] for m in need}
         nfe = {m: v[1] for m, v in sampled.items()}
+        draws = {m: v[2] for m, v in sampled.items() if len(v) > 2}
         if batch_step == 0:  # Before the records: a recorded first batch implies a grid.
             sr = next((outputs[m] for m in ('sr', 'srdg') if m in outputs), None)
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
-        merge_records(records, batch_records(batch, outputs, rows, fns, config, nfe))
+        new = batch_records(batch, outputs, rows, fns, config, nfe)
+        if 'posterior_mean' in draws:
+            add_stability(new, batch, rows, draws['posterior_mean'], fns.embedder)
+        merge_records(records, new)
         save_records(out / RECORDS, records)
         progress.update(progress.done + len(rows))
         logging.info('eval %s: %s', name, progress.line())
@@ -729,7 +784,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     ``devices`` (default: all devices of all hosts) is the sampling mesh.
     """
     methods = with_guidance(parse_methods(config.eval.methods), config)
-    sampled = 'sr' in methods or 'srdg' in methods
+    sampled = bool(set(SAMPLED) & set(methods))
     if sampled:  # Baselines are not trained: any split measures them fairly.
         datasets.check_held_out(config.data, config.eval.split)
     model = load_model(config, workdir, devices) if sampled else None

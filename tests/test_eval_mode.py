@@ -366,3 +366,44 @@ def test_guided_and_unguided_sr_in_one_eval(trained, eval_faces, tmp_path):
     cfg.guidance.scale = 100.0  # Other guidance, same folder: refused, not mixed.
     with pytest.raises(ValueError, match='guidance'):
         _run(cfg, workdir)
+
+
+def test_posterior_mean_is_the_mean_of_the_sr_modes_samples(trained, eval_faces, tmp_path):
+    """``posterior_mean`` of K draws equals the mean of ``--mode sr``'s K samples (the same
+    sample ids and keys), and reports pixel std and identity stability."""
+    import sr as sr_mode
+
+    config, workdir = trained
+    k, n = 2, 4
+    cfg = _config(config, eval_faces, name='posterior', max_images=n, posterior_samples=k,
+                  methods=('sr', 'posterior_mean', 'bicubic'))  # fmt: skip
+    metrics = _run(cfg, workdir)
+    posterior = [r for r in metrics['per_image'] if r['method'] == 'posterior_mean']
+    cfg.sr.update(input='', output=str(tmp_path), max_images=n, num_samples=k,
+                  seed=cfg.eval.seed, grid=False)  # fmt: skip
+    manifest = sr_mode.run(cfg, workdir, devices=jax.devices()[:DEVICES])
+    for item, row in zip(manifest['items'], posterior, strict=True):
+        samples = np.stack([_png(tmp_path / name) for name in item['sr']])
+        hr = _png(tmp_path / item['hr'])
+        psnr = 10 * np.log10(1 / np.mean((samples.mean(0) - hr) ** 2))
+        assert row['psnr'] == pytest.approx(psnr, abs=0.05)  # (sr writes 8-bit samples)
+        assert row['std_mean'] == pytest.approx(samples.std(0).mean(), abs=2e-3)
+        assert -1 <= row['pairwise_cos'] <= 1 and -1 <= row['to_mean_cos'] <= 1
+    stats = metrics['methods']['posterior_mean']
+    assert stats['nfe'] == pytest.approx(k * metrics['methods']['sr']['nfe'])
+    assert 'ID cos (samples)' in (workdir / 'eval' / 'posterior' / 'table.md').read_text()
+
+
+def test_posterior_mean_needs_two_samples(trained, eval_faces):
+    config, workdir = trained
+    cfg = _config(config, eval_faces, name='posterior1', posterior_samples=1,
+                  methods=('posterior_mean',))  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r'posterior_mean method needs eval.posterior_samples >= 2'
+    ):
+        _run(cfg, workdir)
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert('RGB'), np.float64) / 255
