@@ -16,9 +16,9 @@ Sources (``data.source``, chosen through the ``SOURCES`` registry):
   TF-free ``array_record`` reader; ``data.path`` is the ``data_dir``).
 * ``'lfw_pairs'``: the images of LFW View-2 pairs (``data.path`` holds ``pairs.csv``; split
   ``test`` only): the sorted unique images of the kept pairs (``data.pairs_per_fold``), each
-  aligned into celeba_id128's crop geometry (:class:`evaluation.lfw.LFWAligner`: YuNet, one
+  aligned into celeba_id128's crop geometry (:class:`faces.lfw.LFWAligner`: YuNet, one
   detector call per image, then a similarity warp) instead of being resized; identity = the
-  person's index (see :func:`evaluation.lfw.lfw_pair_set`).
+  person's index (see :func:`faces.lfw.lfw_pair_set`).
 
 Decoding (Pillow, ``LOAD_TRUNCATED_IMAGES`` left False, images fully loaded so truncation is
 found): EXIF orientation applied; grayscale -> RGB by replicating the channel; RGBA/LA ->
@@ -405,7 +405,7 @@ class LFWPairsSource:
     """
 
     def __init__(self, data_config: Any, split: str):
-        from evaluation import lfw  # Face code (YuNet, onnxruntime on use): only for LFW.
+        from faces import lfw  # Face code (YuNet, onnxruntime on use): only for LFW.
 
         if split_name(split) != 'test':
             raise DataError(f'lfw_pairs has only the split "test", not {split!r}')

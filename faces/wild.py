@@ -1,0 +1,216 @@
+"""Finding faces in arbitrary photos: YuNet with filters, and faces given in a CSV.
+
+The first step of restoring faces in the wild (detect, align, restore, paste back):
+:func:`find_faces` returns :class:`~faces.detect.Detection` records (box, five landmarks,
+score, source) whose landmarks :func:`faces.align.crop_matrix` turns into crops.
+
+Smallest detectable face. YuNet (score >= 0.6) misses small faces. Measured with
+``python bench/small_faces.py`` (``bench/results/small_faces.md``): 60 ``celeba_id128`` test
+faces and the central faces of 60 LFW images, each downscaled (antialiased) and pasted into a
+160x120 frame of smoothed noise; a face is found when a detection's landmarks lie within half
+an eye distance of where they were placed. Size = the width of YuNet's own box (0.58 of the
+side of a ``celeba_id128`` crop, eyes 0.45 of the box width apart):
+
+* ``detect_scale=1``: half found at a 12 px box (LFW: 15 px), 90 % at 19 px (LFW: 21 px),
+  none at 8 px (LFW: 9 px);
+* ``detect_scale=2``: half at 7 px (LFW: 9 px), 90 % at 12 px (LFW: 13 px);
+* ``detect_scale=4``: half at 6 px (LFW: 7 px), 90 % at 8 px (LFW: 9 px).
+
+So YuNet alone needs a face box about 12-15 px wide (eyes 5-7 px apart, a ``celeba_id128``
+crop of 20-26 px); on the photo upscaled by ``detect_scale`` (bicubic) it finds faces down to
+6-9 px, at ``detect_scale**2`` times the detector's cost. Landmarks worsen as faces shrink:
+the median over faces of the mean landmark error is 0.19 eye distance at a 19 px box without
+upscaling, 0.10 with ``detect_scale=2`` and 0.08 with 4. Smaller faces still can be listed in
+a CSV (:func:`read_face_csv`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from faces.align import resize_matrix
+from faces.detect import SOURCE_GIVEN, Detection, box_iou, select_central, to_float255
+from faces.paste import upscale_photo
+
+#: Landmarks as fractions of YuNet's box, ``(landmark - (x, y)) / (w, h)``: the per-point
+#: median over the ``celeba_id128`` test split (1,118 faces; median absolute deviation
+#: 0.01-0.02 in y, 0.04-0.08 in x, most for the nose, which turns with the head). Gives faces
+#: listed by their box their landmarks (:func:`landmarks_from_box`). Reproduce with
+#: ``python -m faces.canonical --split test``.
+BOX_LANDMARKS = np.array(
+    [[0.243, 0.394], [0.713, 0.392], [0.463, 0.591], [0.290, 0.740], [0.690, 0.738]],
+    dtype=np.float64,
+)
+
+BOX_COLUMNS = ('x', 'y', 'w', 'h')
+LANDMARK_COLUMNS = tuple(f'{axis}{i}' for i in range(1, 6) for axis in 'xy')
+
+#: Two faces whose boxes overlap by more than this IoU are one face (YuNet's NMS threshold).
+SAME_FACE_IOU = 0.3
+
+
+class FaceListError(ValueError):
+    """A face list (CSV) that cannot be read; the message names the file and line."""
+
+
+class Detector(Protocol):
+    """What :func:`find_faces` needs of a detector (:class:`faces.detect.YuNetDetector`)."""
+
+    def detect(self, image: Any) -> list[Detection]: ...
+
+
+def landmarks_from_box(box: np.ndarray) -> np.ndarray:
+    """Five landmarks ``[5, 2]`` for a face box ``(x, y, w, h)`` drawn as YuNet draws it.
+
+    ``(x, y) + BOX_LANDMARKS * (w, h)``: where the landmarks of a median ``celeba_id128`` face
+    sit in its YuNet box (upright and frontal; a turned head has its nose elsewhere).
+    """
+    box = np.asarray(box, np.float64)
+    return box[:2] + BOX_LANDMARKS * box[2:]
+
+
+def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """The box ``(x, y, w, h)`` whose :func:`landmarks_from_box` fit ``landmarks`` best.
+
+    Least squares per axis (``landmark = x + fraction * w``), the inverse of
+    :func:`landmarks_from_box` for landmarks in the median geometry.
+    """
+    lm = np.asarray(landmarks, np.float64)
+    box = np.zeros(4)
+    for axis in range(2):
+        slope, offset = np.polyfit(BOX_LANDMARKS[:, axis], lm[:, axis], 1)
+        box[axis], box[axis + 2] = offset, slope
+    return box
+
+
+def find_faces(
+    photo: Any,
+    detector: Detector,
+    only_center: bool = False,
+    min_size: float = 0,
+    given: Sequence[Detection] | None = None,
+    detect_scale: int = 1,
+) -> list[Detection]:
+    """The faces of ``photo`` ``[H, W, 3]`` (uint8 or float [0, 1]): given ones, then detected.
+
+    * ``detect_scale``: YuNet runs on the photo upscaled by this factor (bicubic), for faces
+      too small for it at their size (module doc); coordinates are mapped back to the photo.
+    * ``min_size``: detections whose box is narrower or shorter than this (pixels of the
+      photo) are dropped: ``min(w, h) >= min_size`` is kept (YuNet's boxes are about 0.76 as
+      wide as tall, so this is the box width).
+    * ``given``: faces listed for this photo (:func:`read_face_csv`), kept whatever their
+      size; a detection overlapping one (IoU > :data:`SAME_FACE_IOU`) is the same face and
+      dropped, the list wins.
+    * ``only_center``: of all these, only the face whose box centre is nearest the photo's
+      centre (:func:`faces.detect.select_central`; none if there is no face).
+
+    Returns the given faces in their order, then the detections best first.
+    """
+    image = to_float255(photo) / 255.0
+    if detect_scale != 1:
+        image = upscale_photo(image, detect_scale)
+    found = [_to_photo(d, detect_scale) for d in detector.detect(image)]
+    found = [d for d in found if min(d.box[2], d.box[3]) >= min_size]
+    given = list(given or [])
+    if given:
+        given_boxes = np.stack([g.box for g in given])
+        found = [d for d in found if box_iou(d.box, given_boxes).max() <= SAME_FACE_IOU]
+    faces = given + found
+    if only_center:
+        central = select_central(faces, *np.shape(photo)[:2])
+        return [] if central is None else [central]
+    return faces
+
+
+def _to_photo(face: Detection, scale: int) -> Detection:
+    """A detection on the photo upscaled by ``scale``, in the photo's pixels."""
+    if scale == 1:
+        return face
+    back = np.linalg.inv(resize_matrix(scale))[:2]
+    corner = back[:, :2] @ face.box[:2] + back[:, 2]
+    landmarks = face.landmarks @ back[:, :2].T + back[:, 2]
+    return Detection(np.r_[corner, face.box[2:] / scale], landmarks, face.score, face.source)
+
+
+def read_face_csv(path: str | Path) -> dict[str, list[Detection]]:
+    """Faces listed per photo in a CSV: ``{file: [Detection, ...]}`` in file order.
+
+    Columns (a header line, names exact): ``file`` (the photo's name as the caller looks it
+    up) and either ``x,y,w,h`` (a face box as YuNet draws it, top-left corner and size in
+    photo pixels; landmarks from :func:`landmarks_from_box`) or ``x1,y1,...,x5,y5`` (five
+    landmarks, image-left eye first as in :class:`~faces.detect.Detection`; the box from
+    :func:`box_from_landmarks`). Faces get ``source='given'`` and score 1. A missing or
+    unknown column, a missing or non-numeric value, or a box without area raises
+    :class:`FaceListError` naming the file and line.
+    """
+    path = Path(path)
+    with open(path, newline='') as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        columns = _check_header(path, reader.fieldnames)
+        faces: dict[str, list[Detection]] = {}
+        for row in reader:
+            name, face = _parse_row(path, reader.line_num, row, columns)
+            faces.setdefault(name, []).append(face)
+    return faces
+
+
+def _check_header(path: Path, fieldnames: Sequence[str] | None) -> tuple[str, ...]:
+    """The value columns of a face list (box or landmarks), or :class:`FaceListError`."""
+    names = [n.strip() for n in fieldnames or []]
+    if not names:
+        raise FaceListError(f'{path}:1: empty; expected a header file,x,y,w,h or file,x1,...,y5')
+    for columns in (BOX_COLUMNS, LANDMARK_COLUMNS):
+        if set(columns) & set(names):
+            expected = ('file', *columns)
+            missing = [c for c in expected if c not in names]
+            unknown = [c for c in names if c not in expected]
+            if missing or unknown or len(names) != len(set(names)):
+                raise FaceListError(
+                    f'{path}:1: columns {names}: missing {missing}, unknown or repeated '
+                    f'{unknown or "none"}; expected {",".join(expected)}'
+                )
+            return columns
+    raise FaceListError(f'{path}:1: columns {names}: expected file,x,y,w,h or file,x1,...,y5')
+
+
+def _parse_row(
+    path: Path, line: int, row: dict[str, Any], columns: tuple[str, ...]
+) -> tuple[str, Detection]:
+    """One face of a face list: its photo's name and the face, or :class:`FaceListError`."""
+    if None in row:  # csv.DictReader's key for values beyond the header's columns.
+        raise FaceListError(f'{path}:{line}: more values than columns: {row[None]}')
+    row = {k.strip(): v for k, v in row.items()}
+    name = (row.get('file') or '').strip()
+    if not name:
+        raise FaceListError(f'{path}:{line}: no file name')
+    values = []
+    for column in columns:
+        text = row.get(column)
+        if text is None or not text.strip():
+            raise FaceListError(f'{path}:{line}: no value for column {column!r}')
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise FaceListError(
+                f'{path}:{line}: column {column!r} is not a number: {text!r}'
+            ) from None
+        if not math.isfinite(values[-1]):
+            raise FaceListError(f'{path}:{line}: column {column!r} is not finite: {text!r}')
+    if columns == BOX_COLUMNS:
+        box = np.array(values)
+        landmarks = landmarks_from_box(box)
+    else:
+        landmarks = np.array(values).reshape(5, 2)
+        box = box_from_landmarks(landmarks)
+    if box[2] <= 0 or box[3] <= 0:
+        raise FaceListError(
+            f'{path}:{line}: the face has no area (box {np.round(box, 1).tolist()}; '
+            'landmarks must be image-left eye first, eyes above the mouth)'
+        )
+    return name, Detection(box, landmarks, 1.0, SOURCE_GIVEN)
