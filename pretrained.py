@@ -9,6 +9,7 @@ config file. Packages are made from trained runs with ``--mode export`` (``expor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -40,10 +41,26 @@ def package_dir(name: str) -> Path:
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-    """The config of shipped model ``name``, its inner paths made absolute, ``sr.model`` set."""
-    config = ml_collections.ConfigDict(package.read_config(package_dir(name)))
+    """The config of shipped model ``name`` over today's defaults (fields added since its
+    export get their default), its inner paths absolute, ``sr.model`` set; locked."""
+    from configs import default  # (configs import this module: no cycle at import time)
+
+    config = default.get_config()
+    merge(config, package.read_config(package_dir(name)), f'{package_dir(name)}/config.json')
     config.sr.model = name
     return config
+
+
+def merge(config: ml_collections.ConfigDict, record: dict[str, Any], where: str) -> None:
+    """Sets every field of ``record`` in ``config`` (JSON lists become tuples where the field is
+    a tuple); a field ``config`` does not have is refused, naming it and ``where``."""
+    for key, value in record.items():
+        if key not in config:
+            raise ValueError(f'{where}: unknown config field {key!r}')
+        if isinstance(config[key], ml_collections.ConfigDict):
+            merge(config[key], value, f'{where}:{key}')
+        else:
+            config[key] = tuple(value) if isinstance(config[key], tuple) else value
 
 
 def _flag_value(argv: list[str], flag: str) -> tuple[str | None, list[str]]:

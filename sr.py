@@ -49,6 +49,7 @@ import experiment
 import guidance as guidance_lib
 import inference
 import mean_model
+import photos as photos_lib
 import sampling
 import uncertainty
 from utils import package, parallel
@@ -69,6 +70,7 @@ class Inputs:
     sources: list[str]  # Where each input comes from (a file, or a dataset entry).
     batches: Callable[[int], Iterator[Batch]]  # inputs per batch -> 'lr', 'lr_up' (, 'hr').
     with_hr: bool
+    photos: tuple[photos_lib.Photo, ...] = ()  # Photos whose faces are among the inputs.
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -125,8 +127,17 @@ def upsample_lr(lr: np.ndarray, data_config: Any) -> np.ndarray:
     return np.clip(up, 0.0, 1.0)
 
 
-def file_inputs(path: str | os.PathLike, data_config: Any, max_images: int = 0) -> Inputs:
-    """An image file or a folder of them (decoded and fitted now; see the module docstring)."""
+def file_inputs(
+    path: str | os.PathLike,
+    data_config: Any,
+    max_images: int = 0,
+    finder: photos_lib.FaceFinder | None = None,
+) -> Inputs:
+    """An image file or a folder of them (decoded and fitted now; see the module docstring).
+
+    With a ``finder`` (``sr.aligned`` false), inputs that are not of the LR size are photos:
+    their faces, aligned into LR crops, are the inputs (``photos.py``).
+    """
     path = Path(path)
     if path.is_dir():
         files, root = datasets.list_images(path), path
@@ -137,16 +148,28 @@ def file_inputs(path: str | os.PathLike, data_config: Any, max_images: int = 0) 
     if not files:
         raise datasets.DataError(f'no image files in {path}')
     files = files[:max_images] if max_images else files
-    channels = int(data_config.num_channels)
-    lr = np.stack([fit_lr(datasets.decode_image(f, channels), data_config, str(f)) for f in files])
+    channels, size = int(data_config.num_channels), lr_size(data_config)
+    names, sources, crops, photos = [], [], [], []
+    for f in files:
+        image, name = datasets.decode_image(f, channels), f.relative_to(root).with_suffix('')
+        if finder is not None and photos_lib.is_photo(image, size):
+            photos.append(finder(name.as_posix(), str(f), image))
+        else:
+            names.append(name.as_posix())
+            sources.append(str(f))
+            crops.append(fit_lr(image, data_config, str(f))[None])
+    for photo in photos:
+        names += photo.face_names
+        sources += [f'{photo.source}#face{k:02d}' for k in range(len(photo.faces))]
+        crops.append(photos_lib.lr_crops(photo))
+    lr = np.concatenate(crops).astype(np.float32)
 
     def batches(per_batch: int) -> Iterator[Batch]:
         for start in range(0, len(lr), per_batch):
             chunk = lr[start : start + per_batch]
             yield {'lr': chunk, 'lr_up': upsample_lr(chunk, data_config)}
 
-    names = [f.relative_to(root).with_suffix('').as_posix() for f in files]
-    return Inputs(names, [str(f) for f in files], batches, with_hr=False)
+    return Inputs(names, sources, batches, with_hr=False, photos=tuple(photos))
 
 
 def dataset_inputs(config: Any, max_images: int = 0) -> Inputs:
@@ -205,6 +228,10 @@ def plan_outputs(
         items.append(item)
     grids = [f'grid_{b:04d}.png' for b in range(num_grids)]
     owners: dict[str, str] = {g: 'a grid' for g in grids}
+    for photo in inputs.photos:  # The pasted photos.
+        if photo.faces:
+            for out in photos_lib.output_names(photo, num_samples, with_uncertainty):
+                owners[out] = photo.source
     for item in items:
         singles = ('lr', 'hr', *UNCERTAINTY_OUTPUTS)
         for out in item['sr'] + [item[k] for k in singles if k in item]:
@@ -398,7 +425,7 @@ class Plan:
 def make_plan(inputs: Inputs, cfg: Any, num_devices: int) -> Plan:
     """Batching over ``num_devices`` and output names (see :func:`plan_outputs`)."""
     n = len(inputs.names)
-    per_batch = min(n, max(1, cfg.batch_size // cfg.num_samples))
+    per_batch = max(1, min(n, cfg.batch_size // cfg.num_samples))
     rows = -(-per_batch * cfg.num_samples // num_devices) * num_devices
     num_grids = -(-n // per_batch) if cfg.grid else 0
     return Plan(per_batch, rows, *plan_outputs(inputs, cfg.num_samples, num_grids, cfg.uncertainty))
@@ -470,6 +497,28 @@ def _guidance(exp: experiment.Experiment, params: Any, inputs: Inputs) -> tuple:
     return guide, guidance_lib.sampler_params(params, variables), targets
 
 
+def _inputs(config: Any) -> Inputs:
+    """The inputs of ``config.sr``: files (photos or crops, ``sr.aligned``) or the eval split."""
+    cfg = config.sr
+    if not cfg.input:
+        return dataset_inputs(config, cfg.max_images)
+    hr = int(config.data.image_size)
+    finder = None if cfg.aligned else photos_lib.FaceFinder(cfg, hr, lr_size(config.data))
+    return file_inputs(cfg.input, config.data, cfg.max_images, finder)
+
+
+def _write_photos(out_dir: Path, inputs: Inputs, plan: Plan, cfg: Any, factor: int) -> dict:
+    """Pastes SR faces into their photos (process 0); the manifest's ``photos`` and
+    ``no_face`` entries (none without photo inputs)."""
+    if not inputs.photos:
+        return {}
+    records = []
+    if jax.process_index() == 0:
+        items = {name: item for name, item in zip(inputs.names, plan.items, strict=True)}
+        records = [photos_lib.write_photo(out_dir, p, items, cfg, factor) for p in inputs.photos]
+    return {'photos': records, 'no_face': [p.source for p in inputs.photos if not p.faces]}
+
+
 def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]:
     """Super-resolves ``config.sr.input`` with the checkpoint in ``workdir``; the manifest.
 
@@ -481,10 +530,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     workdir = Path(workdir)
     default_out = PACKAGE_OUTPUT if package.is_package(workdir) else workdir / 'sr'
     out_dir = Path(cfg.output or default_out)
-    if cfg.input:
-        inputs = file_inputs(cfg.input, config.data, cfg.max_images)
-    else:
-        inputs = dataset_inputs(config, cfg.max_images)
+    inputs = _inputs(config)
     exp = experiment.build(config, devices, workdir)
     params, step = inference.load_ema_params(exp, workdir, cfg.checkpoint or None)
     guide, params, targets = _guidance(exp, params, inputs)
@@ -495,11 +541,13 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         plan.rows, exp.mesh.devices.size)  # fmt: skip
     compile_start = time.perf_counter()
     mean = mean_model.load(config, exp.mesh.devices.flatten())
-    sampler = _compiled_sampler(exp, params, plan.rows, guide, mean)
+    # (Photos without a face leave nothing to sample: no compilation.)
+    sampler = _compiled_sampler(exp, params, plan.rows, guide, mean) if plan.items else None
     compile_seconds = round(time.perf_counter() - compile_start, 3)
 
     # ----- Sample and write; the manifest goes last -----
     stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir, mean, targets)
+    pasted = _write_photos(out_dir, inputs, plan, cfg, int(config.data.downscale))
     manifest = {
         'complete': True,
         'input': cfg.input or f'eval split of {config.data.path}',
@@ -517,6 +565,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         **stats,
         'items': plan.items,
         'grids': plan.grids,
+        **pasted,
     }
     if jax.process_index() == 0:
         write_manifest(out_dir, manifest)

@@ -98,6 +98,19 @@ def sr_config() -> ml_collections.ConfigDict:
     # With num_samples >= 2: per input the posterior mean (<name>_mean.png), the per-pixel std
     # (<name>_std.npy, heat map <name>_std.png), a sheet LR | samples | mean | std
     # (<name>_sheet.png) and identity stability (embedding cosines) in the manifest.
+    # Inputs are photos (faces detected, aligned, super-resolved and pasted back: photos.py)
+    # unless true: then every input is an aligned crop, resized to the LR size. Inputs of
+    # exactly the LR size are always crops.
+    sr.aligned = False
+    sr.only_center = False  # Photos: only the face nearest the centre.
+    sr.min_face = 0  # Photos: ignore detected faces whose box is smaller (pixels).
+    sr.detect_scale = 1  # Photos: detect on the photo upscaled by this (small faces).
+    # Photos: CSV of faces per photo (file,x,y,w,h or file,x1,y1,...,x5,y5), for faces too
+    # small for the detector; '' = none.
+    sr.faces_csv = ''
+    sr.upscale = 0  # Photos: scale of the pasted output (0 = the model's factor).
+    sr.feather = 0.1  # Photos: width of the paste mask's soft edge, fraction of the crop side.
+    sr.margin = 0.02  # Photos: the mask's zero border, fraction of the crop side.
     sr.uncertainty = False
     sr.std_max = 0.15  # Std (on [0, 1] pixels) at the top of the heat map's colour scale.
     sr.face = 'sface'  # Face embedder of the identity-stability figures ('' = none).

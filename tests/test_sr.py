@@ -40,7 +40,7 @@ HR, LR = 32, 8  # The smoke model: 32x32 from 4x downscaled 8x8.
 def _config(data_dir: Path, **sr_fields):
     config = demo.get_config('smoke')
     config.data.path = str(data_dir)
-    config.sr.update(sr_fields)
+    config.sr.update({'aligned': True, **sr_fields})  # Crops; photos: test_photos.py.
     return config
 
 
@@ -451,3 +451,66 @@ def test_identity_stability_of_equal_and_of_different_faces(celeba_id128):
     mixed = uncertainty.identity_stability(np.stack([faces[0], faces[0], faces[1]]), faces[0],
                                            embedder)  # fmt: skip
     assert mixed['pairwise_cos'] < 0.9 and mixed['to_mean_cos'] < same['to_mean_cos']
+
+
+# ----------------------------------------------------------------------------- photos
+
+
+def _photo_frame(height: int, width: int) -> np.ndarray:
+    """Smooth coloured noise, no face: float [0, 1]."""
+    from scipy import ndimage
+
+    noise = np.random.default_rng(0).uniform(0, 1, (height, width, 3))
+    smooth = ndimage.gaussian_filter(noise, (6, 6, 0))
+    return np.clip((smooth - smooth.mean()) * 4 + 0.5, 0, 1)
+
+
+def test_photos_faces_found_super_resolved_and_pasted(workdir, celeba_id128, tmp_path):
+    """In-the-wild inputs: a small face placed in a frame is found where it was placed,
+    super-resolved and pasted back (elsewhere the output is the bicubic photo); two faces
+    give two entries; a photo without a face is reported; a face listed in a CSV is used."""
+    from faces.detect import YuNetDetector
+    from faces.paste import upscale_photo
+
+    files = sorted((celeba_id128 / 'images').glob('*.png'))[:2]
+    faces = [
+        np.asarray(Image.open(f).convert('RGB').resize((48, 48), Image.LANCZOS)) for f in files
+    ]
+    frame = to_uint8(_photo_frame(120, 160))
+    one, two = frame.copy(), frame.copy()
+    one[30:78, 60:108] = faces[0]
+    two[30:78, 8:56], two[40:88, 100:148] = faces[0], faces[1]
+    inputs = tmp_path / 'in'
+    for name, image in (('one', one), ('two', two), ('none', frame)):
+        save = inputs / f'{name}.png'
+        save.parent.mkdir(exist_ok=True)
+        Image.fromarray(image).save(save)
+    out = tmp_path / 'out'
+    config = _config(celeba_id128, input=str(inputs), output=str(out), aligned=False, upscale=2)
+    manifest = _run(config, workdir)
+    by_name = {Path(p['input']).stem: p for p in manifest['photos']}
+    assert len(by_name['two']['faces']) == 2 and manifest['no_face'] == [str(inputs / 'none.png')]
+    assert by_name['none']['faces'] == [] and by_name['none']['outputs'] == []
+    # The face's box is where it was placed: YuNet's box on the 128 px face, mapped by the
+    # resize (pixel centres) and the offset (test_faces measured such boxes within 3.5 px).
+    (ref,) = YuNetDetector().detect(np.asarray(Image.open(files[0]).convert('RGB')))
+    scale = 48 / 128
+    placed = np.r_[(ref.box[:2] + 0.5) * scale - 0.5 + (60, 30), ref.box[2:] * scale]
+    np.testing.assert_allclose(by_name['one']['faces'][0]['box'], placed, atol=3.5)
+    face = by_name['one']['faces'][0]
+    assert _read(out / f'{face["item"]}.png').shape == (HR, HR, 3)
+    pasted = _read(out / 'one.png').astype(int)
+    bicubic = to_uint8(upscale_photo(one, 2)).astype(int)
+    assert pasted.shape == (240, 320, 3)
+    assert np.abs(pasted[:40, :80] - bicubic[:40, :80]).max() <= 1  # far from the face
+    assert np.abs(pasted[60:156, 120:216] - bicubic[60:156, 120:216]).mean() > 2  # the face
+    # A face too small for the detector, listed in a CSV (its box), is super-resolved.
+    tiny = frame.copy()
+    tiny[50:58, 70:78] = np.asarray(Image.fromarray(faces[1]).resize((8, 8), Image.LANCZOS))
+    (inputs / 'one.png').unlink(), (inputs / 'two.png').unlink(), (inputs / 'none.png').unlink()
+    Image.fromarray(tiny).save(inputs / 'tiny.png')
+    listed = tmp_path / 'faces.csv'
+    listed.write_text('file,x,y,w,h\ntiny.png,71,52,5,6\n')
+    config.sr.update(faces_csv=str(listed), output=str(tmp_path / 'out2'))
+    (photo,) = _run(config, workdir)['photos']
+    assert [f['source'] for f in photo['faces']] == ['given']
