@@ -1,13 +1,16 @@
-"""``--mode sr``: super-resolves LR face images, or the eval split, with a trained model.
+"""``--mode sr``: super-resolves photos, LR face crops, or the eval split, with a trained model.
 
     python main.py --config C --workdir W --mode sr --sr.input=PATH --sr.output=DIR
+    python main.py --mode sr --sr.input=PATH --sr.output=DIR     # a shipped model (pretrained.py)
 
 (``--sr.X`` is ``--config.sr.X``; every field is in ``configs/default.py::sr_config``.)
 
 Inputs: ``sr.input`` is an image file or a folder of them (recursive, as
 ``datasets.list_images``), or ``''`` for the eval split of ``config.data`` (LR made from HR by
-``datasets.make_lr``, as in training). Every input file is treated as an LR image: one of
-another size than ``image_size // downscale`` is resized to it with the data kernels
+``datasets.make_lr``, as in training). Input files are photos (``photos.py``: faces detected,
+aligned into LR crops, super-resolved and pasted back) unless ``sr.aligned`` is true or the file
+is exactly of the LR size; then it is treated as an LR crop: one of another size than
+``image_size // downscale`` is resized to it with the data kernels
 (``down_kernel`` when shrinking, ``up_kernel`` when enlarging), after a centre crop when
 ``data.resize_mode`` is ``'center_crop'`` (else squashed), and a warning names the file. An
 input of the HR size is downscaled like any other (the warning says so): the output is then
@@ -21,6 +24,9 @@ plus ``<name>_lr.png`` and ``<name>_hr.png``); ``grid_<batch>.png`` per batch (r
 samples | HR); ``manifest.json`` last. A folder is a complete result only when it holds the
 manifest: a stale one is deleted before the first image is written, and a failed run writes
 no manifest. Two inputs mapping to the same output name are refused before anything is written.
+
+With ``sr.uncertainty`` (``num_samples >= 2``): per input its posterior mean, per-pixel std
+(array and heat map), a sheet and identity-stability figures (``uncertainty.py``).
 
 Determinism: sample ``k`` of input ``i`` has sample id ``i * num_samples + k`` and draws its
 noise from ``fold_in(PRNGKey(sr.seed), id)`` (see ``sampling``), so outputs depend neither on
