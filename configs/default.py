@@ -121,6 +121,8 @@ def eval_config() -> ml_collections.ConfigDict:
     """Every ``config.eval`` field (``--mode eval``, see ``evaluation/run.py``)."""
     cfg = ml_collections.ConfigDict()
     cfg.name = ''  # Output folder W/eval/<name> ('' = from dataset, split, sampler, checkpoint).
+    # Folder of the eval folders ('' = W/eval; results/eval for a shipped model's package).
+    cfg.output = ''
     cfg.split = 'test'  # Split evaluated (celeba_id128 'test': 60 identities never trained on).
     cfg.max_images = 0  # Evaluate the first N images of the split (0 = all).
     cfg.batch_size = 16  # Global batch; 'sr' samples it on the most devices that divide it.

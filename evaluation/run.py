@@ -81,7 +81,7 @@ from evaluation import report
 from evaluation.lfw import PAIR_PROTOCOLS
 from evaluation.protocols import cosine_similarity
 from inference import load_ema_params
-from utils import parallel
+from utils import package, parallel
 from utils.images import make_grid, save_png, to_rgb
 from utils.progress import Progress
 
@@ -92,6 +92,7 @@ from utils.progress import Progress
 METHODS = ('sr', 'srdg', 'posterior_mean', 'mean', 'bicubic', 'hr')
 SAMPLED = ('sr', 'srdg', 'posterior_mean')  # Methods that need the trained model.
 RECORDS, SETTINGS = 'records.jsonl', 'settings.json'
+PACKAGE_OUTPUT = 'results'  # Evals of a shipped model: results/eval/<name> (as sr's results).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +184,14 @@ def eval_name(config: Any, methods: Sequence[str], step: int | None) -> str:
         return f'{base}-baselines'
     guided = f'-{guidance_lib.tag(config.guidance)}' if 'srdg' in methods else ''
     return f'{base}-{sampler_tag(config.sampling)}-step{step}{guided}'
+
+
+def eval_root(config: Any, workdir: str | Path) -> Path:
+    """Where evals are written: ``eval.output``, else ``W/eval``; a shipped model's package is
+    read-only, so its evals go to ``results/eval`` (in the working directory)."""
+    if config.eval.output:
+        return Path(config.eval.output)
+    return Path(PACKAGE_OUTPUT if package.is_package(workdir) else workdir) / 'eval'
 
 
 def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict[str, Any]:
@@ -608,7 +617,7 @@ def evaluate(
     ecfg, chief = config.eval, jax.process_index() == 0
     step = model.step if model is not None else None
     name = name or ecfg.name or eval_name(config, methods, step)
-    out = Path(workdir) / 'eval' / name
+    out = eval_root(config, workdir) / name
     settings = eval_settings(config, methods, step)
     check_settings(out, settings, write=chief)
     records = load_records(out / RECORDS)
@@ -763,7 +772,7 @@ def run_sweep(
         return {}
     sweep = sweep_summary(key, values, results, base)
     base_name = ecfg.name or eval_name(config, ('sr',), model.step)
-    out = Path(workdir) / 'eval' / f'{base_name}-sweep-{key}'
+    out = eval_root(config, workdir) / f'{base_name}-sweep-{key}'
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / 'sweep.json', sweep)
     report.plot_sweep(out / 'sweep.png', sweep)

@@ -60,3 +60,15 @@ def test_shipped_model_reproduces_its_recorded_psnr(name, celeba_id128, tmp_path
     config.data.path = str(celeba_id128)
     _, psnr = export.sr_psnr(config, pretrained.package_dir(name), tmp_path, check['images'])
     assert psnr == pytest.approx(check['psnr_package'], abs=0.05)
+
+
+def test_evals_of_a_package_go_to_results_not_into_the_package(tmp_path):
+    from configs import default
+    from evaluation.run import eval_root
+
+    config = default.get_config()
+    assert eval_root(config, tmp_path) == tmp_path / 'eval'  # A run.
+    (tmp_path / package.EXPORT_FILE).write_text('{}')
+    assert eval_root(config, tmp_path) == pretrained.Path('results') / 'eval'
+    config.eval.output = str(tmp_path / 'elsewhere')
+    assert eval_root(config, tmp_path) == tmp_path / 'elsewhere'
