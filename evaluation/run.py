@@ -345,6 +345,16 @@ def batch_records(
     return records
 
 
+def batch_outputs(
+    batch: dict[str, np.ndarray], sampled: dict[str, tuple], need: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Each needed method's output for the batch: sampled, or a baseline read off the batch."""
+    mu = batch.get(mean_model.MEAN_KEY)
+    given = {'bicubic': batch['lr_up'], 'hr': batch['hr']}
+    given['mean'] = None if mu is None else np.clip(mu, 0, 1)
+    return {m: sampled[m][0] if m in sampled else given[m] for m in need}
+
+
 def merge_records(records: dict[int, dict], new: dict[int, dict]) -> None:
     """Adds ``new`` to ``records``, keeping methods an image already had values for."""
     for index, record in new.items():
@@ -655,18 +665,14 @@ def evaluate(
         sampled = {m: fn(local) for m, fn in sample_fns.items() if m in need}
         if not chief or not rows:
             continue
-        mu = batch.get(mean_model.MEAN_KEY)
-        given = {'bicubic': batch['lr_up'], 'hr': batch['hr']}
-        given['mean'] = None if mu is None else np.clip(mu, 0, 1)
-        outputs = {m: sampled[m][0] if m in sampled else given[m] for m in need}
-        nfe = {m: v[1] for m, v in sampled.items()}
-        draws = {m: v[2] for m, v in sampled.items() if len(v) > 2}
+        outputs = batch_outputs(batch, sampled, need)
         if batch_step == 0:  # Before the records: a recorded first batch implies a grid.
             sr = next((outputs[m] for m in ('sr', 'srdg') if m in outputs), None)
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
+        nfe = {m: v[1] for m, v in sampled.items()}
         new = batch_records(batch, outputs, rows, fns, config, nfe)
-        if 'posterior_mean' in draws:
-            add_stability(new, batch, rows, draws['posterior_mean'], fns.embedder)
+        if 'posterior_mean' in sampled:
+            add_stability(new, batch, rows, sampled['posterior_mean'][2], fns.embedder)
         merge_records(records, new)
         save_records(out / RECORDS, records)
         progress.update(progress.done + len(rows))
