@@ -33,12 +33,18 @@ from PIL import Image
 import experiment
 import inference
 import mean_model
+import pretrained
 import residual_stats
 from utils import package
 
 DTYPES = ('float16', 'float32')
+# Config sections that are options of a run of the model, not the model: a package leaves them
+# out, so that its users get today's defaults (e.g. sr.detect_scale) and their own flags
+# (training and optim stay: the recipe, for the record).
+RUN_OPTIONS = ('sr', 'eval', 'export', 'classifier_training', 'guidance')
 # The largest change of an output pixel (on [0, 1]) that the weight dtype may cause.
 MAX_OUTPUT_CHANGE = 1.0 / 255.0
+CARD_FILE = 'MODEL_CARD.md'
 
 
 def write_weights(params: Any, folder: Path, dtype: str) -> dict[str, Any]:
@@ -59,11 +65,12 @@ def _export_run(
     folder.mkdir(parents=True)
     record = {'source': str(workdir.absolute()), 'step': step, 'dtype': dtype,
               'scopes': list(scopes), **write_weights(params, folder, dtype)}  # fmt: skip
-    packaged = ml_collections.ConfigDict(config.to_dict())
-    if packaged.sde.get('mean_model', ''):
-        packaged.sde.mean_model = package.MEAN_DIR
-    packaged.sde.stats_file = ''
-    (folder / package.CONFIG_FILE).write_text(packaged.to_json_best_effort(indent=2))
+    packaged = {k: v for k, v in config.to_dict().items() if k not in RUN_OPTIONS}
+    if packaged['sde'].get('mean_model', ''):
+        packaged['sde']['mean_model'] = package.MEAN_DIR
+    packaged['sde']['stats_file'] = ''
+    text = ml_collections.ConfigDict(packaged).to_json_best_effort(indent=2)
+    (folder / package.CONFIG_FILE).write_text(text)
     return record
 
 
@@ -104,7 +111,7 @@ def check_package(config: Any, workdir: Path, folder: Path, images: int) -> dict
     """The run and the package super-resolve the same faces: largest difference and PSNRs."""
     with tempfile.TemporaryDirectory() as tmp:
         ours, psnr_run = sr_psnr(config, workdir, Path(tmp) / 'run', images)
-        packaged = ml_collections.ConfigDict(package.read_config(folder))
+        packaged = pretrained.package_config(folder)
         packaged.data.path = config.data.path
         theirs, psnr_package = sr_psnr(packaged, folder, Path(tmp) / 'package', images)
     change = float(np.max(np.abs(ours - theirs)))
@@ -141,6 +148,9 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
                 f'{record["check"]["max_output_change"]:.4f} > 1/255 ({tmp}): export with '
                 '--config.export.dtype=float32'
             )
+    card = target / CARD_FILE
+    if card.is_file():  # Written by hand about this model: kept across re-exports.
+        shutil.copy2(card, tmp / CARD_FILE)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     logging.info('exported %s step %d (%s, %d bytes) to %s', workdir, record['step'],

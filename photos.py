@@ -67,9 +67,19 @@ def is_photo(image: np.ndarray, lr_size: int) -> bool:
     return image.shape[:2] != (lr_size, lr_size)
 
 
+def lr_scale(matrix: np.ndarray) -> float:
+    """LR crop pixels per photo pixel of a photo -> LR crop matrix (< 1: the face shrinks)."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix)[:, :2]))))
+
+
 def lr_matrix(landmarks: np.ndarray, hr_size: int, lr_size: int) -> np.ndarray:
     """Photo -> LR crop: the training geometry at HR size, then the HR -> LR resize."""
     return (resize_matrix(lr_size / hr_size) @ to_3x3(crop_matrix(landmarks, hr_size)))[:2]
+
+
+#: Below this LR scale (a face more than twice the LR crop's size) a warning says that SR
+#: discards more of the face than it restores.
+MIN_LR_SCALE = 0.5
 
 
 class FaceFinder:
@@ -91,6 +101,13 @@ class FaceFinder:
                 '%s: no face found (min_face %s, detect_scale %s); nothing to super-resolve',
                 source, cfg.min_face, cfg.detect_scale)  # fmt: skip
         matrices = [lr_matrix(f.landmarks, self.hr_size, self.lr_size) for f in found]
+        for k, matrix in enumerate(matrices):
+            if lr_scale(matrix) < MIN_LR_SCALE:
+                shrink = 1 / lr_scale(matrix)
+                logging.warning(
+                    '%s face %d is shrunk %.1fx into the %dx%d LR crop: SR restores less detail '
+                    'than the photo already has (the models are for faces at most about the LR '
+                    'size)', source, k, shrink, self.lr_size, self.lr_size)  # fmt: skip
         return Photo(name, source, image, found, matrices, self.lr_size)
 
 
@@ -138,13 +155,17 @@ def write_photo(
         'input': photo.source,
         'outputs': outputs if photo.faces else [],
         'scale': scale,
-        'faces': [_face_record(f, n) for f, n in zip(photo.faces, photo.face_names, strict=True)],
+        'faces': [
+            _face_record(f, n, m)
+            for f, n, m in zip(photo.faces, photo.face_names, photo.matrices, strict=True)
+        ],
     }
 
 
-def _face_record(face: Detection, item: str) -> dict[str, Any]:
+def _face_record(face: Detection, item: str, matrix: np.ndarray) -> dict[str, Any]:
     return {
         'item': item,
+        'lr_scale': round(lr_scale(matrix), 4),  # LR crop pixels per photo pixel.
         'box': [round(float(v), 2) for v in face.box],
         'landmarks': [[round(float(v), 2) for v in p] for p in face.landmarks],
         'score': round(float(face.score), 4),

@@ -19,7 +19,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / 'pretrained'
 CONFIG_FILE = Path(__file__).resolve().parent / 'configs' / 'pretrained.py'
 #: The default of ``--mode sr`` without a config: the best model trained here (its card says
 #: what it is and how it measures).
-DEFAULT_MODEL = 'ecdp_x8'
+DEFAULT_MODEL = 'ecdp_x4'
 MODEL_FLAG = '--sr.model'
 
 
@@ -41,13 +41,20 @@ def package_dir(name: str) -> Path:
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-    """The config of shipped model ``name`` over today's defaults (fields added since its
-    export get their default), its inner paths absolute, ``sr.model`` set; locked."""
+    """The config of shipped model ``name`` (:func:`package_config`), ``sr.model`` set."""
+    config = package_config(package_dir(name))
+    config.sr.model = name
+    return config
+
+
+def package_config(folder: str | Path) -> ml_collections.ConfigDict:
+    """The config of the package in ``folder`` over today's defaults: the run options it leaves
+    out (``export.RUN_OPTIONS``) and fields added since its export get their defaults; its
+    inner paths absolute; locked."""
     from configs import default  # (configs import this module: no cycle at import time)
 
     config = default.get_config()
-    merge(config, package.read_config(package_dir(name)), f'{package_dir(name)}/config.json')
-    config.sr.model = name
+    merge(config, package.read_config(folder), f'{folder}/{package.CONFIG_FILE}')
     return config
 
 

@@ -235,6 +235,7 @@ def test_export_packages_the_run_and_its_mean(two_stages, tmp_path):
 
     import export
     import inference
+    import pretrained
     from utils import package
 
     config, _, stage2 = two_stages
@@ -244,7 +245,7 @@ def test_export_packages_the_run_and_its_mean(two_stages, tmp_path):
     record = export.run(config, stage2)
     assert record['check']['max_output_change'] <= export.MAX_OUTPUT_CHANGE + 1e-6
     assert record['mean']['scopes'] == ['lr_encoder', 'lr_regression']
-    packaged = ml_collections.ConfigDict(package.read_config(folder))
+    packaged = pretrained.package_config(folder)
     assert packaged.sde.mean_model == str((folder / 'mean').absolute())
     exp = experiment.build(config, None, stage2)
     ours, step = inference.load_ema_params(exp, stage2)
