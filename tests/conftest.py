@@ -62,3 +62,16 @@ def lfw_pairs(shared_data: Path) -> Path:
     if not (path / 'pairs.csv').is_file():
         pytest.skip(f'{path}/pairs.csv is missing (LFW pairs data)')
     return path
+
+
+def require_face_model(name: str) -> None:
+    """Skips, with the reason, when the ONNX face model ``name`` ('yunet', 'sface') or
+    onnxruntime is not installed."""
+    pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnx')
+    from faces.onnx_models import model_path
+
+    try:
+        model_path(name)
+    except ModuleNotFoundError as err:
+        pytest.skip(str(err))

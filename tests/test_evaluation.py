@@ -13,6 +13,7 @@ from PIL import Image
 from degradations import downscale, upscale
 from evaluation import image_metrics as im
 from evaluation import protocols as pr
+from tests.conftest import require_face_model
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -40,15 +41,9 @@ def lpips_alex():
 
 @pytest.fixture(scope='session')
 def sface():
-    pytest.importorskip('onnxruntime')
-    pytest.importorskip('onnx')
+    require_face_model('sface')
     from evaluation.face import get_embedder
-    from faces.onnx_models import model_path
 
-    try:
-        model_path('sface')
-    except ModuleNotFoundError as err:
-        pytest.skip(str(err))
     return get_embedder('sface', num_threads=1)
 
 

@@ -28,6 +28,7 @@ from faces.wild import (
     landmarks_from_box,
     read_face_csv,
 )
+from tests.conftest import require_face_model
 
 #: Two LFW images that show one face each (YuNet finds exactly one; asserted where used).
 LFW_ONE_FACE = ('AJ_Lamas_0001.jpg', 'Aaron_Eckhart_0001.jpg')
@@ -35,15 +36,9 @@ LFW_ONE_FACE = ('AJ_Lamas_0001.jpg', 'Aaron_Eckhart_0001.jpg')
 
 @pytest.fixture(scope='module')
 def detector():
-    pytest.importorskip('onnxruntime')
-    pytest.importorskip('onnx')
+    require_face_model('yunet')
     from faces.detect import YuNetDetector
-    from faces.onnx_models import model_path
 
-    try:
-        model_path('yunet')
-    except ModuleNotFoundError as err:
-        pytest.skip(str(err))
     return YuNetDetector(num_threads=1)
 
 
