@@ -181,6 +181,8 @@ def generate(
     shape = cond['lr_up'].shape
     keys = jax.random.split(key, shape[0])
     u_T = jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
+    if opts.fixed_steps > 0:
+        return _generate_batched(sde, score_model, params, cond, u_T, opts, t_end)
 
     def field(t, u, args):
         p, c = args
@@ -195,6 +197,30 @@ def generate(
     return sde.from_state(u0, cond), finished
 
 
+def _generate_batched(
+    sde: SDE,
+    score_model: Callable[[Any], Any],
+    params: Any,
+    cond: Mapping[str, jax.Array],
+    u_T: jax.Array,
+    opts: ode.ODEOptions,
+    t_end: float,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`generate` with equal steps: the whole batch as one state. The steps do not depend
+    on the state, so each sample gets exactly the steps of its own solve; and the gradient with
+    respect to ``params`` is one batched backward pass, where ``vmap`` of per-sample solves
+    computes per-sample weight gradients (convolution weight gradients batched per sample,
+    which XLA on CPU ran 5-10x slower: ``bench/results/quality_step.md``)."""
+
+    def field(t, u, args):
+        p, c = args
+        rsde = sde.reverse(score_model(p), probability_flow=True)
+        return rsde.sde(u, jnp.full(u.shape[:1], t, u.dtype), c)[0]
+
+    u0, _, finished = ode.solve(field, u_T, sde.T, t_end, opts, (params, dict(cond)))
+    return sde.from_state(u0, cond), jnp.broadcast_to(finished, u_T.shape[:1])
+
+
 def quality_ode_options(tcfg: Any) -> ode.ODEOptions:
     """The ODE options of the image-quality loss (``training.quality_*``)."""
     return ode.ODEOptions(
@@ -205,6 +231,7 @@ def quality_ode_options(tcfg: Any) -> ode.ODEOptions:
         fixed_steps=tcfg.quality_fixed_steps,
         adjoint=tcfg.quality_adjoint,
         checkpoints=tcfg.quality_checkpoints,
+        unroll=tcfg.quality_unroll,
     )
 
 

@@ -165,7 +165,8 @@ class TinyNet(ScoreNetwork):
         return 0.1 * nn.Conv(6, (3, 3))(nn.silu(h))
 
 
-def test_quality_loss_is_differentiable_and_zero_for_a_perfect_generator():
+@pytest.mark.parametrize('unroll', [False, True])
+def test_quality_loss_is_differentiable_and_zero_for_a_perfect_generator(unroll):
     """Through a fixed-step ODE: gradients reach the network and match finite differences; a
     network whose ODE lands exactly on the HR image has zero loss."""
     sde = sde_lib.MeanRevertingSDE(N=100, sigma=0.2)
@@ -178,6 +179,7 @@ def test_quality_loss_is_differentiable_and_zero_for_a_perfect_generator():
             quality_adjoint='recursive_checkpoint',
             quality_checkpoints=2,
             quality_t_end=1e-3,
+            quality_unroll=unroll,
         )
     )
     model = TinyNet()
@@ -226,3 +228,24 @@ def test_vgg_features_shape_and_sensitivity():
     f = features(params, images)
     assert f.shape == (2, 2, 2, 512)
     assert float(jnp.abs(features(params, images * 0.5) - f).mean()) > 0
+
+
+@pytest.mark.parametrize('solver', ['heun', 'euler'])
+def test_unrolled_fixed_steps_equal_diffrax_values_and_gradients(solver):
+    """``unroll`` writes the fixed steps out (XLA CPU's loop backward is slow): the same
+    solution and gradient as diffrax's constant-step solver, and the same NFE."""
+    y0, steps = jnp.asarray([0.7, -1.1]), 9
+    looped = ode.ODEOptions(solver=solver, fixed_steps=steps, checkpoints=steps)
+    unrolled = ode.ODEOptions(solver=solver, fixed_steps=steps, unroll=True)
+
+    def loss(theta, opts):
+        return _objective(ode.solve(_param_field, y0, 1.0, 0.0, opts, theta)[0])
+
+    np.testing.assert_allclose(loss(_theta(), unrolled), loss(_theta(), looped), rtol=1e-6)
+    grads, reference = (jax.grad(loss)(_theta(), o) for o in (unrolled, looped))
+    for k in grads:
+        np.testing.assert_allclose(grads[k], reference[k], rtol=1e-5, atol=1e-7)
+    nfe = [ode.solve(_param_field, y0, 1.0, 0.0, o, _theta())[1] for o in (unrolled, looped)]
+    assert int(nfe[0]) == int(nfe[1])
+    with pytest.raises(ValueError, match='unroll needs fixed steps'):
+        ode.solve(_param_field, y0, 1.0, 0.0, ode.ODEOptions(solver='dopri5', unroll=True))

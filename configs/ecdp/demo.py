@@ -57,6 +57,7 @@ def get_config(arg: str = ''):
         config.training.update(
             quality_solver='heun',
             quality_fixed_steps=8,
+            quality_unroll=True,
             diffusion_weight=0.0,
             quality_weight=1.0,
             n_iters=100,
