@@ -175,14 +175,24 @@ def generate(
     opts: ode.ODEOptions,
     t_end: float,
 ) -> tuple[jax.Array, jax.Array]:
-    """SR images (data coordinates) from the prior by the probability-flow ODE, per sample, and
-    whether each solve finished. ``score_model(params) -> score_fn``; gradients reach
-    ``params`` with every adjoint (they are the solver's explicit arguments)."""
+    """SR images (data coordinates) from the prior by the probability-flow ODE, per sample (each
+    adaptive solve takes its own steps), and whether each solve finished.
+    ``score_model(params) -> score_fn``; gradients reach ``params`` with every adjoint (they are
+    the solver's explicit arguments)."""
     shape = cond['lr_up'].shape
     keys = jax.random.split(key, shape[0])
     u_T = jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
     if opts.fixed_steps > 0:
-        return _generate_batched(sde, score_model, params, cond, u_T, opts, t_end)
+        # Equal steps do not depend on the state: the batch is solved as one state (one batched
+        # network call per evaluation, what ``ode.ODEOptions.unroll`` writes out), and every
+        # sample still gets exactly the steps of its own solve.
+        def batch_field(t, u, args):
+            p, c = args
+            rsde = sde.reverse(score_model(p), probability_flow=True)
+            return rsde.sde(u, jnp.full(u.shape[:1], t, u.dtype), c)[0]
+
+        u0, _, done = ode.solve(batch_field, u_T, sde.T, t_end, opts, (params, dict(cond)))
+        return sde.from_state(u0, cond), jnp.broadcast_to(done, shape[:1])
 
     def field(t, u, args):
         p, c = args
@@ -195,30 +205,6 @@ def generate(
 
     u0, finished = jax.vmap(solve_one)(u_T, dict(cond))
     return sde.from_state(u0, cond), finished
-
-
-def _generate_batched(
-    sde: SDE,
-    score_model: Callable[[Any], Any],
-    params: Any,
-    cond: Mapping[str, jax.Array],
-    u_T: jax.Array,
-    opts: ode.ODEOptions,
-    t_end: float,
-) -> tuple[jax.Array, jax.Array]:
-    """:func:`generate` with equal steps: the whole batch as one state. The steps do not depend
-    on the state, so each sample gets exactly the steps of its own solve; and the gradient with
-    respect to ``params`` is one batched backward pass, where ``vmap`` of per-sample solves
-    computes per-sample weight gradients (convolution weight gradients batched per sample,
-    which XLA on CPU ran 5-10x slower: ``bench/results/quality_step.md``)."""
-
-    def field(t, u, args):
-        p, c = args
-        rsde = sde.reverse(score_model(p), probability_flow=True)
-        return rsde.sde(u, jnp.full(u.shape[:1], t, u.dtype), c)[0]
-
-    u0, _, finished = ode.solve(field, u_T, sde.T, t_end, opts, (params, dict(cond)))
-    return sde.from_state(u0, cond), jnp.broadcast_to(finished, u_T.shape[:1])
 
 
 def quality_ode_options(tcfg: Any) -> ode.ODEOptions:

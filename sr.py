@@ -63,8 +63,6 @@ from utils.images import make_grid, save_png
 from utils.progress import Progress
 
 MANIFEST = 'manifest.json'
-# Default output of a shipped model (its package folder is read-only), as GFPGAN's 'results'.
-PACKAGE_OUTPUT = 'results'
 Batch = dict[str, np.ndarray]
 
 
@@ -534,7 +532,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     cfg = config.sr
     _validate(cfg)
     workdir = Path(workdir)
-    default_out = PACKAGE_OUTPUT if package.is_package(workdir) else workdir / 'sr'
+    default_out = package.PACKAGE_OUTPUT if package.is_package(workdir) else workdir / 'sr'
     out_dir = Path(cfg.output or default_out)
     inputs = _inputs(config)
     exp = experiment.build(config, devices, workdir)

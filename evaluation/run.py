@@ -92,7 +92,6 @@ from utils.progress import Progress
 METHODS = ('sr', 'srdg', 'posterior_mean', 'mean', 'bicubic', 'hr')
 SAMPLED = ('sr', 'srdg', 'posterior_mean')  # Methods that need the trained model.
 RECORDS, SETTINGS = 'records.jsonl', 'settings.json'
-PACKAGE_OUTPUT = 'results'  # Evals of a shipped model: results/eval/<name> (as sr's results).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +190,7 @@ def eval_root(config: Any, workdir: str | Path) -> Path:
     read-only, so its evals go to ``results/eval`` (in the working directory)."""
     if config.eval.output:
         return Path(config.eval.output)
-    return Path(PACKAGE_OUTPUT if package.is_package(workdir) else workdir) / 'eval'
+    return Path(package.PACKAGE_OUTPUT if package.is_package(workdir) else workdir) / 'eval'
 
 
 def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict[str, Any]:

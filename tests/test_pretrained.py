@@ -72,3 +72,13 @@ def test_evals_of_a_package_go_to_results_not_into_the_package(tmp_path):
     assert eval_root(config, tmp_path) == pretrained.Path('results') / 'eval'
     config.eval.output = str(tmp_path / 'elsewhere')
     assert eval_root(config, tmp_path) == tmp_path / 'elsewhere'
+
+
+def test_package_configs_load_over_defaults_and_refuse_unknown_fields():
+    from configs import default
+
+    config = default.get_config()
+    pretrained.merge(config, {'sampling': {'temperature': 0.7}, 'model': {'ch_mult': [1, 2]}}, 'x')
+    assert config.sampling.temperature == 0.7 and config.model.ch_mult == (1, 2)
+    with pytest.raises(ValueError, match=r"x:sampling: unknown config field 'tempreature'"):
+        pretrained.merge(config, {'sampling': {'tempreature': 0.7}}, 'x')

@@ -465,7 +465,7 @@ def _photo_frame(height: int, width: int) -> np.ndarray:
     return np.clip((smooth - smooth.mean()) * 4 + 0.5, 0, 1)
 
 
-def test_photos_faces_found_super_resolved_and_pasted(workdir, celeba_id128, tmp_path):
+def test_photos_faces_found_super_resolved_and_pasted(workdir, celeba_id128, tmp_path, caplog):
     """In-the-wild inputs: a small face placed in a frame is found where it was placed,
     super-resolved and pasted back (elsewhere the output is the bicubic photo); two faces
     give two entries; a photo without a face is reported; a face listed in a CSV is used."""
@@ -498,6 +498,8 @@ def test_photos_faces_found_super_resolved_and_pasted(workdir, celeba_id128, tmp
     placed = np.r_[(ref.box[:2] + 0.5) * scale - 0.5 + (60, 30), ref.box[2:] * scale]
     np.testing.assert_allclose(by_name['one']['faces'][0]['box'], placed, atol=3.5)
     face = by_name['one']['faces'][0]
+    # The 48 px face is far larger than the smoke model's 8x8 LR crop: said, and recorded.
+    assert face['lr_scale'] < 0.5 and 'is shrunk' in caplog.text
     assert _read(out / f'{face["item"]}.png').shape == (HR, HR, 3)
     pasted = _read(out / 'one.png').astype(int)
     bicubic = to_uint8(upscale_photo(one, 2)).astype(int)

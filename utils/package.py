@@ -26,6 +26,9 @@ WEIGHTS_FILE = 'ema_params.msgpack'
 EXPORT_FILE = 'export.json'
 CONFIG_FILE = 'config.json'
 MEAN_DIR = 'mean'
+#: Where sr and eval write for a package (it is read-only): in the working directory, as
+#: GFPGAN's 'results'.
+PACKAGE_OUTPUT = 'results'
 #: Config fields holding paths to other parts of a run (relative inside a package).
 PATH_FIELDS = (('sde', 'mean_model'),)
 
