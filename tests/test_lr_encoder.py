@@ -227,7 +227,7 @@ def test_mean_model_refuses_runs_without_an_encoder_or_with_other_data(tmp_path)
         evaluation_run.load_mean(config, ('mean', 'bicubic'), None)
 
 
-def test_export_packages_the_run_and_its_mean(two_stages, tmp_path):
+def test_export_packages_the_run_and_its_mean(two_stages, tmp_path, monkeypatch):
     """``--mode export`` of W: float16 weights equal to W's rounded, the mean pruned to the
     regression branch, paths resolved inside the package, sr reads it, and weights of another
     shape are refused naming the file and the array."""
@@ -267,3 +267,9 @@ def test_export_packages_the_run_and_its_mean(two_stages, tmp_path):
     weights.write_bytes(flax.serialization.msgpack_serialize(unflatten_dict(flat, sep='/')))
     with pytest.raises(Exception, match=rf'ema_params.msgpack does not fit(.|\n)*{name}: shape'):
         inference.load_ema_params(experiment.build(packaged, None, folder), folder)
+    # A dtype that moves an output by more than the bound is refused; no package is left.
+    monkeypatch.setattr(export, 'MAX_OUTPUT_CHANGE', -1.0)
+    config.export.update(output=str(tmp_path / 'refused'), check_images=2)
+    with pytest.raises(ValueError, match='change an output by .* export with'):
+        export.run(config, stage2)
+    assert not (tmp_path / 'refused').exists()
