@@ -31,14 +31,25 @@ On the shared 2-core VM the L1 stage (3000 steps, batch 16) took 22 min and the 
 (bicubic 18.51 / 0.424), and it halves sigma^2 (0.0084 against 0.0150 around bicubic).
 ``sampling.temperature`` below 1 moves the samples towards that mean (see the README).
 
+``encoder_finetune`` is the quality stage of the ``encoder`` model (around the same learned
+mean: pass ``--config.sde.mean_model=R`` and copy W's ``residual_stats.json``, or rerun
+``--mode stats``).
+
 ``get_config('smoke')`` shrinks everything for a seconds-long run (tests); ``smoke_regress``
 and ``smoke_encoder`` are the two stages at that size.
 """
 
 from configs import default, presets
 
+STAGES = ('smoke', 'regress', 'encoder', 'finetune')
+
 
 def get_config(arg: str = ''):
+    parts = set(arg.split('_')) - {''}
+    if parts - set(STAGES):
+        raise ValueError(
+            f'configs/ecdp/demo.py: unknown stage {arg!r}; join any of {STAGES} with "_"'
+        )
     config = default.get_config()
     presets.apply_preset(config, 'ncsnpp_small')
     config.data.image_size, config.data.downscale = 64, 8
@@ -51,7 +62,7 @@ def get_config(arg: str = ''):
     config.optim.warmup = 100
     config.optim.lr = 5e-4
     config.optim.ema_rate = 0.99
-    if arg == 'finetune':
+    if 'finetune' in parts:
         # Heun with 8 fixed steps (16 NFE) generates within 38.6 dB PSNR of the adaptive ODE
         # at 1e-4 on the trained demo (dopri5 at 1e-3: 47.7 dB, 67 NFE), at a quarter of the cost.
         config.training.update(
@@ -67,14 +78,14 @@ def get_config(arg: str = ''):
             snapshot_freq=50,
         )
         config.optim.update(lr=1e-5, warmup=1, ema_rate=0.9)
-    if arg.endswith(('regress', 'encoder')):
+    if parts & {'regress', 'encoder'}:
         config.model.update(lr_encoder_nf=32, lr_encoder_blocks=2, lr_encoder_growth=16)
         config.training.regression_weight = 1.0
-    if arg.endswith('regress'):
+    if 'regress' in parts:
         config.sde.name = 'vpsde'  # Unused: no diffusion term; needs no statistics.
         config.training.update(diffusion_weight=0.0, n_iters=3000, batch_size=16, snapshot_freq=0)
         config.optim.lr = 5e-4
-    if arg.startswith('smoke'):
+    if 'smoke' in parts:
         presets.apply_ecdp_smoke(config)
         if config.model.lr_encoder_nf:
             config.model.update(lr_encoder_nf=8, lr_encoder_blocks=1, lr_encoder_growth=8)
