@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import conv as conv_lib
 from utils.registry import Registry
 
 CLASSIFIERS = Registry('classifier')
@@ -67,20 +68,28 @@ class GaussianFourierProjection(nn.Module):
         return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
+def _conv(features: int, size: int, loop_grads: bool, use_bias: bool = False) -> nn.Conv:
+    """A ``size`` x ``size`` conv; ``loop_grads``: its input gradient stays fast inside sampler
+    loops on XLA CPU (models/conv.py), the classifier's job under guidance."""
+    conv = conv_lib.conv_general_dilated if loop_grads else jax.lax.conv_general_dilated
+    return nn.Conv(features, (size, size), use_bias=use_bias, conv_general_dilated=conv)
+
+
 class DenseLayer(nn.Module):
     """BN-ReLU-1x1 conv (bottleneck) - BN-ReLU-3x3 conv (growth), concatenated to the input."""
 
     bottleneck: int
     growth_rate: int
     momentum: float = 0.99
+    loop_grads: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.momentum)
         z = nn.relu(norm()(x))
-        z = nn.Conv(self.bottleneck, (1, 1), use_bias=False)(z)
+        z = _conv(self.bottleneck, 1, self.loop_grads)(z)
         z = nn.relu(norm()(z))
-        z = nn.Conv(self.growth_rate, (3, 3), use_bias=False)(z)
+        z = _conv(self.growth_rate, 3, self.loop_grads)(z)
         return jnp.concatenate([x, z], axis=-1)
 
 
@@ -89,11 +98,13 @@ class DenseBlock(nn.Module):
     bottleneck: int
     growth_rate: int
     momentum: float = 0.99
+    loop_grads: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for _ in range(self.num_layers):
-            x = DenseLayer(self.bottleneck, self.growth_rate, self.momentum)(x, train)
+            layer = DenseLayer(self.bottleneck, self.growth_rate, self.momentum, self.loop_grads)
+            x = layer(x, train)
         return x
 
 
@@ -102,11 +113,12 @@ class TransitionLayer(nn.Module):
 
     channels: int
     momentum: float = 0.99
+    loop_grads: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(x))
-        x = nn.Conv(self.channels, (1, 1), use_bias=False)(x)
+        x = _conv(self.channels, 1, self.loop_grads)(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -133,6 +145,9 @@ class TimeDenseNet(nn.Module):
     input_std: tuple[float, ...] = CIFAR_STD
     # Running-average momentum of BatchNorm (flax's default, as published; short runs need less).
     bn_momentum: float = 0.99
+    # Convolutions whose input gradient stays fast inside sampler loops on XLA CPU (guidance
+    # takes it at every step; models/conv.py). Same parameters and outputs either way.
+    loop_grads: bool = True
 
     def _embed(self, sigma: jax.Array) -> jax.Array:
         emb = GaussianFourierProjection(self.embedding_size, self.fourier_scale)(jnp.log(sigma))
@@ -145,17 +160,20 @@ class TimeDenseNet(nn.Module):
         x = standardize_per_image(x)
         channels = self.growth_rate * self.bottleneck_factor
         emb = self._embed(sigma)
-        h = nn.Conv(channels, (3, 3))(x)
+        h = _conv(channels, 3, self.loop_grads, use_bias=True)(x)
         emb = nn.Dense(channels)(nn.swish(emb))[:, None, None, :]
         h = jnp.concatenate([h, jnp.broadcast_to(emb, h.shape[:-1] + emb.shape[-1:])], axis=-1)
         # Transition widths count the stem's channels, not the embedding's (as published).
         bottleneck = self.bottleneck_factor * self.growth_rate
         for i, layers in enumerate(self.num_layers):
-            h = DenseBlock(layers, bottleneck, self.growth_rate, self.bn_momentum)(h, train)
+            block = DenseBlock(
+                layers, bottleneck, self.growth_rate, self.bn_momentum, self.loop_grads
+            )
+            h = block(h, train)
             channels += layers * self.growth_rate
             if i < len(self.num_layers) - 1:
                 channels //= 2
-                h = TransitionLayer(channels, self.bn_momentum)(h, train)
+                h = TransitionLayer(channels, self.bn_momentum, self.loop_grads)(h, train)
         h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(h))
         return nn.Dense(self.num_classes)(h.reshape(h.shape[0], -1))
 
