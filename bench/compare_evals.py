@@ -7,8 +7,8 @@ Each argument is ``label=eval folder`` (split at the last ``=``), optionally
 ``label=eval folder#method`` for a method other than ``sr`` (``mean``, ``srdg``); the
 ``bicubic`` row is added once, from the first folder that has it (all folders should hold the
 same images: equal ``eval.max_images`` and split). Writes ``<out>.md`` and ``<out>.json``:
-PSNR, SSIM, LR consistency, LPIPS, CS, verification AUC, Rank-1 and NFE, with each row's number
-of images.
+PSNR, SSIM, LR consistency, LPIPS, CS, verification AUC, Rank-1, NFE and sampling seconds per
+image (blank for evals made before it was recorded), with each row's number of images.
 """
 
 from __future__ import annotations
@@ -23,7 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 
-COLUMNS = ('images', 'PSNR', 'SSIM', 'consistency x1e-5', 'LPIPS', 'CS', 'AUC', 'Rank-1', 'NFE')
+COLUMNS = (
+    'images',
+    'PSNR',
+    'SSIM',
+    'consistency x1e-5',
+    'LPIPS',
+    'CS',
+    'AUC',
+    'Rank-1',
+    'NFE',
+    's/image',
+)
 
 
 def row(method: dict[str, Any], images: int) -> dict[str, Any]:
@@ -39,6 +50,7 @@ def row(method: dict[str, Any], images: int) -> dict[str, Any]:
         'AUC': method.get('verification', {}).get('auc'),
         'Rank-1': rank.get('1', rank.get(1)),
         'NFE': method.get('nfe'),
+        's/image': method.get('seconds'),
     }
 
 

@@ -49,6 +49,8 @@ from evaluation.image_metrics import summarize
 
 #: Per-image scalar metrics, in table order.
 # attr_prob: the guidance classifiers' probability of each image's requested attributes.
+# What a sampled output cost, per image: network evaluations and seconds of sampling.
+COST = ('nfe', 'seconds')
 # judge_prob: the same probability by an independent judge (evaluation/judge.py).
 SCALARS = ('psnr', 'ssim', 'consistency', 'cs', 'lpips', 'attr_prob', 'judge_prob')
 # Of the posterior mean of K samples: their pixel std and identity stability (uncertainty.py).
@@ -200,9 +202,10 @@ def method_summary(
         out: dict[str, Any] = {
             k: summarize([v[k] for v in values]) for k in SCALARS + STABILITY if k in values[0]
         }
-    nfe = [v['nfe'] for v in values if 'nfe' in v]
-    if nfe:
-        out['nfe'] = float(np.mean(nfe))
+    for key in COST:
+        cost = [v[key] for v in values if key in v]
+        if cost:
+            out[key] = float(np.mean(cost))
     if 'emb' in values[0]:
         ids = np.array([r['id'] for r in records])
         probes, gallery = _embeddings(records, method), _embeddings(records, None)
@@ -266,7 +269,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_csv(path: Path, rows: Sequence[dict], summary: dict[str, Any]) -> None:
     """Per-image rows (``row=image``) then per-method ``mean`` and ``std`` rows."""
-    fields = ['method', 'row', 'index', 'id', 'detected', *SCALARS, *STABILITY, 'nfe']
+    fields = ['method', 'row', 'index', 'id', 'detected', *SCALARS, *STABILITY, *COST]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fields, extrasaction='ignore', lineterminator='\n')
     writer.writeheader()

@@ -16,6 +16,9 @@
   uninterrupted eval report the same numbers.
 * ``grid.png``: LR | bicubic | SR | HR of the first ``eval.grid_images`` images.
 
+Cost: each sampled method records its NFE and ``seconds`` per image (the wall time of its
+batch, sampling and gathering, divided by ``eval.batch_size``; compilation is done before).
+
 LFW pairs (``--config.data.source=lfw_pairs --config.data.path=../shared/data/lfw_pairs``):
 the split ``test`` is the sorted unique images of the View-2 pairs, aligned into the training
 crop geometry (celeba_id128's, :class:`faces.lfw.LFWAligner`), with LR made from them as
@@ -63,6 +66,7 @@ import copy
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -319,10 +323,10 @@ def batch_records(
     rows: list[int],
     fns: MetricFns,
     config: Any,
-    nfe: dict[str, np.ndarray] | None = None,
+    cost: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Records of batch ``rows`` with every metric of every method in ``outputs`` (``nfe``:
-    network evaluations per image of the sampled methods)."""
+    """Records of batch ``rows`` with every metric of every method in ``outputs`` (``cost``:
+    per sampled method, ``nfe`` network evaluations and ``seconds`` of sampling per image)."""
     values = {m: image_metrics(out, batch, config.data) for m, out in outputs.items()}
     for m, out in outputs.items():
         if fns.lpips is not None:
@@ -331,8 +335,7 @@ def batch_records(
             values[m]['attr_prob'] = np.asarray(fns.attributes(out, batch['index']))
         if fns.judge is not None:
             values[m]['judge_prob'] = np.asarray(fns.judge(to_rgb(out), batch['index']))
-        if m in (nfe or {}):
-            values[m]['nfe'] = nfe[m]
+        values[m].update((cost or {}).get(m, {}))
     records = {}
     for r in rows:
         index = int(batch['index'][r])
@@ -698,15 +701,22 @@ def evaluate(
             for m in methods
             if any(m in missing(records.get(int(batch['index'][r])), methods) for r in rows)
         ]
-        sampled = {m: fn(local) for m, fn in sample_fns.items() if m in need}
+        sampled, seconds = {}, {}
+        for m in (m for m in sample_fns if m in need):
+            start = time.perf_counter()
+            sampled[m] = sample_fns[m](local)
+            seconds[m] = (time.perf_counter() - start) / batch_size
+
         if not chief or not rows:
             continue
         outputs = batch_outputs(batch, sampled, need)
         if batch_step == 0:  # Before the records: a recorded first batch implies a grid.
             sr = next((outputs[m] for m in ('sr', 'srdg') if m in outputs), None)
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
-        nfe = {m: v[1] for m, v in sampled.items()}
-        new = batch_records(batch, outputs, rows, fns, config, nfe)
+        cost = {
+            m: {'nfe': v[1], 'seconds': np.full(batch_size, seconds[m])} for m, v in sampled.items()
+        }
+        new = batch_records(batch, outputs, rows, fns, config, cost)
         if 'posterior_mean' in sampled:
             add_stability(new, batch, rows, sampled['posterior_mean'][2], fns.embedder)
         merge_records(records, new)
