@@ -650,6 +650,31 @@ def write_report(
 # ----------------------------------------------------------------------------- driver
 
 
+def pending(
+    batch: dict[str, np.ndarray], records: dict[int, dict], methods: Sequence[str], limit: int
+) -> tuple[list[int], list[str]]:
+    """The rows of ``batch`` still to record (real, within ``limit``, missing a method) and
+    the methods any of them misses."""
+    todo = lambda r: missing(records.get(int(batch['index'][r])), methods)
+    rows = [r for r in range(len(batch['index'])) if batch['mask'][r] and batch['index'][r] < limit]
+    rows = [r for r in rows if todo(r)]
+    return rows, [m for m in methods if any(m in todo(r) for r in rows)]
+
+
+def sample_timed(
+    sample_fns: dict[str, Callable], need: Sequence[str], local: dict, batch_size: int
+) -> tuple[dict[str, tuple], dict[str, dict[str, np.ndarray]]]:
+    """The needed samplers' outputs for the batch, and each one's cost per image: NFE and
+    seconds (its wall time over the batch size)."""
+    sampled, cost = {}, {}
+    for m in (m for m in sample_fns if m in need):
+        began = time.perf_counter()
+        sampled[m] = sample_fns[m](local)
+        seconds = np.full(batch_size, (time.perf_counter() - began) / batch_size)
+        cost[m] = {'nfe': sampled[m][1], 'seconds': seconds}
+    return sampled, cost
+
+
 def evaluate(
     config: Any,
     workdir: str | Path,
@@ -689,33 +714,14 @@ def evaluate(
     for batch_step, local in zip(range(start, stop), data, strict=False):
         local = {k: np.asarray(v) for k, v in mean(local).items()}
         batch = multihost_utils.process_allgather(local, tiled=True) if hosts > 1 else local
-        rows = [
-            r
-            for r in range(batch_size)
-            if batch['mask'][r]
-            and batch['index'][r] < limit
-            and missing(records.get(int(batch['index'][r])), methods)
-        ]
-        need = [
-            m
-            for m in methods
-            if any(m in missing(records.get(int(batch['index'][r])), methods) for r in rows)
-        ]
-        sampled, seconds = {}, {}
-        for m in (m for m in sample_fns if m in need):
-            start = time.perf_counter()
-            sampled[m] = sample_fns[m](local)
-            seconds[m] = (time.perf_counter() - start) / batch_size
-
+        rows, need = pending(batch, records, methods, limit)
+        sampled, cost = sample_timed(sample_fns, need, local, batch_size)
         if not chief or not rows:
             continue
         outputs = batch_outputs(batch, sampled, need)
         if batch_step == 0:  # Before the records: a recorded first batch implies a grid.
             sr = next((outputs[m] for m in ('sr', 'srdg') if m in outputs), None)
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
-        cost = {
-            m: {'nfe': v[1], 'seconds': np.full(batch_size, seconds[m])} for m, v in sampled.items()
-        }
         new = batch_records(batch, outputs, rows, fns, config, cost)
         if 'posterior_mean' in sampled:
             add_stability(new, batch, rows, sampled['posterior_mean'][2], fns.embedder)
