@@ -9,6 +9,12 @@ Each argument is ``label=eval folder`` (split at the last ``=``), optionally
 same images: equal ``eval.max_images`` and split). Writes ``<out>.md`` and ``<out>.json``:
 PSNR, SSIM, LR consistency, LPIPS, CS, verification AUC, Rank-1, NFE and sampling seconds per
 image (blank for evals made before it was recorded), with each row's number of images.
+
+``--common`` compares on the same faces: every row is recomputed from the eval's per-image
+``records.jsonl`` over the images that every listed eval has recorded (an unfinished eval
+counts with the batches it finished). Verification and Rank-1 depend on the gallery, so rows
+over different image sets are not comparable; this makes them so. The face protocols use the
+default ``config.eval`` FARs and ranks.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
+from configs import default  # noqa: E402
+from evaluation import report  # noqa: E402
 
 COLUMNS = (
     'images',
@@ -54,23 +62,65 @@ def row(method: dict[str, Any], images: int) -> dict[str, Any]:
     }
 
 
+def parse(pair: str) -> tuple[str, Path, str]:
+    """``label=folder[#method]`` -> (label, folder, method); the label may hold '='."""
+    label, sep, folder = pair.rpartition('=')
+    if not sep:
+        raise ValueError(f'{pair!r}: expected label=eval folder')
+    folder, _, method = folder.partition('#')
+    return label, Path(folder), method or 'sr'
+
+
+def _with_bicubic(
+    rows: list[dict[str, Any]], label: str, folder: Path, methods: dict, images: int, method: str
+) -> None:
+    """Appends ``label``'s row, then bicubic's once (from the first folder that has it)."""
+    if method not in methods:
+        raise ValueError(f'{folder}: no method {method!r}; it has {sorted(methods)}')
+    rows.append({'label': label, 'eval': str(folder), **row(methods[method], images)})
+    if 'bicubic' in methods and not any(r['label'] == 'bicubic' for r in rows):
+        rows.append({'label': 'bicubic', 'eval': str(folder), **row(methods['bicubic'], images)})
+
+
 def collect(pairs: list[str]) -> list[dict[str, Any]]:
+    """Rows from each eval's ``metrics.json`` (each over its own images)."""
     rows: list[dict[str, Any]] = []
     for pair in pairs:
-        label, sep, folder = pair.rpartition('=')  # Labels may hold '=' (N=1000).
-        if not sep:
-            raise ValueError(f'{pair!r}: expected label=eval folder')
-        folder, _, method = folder.partition('#')
-        path = Path(folder) / 'metrics.json'
+        label, folder, method = parse(pair)
+        path = folder / 'metrics.json'
         if not path.is_file():
             raise FileNotFoundError(f'{path}: not an eval result (run --mode eval first)')
         metrics = json.loads(path.read_text())
-        methods, images = metrics['methods'], metrics['n_images']
-        if (method or 'sr') not in methods:
-            raise ValueError(f'{path}: no method {method or "sr"!r}; it has {sorted(methods)}')
-        rows.append({'label': label, 'eval': folder, **row(methods[method or 'sr'], images)})
-        if 'bicubic' in methods and not any(r['label'] == 'bicubic' for r in rows):
-            rows.append({'label': 'bicubic', 'eval': folder, **row(methods['bicubic'], images)})
+        _with_bicubic(rows, label, folder, metrics['methods'], metrics['n_images'], method)
+    return rows
+
+
+def load_records(folder: Path) -> dict[int, dict[str, Any]]:
+    """An eval's per-image records by dataset index (finished batches of a running eval too)."""
+    path = folder / 'records.jsonl'
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: no per-image records (run --mode eval first)')
+    lines = path.read_text().splitlines()
+    return {r['index']: r for r in (json.loads(line) for line in lines if line.strip())}
+
+
+def collect_common(pairs: list[str]) -> list[dict[str, Any]]:
+    """Rows recomputed over the images every eval recorded (with its method); see the module."""
+    parsed = [parse(p) for p in pairs]
+    records = [load_records(folder) for _, folder, _ in parsed]
+    have = [
+        {i for i, r in recs.items() if method in r['methods']}
+        for recs, (_, _, method) in zip(records, parsed, strict=True)
+    ]
+    shared = set.intersection(*have)
+    if not shared:
+        raise ValueError(f'no image is recorded by every eval of {[str(f) for _, f, _ in parsed]}')
+    ecfg, rows = default.eval_config(), []
+    for recs, (label, folder, method) in zip(records, parsed, strict=True):
+        chosen = [recs[i] for i in sorted(shared)]
+        names = [method] + (['bicubic'] if all('bicubic' in r['methods'] for r in chosen) else [])
+        methods = {m: report.method_summary(chosen, m, ecfg) for m in dict.fromkeys(names)}
+        _with_bicubic(rows, label, folder, methods, len(chosen), method)
     return rows
 
 
@@ -84,8 +134,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--out', required=True, help='output path without extension')
     parser.add_argument('pairs', nargs='+', help='label=eval folder')
+    parser.add_argument(
+        '--common', action='store_true', help='recompute every row on the images all evals share'
+    )
     args = parser.parse_args()
-    rows = collect(args.pairs)
+    rows = (collect_common if args.common else collect)(args.pairs)
     table = common.markdown_table(
         ('method', *COLUMNS), [[r['label'], *(_fmt(r[c]) for c in COLUMNS)] for r in rows]
     )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from bench import compare_evals
+from evaluation import report
 
 
 def _method(psnr: float, nfe: float | None = None) -> dict:
@@ -47,3 +49,48 @@ def test_another_method_by_suffix(tmp_path):
     assert rows[0]['label'] == 'mu' and rows[0]['PSNR'] == 18.0
     with pytest.raises(ValueError, match="no method 'mean'"):
         compare_evals.collect([f'mu={a}#mean'])
+
+
+def _records(folder, psnrs, methods=('sr', 'bicubic')):
+    """An eval folder with per-image records only (an unfinished eval): 2 images an identity."""
+    rng = np.random.default_rng(len(psnrs))
+    folder.mkdir()
+    lines = []
+    for i, psnr in enumerate(psnrs):
+        values = {'psnr': psnr, 'ssim': 0.5, 'consistency': 1e-5, 'lpips': 0.1, 'cs': 0.2}
+        embs = {m: report.encode_embedding(rng.normal(size=8)) for m in methods}
+        record = {
+            'index': i,
+            'id': i // 2,
+            'emb_hr': report.encode_embedding(rng.normal(size=8)),
+            'methods': {m: {**values, 'emb': embs[m]} for m in methods},
+        }
+        lines.append(json.dumps(record) + '\n')
+    (folder / 'records.jsonl').write_text(''.join(lines))
+    return folder
+
+
+def test_common_rows_use_the_shared_images(tmp_path):
+    a = _records(tmp_path / 'a', [10.0, 12.0, 14.0, 16.0, 18.0, 20.0])
+    b = _records(tmp_path / 'b', [30.0, 31.0, 32.0, 33.0])  # Unfinished: the first 4 images.
+    rows = compare_evals.collect_common([f'A={a}', f'B={b}'])
+    assert [r['label'] for r in rows] == ['A', 'bicubic', 'B']
+    assert [r['images'] for r in rows] == [4, 4, 4]
+    assert rows[0]['PSNR'] == pytest.approx(np.mean([10.0, 12.0, 14.0, 16.0]))
+    assert rows[2]['PSNR'] == pytest.approx(31.5)
+    # The face protocols are recomputed over the 4 shared images, not read from a summary.
+    chosen = [json.loads(line) for line in (a / 'records.jsonl').read_text().splitlines()][:4]
+    ids = np.array([r['id'] for r in chosen])
+    probes = np.stack([report.decode_embedding(r['methods']['sr']['emb']) for r in chosen])
+    gallery = np.stack([report.decode_embedding(r['emb_hr']) for r in chosen])
+    expected = report.verification(ids, probes, gallery, (1e-2,))['auc']
+    assert rows[0]['AUC'] == pytest.approx(expected)
+
+
+def test_common_rows_refuse_missing_records(tmp_path):
+    a = _records(tmp_path / 'a', [10.0, 12.0])
+    b = _records(tmp_path / 'b', [10.0], methods=('bicubic',))
+    with pytest.raises(FileNotFoundError, match='records.jsonl'):
+        compare_evals.collect_common([f'A={a}', f'X={tmp_path}'])
+    with pytest.raises(ValueError, match='no image is recorded by every eval'):
+        compare_evals.collect_common([f'A={a}', f'B={b}'])
