@@ -34,10 +34,12 @@ def check_output_channels(config: Any) -> None:
 
 
 def build_model(config: Any) -> nn.Module:
-    """The network named by ``config.model.name`` with every other model field as keyword."""
+    """The network named by ``config.model.name`` with every other model field as keyword,
+    and how it computes (``config.compute``: dtype, convolution gradients)."""
     check_output_channels(config)
     kwargs = {k: v for k, v in config.model.items() if k not in MODEL_NON_ARGS}
     kwargs['dtype'] = jnp.dtype(config.compute.dtype)
+    kwargs['conv_grads'] = config.compute.conv_grads
     return models.build_model(config.model.name, **kwargs)
 
 

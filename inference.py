@@ -64,6 +64,7 @@ MAY_CHANGE_ON_RESUME = (
     'guidance',
     'classifier_training',
     'compute.cpu_devices',
+    'compute.conv_grads',  # Only how gradients are computed, not the function.
     'data.cache_mb',
     'data.allow_split_overlap',
 )

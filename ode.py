@@ -66,7 +66,9 @@ class ODEOptions:
     # Fixed steps only ('euler', 'heun'): the steps as straight-line code, each rematerialised
     # in the backward pass (memory: one state per step), instead of diffrax's loop. XLA on CPU
     # runs a loop body's backward pass about 15x slower than the same code unrolled (the
-    # quality-loss gradient: 90 s in a lax.scan, 6 s unrolled; bench/results/quality_step.md).
+    # quality-loss gradient: 90 s in a lax.scan, 6 s unrolled; bench/results/quality_step.md),
+    # unless the network's convolutions use ``config.compute.conv_grads='loops'``, which is
+    # faster than unrolling and compiles 7.3x faster.
     unroll: bool = False
 
 

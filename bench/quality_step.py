@@ -1,6 +1,7 @@
 """Compile and step time of one ECDP quality-loss gradient (``configs/ecdp/demo.py:finetune``).
 
     python bench/quality_step.py --devices 1 --stats W/residual_stats.json [--adjoint backsolve]
+        [--conv-grads loops] [--unroll | --no-unroll] [--solver dopri5 --fixed-steps 0]
 
 Prints the compile time, XLA's FLOP estimate (it counts a while-loop body once, so for diffrax
 solves it is a lower bound, not the cost) and the time of each of ``--repeats`` steps on random
@@ -26,6 +27,10 @@ def main() -> None:
     parser.add_argument('--adjoint', default='recursive_checkpoint')
     parser.add_argument('--checkpoints', type=int, default=4)
     parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--conv-grads', default='lax', help='config.compute.conv_grads')
+    parser.add_argument('--unroll', action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument('--solver', default=None, help='training.quality_solver')
+    parser.add_argument('--fixed-steps', type=int, default=None, help='0: adaptive')
     args = parser.parse_args()
     os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
     import jax
@@ -40,6 +45,12 @@ def main() -> None:
     config = demo.get_config('finetune')
     config.sde.stats_file = args.stats
     config.training.update(quality_adjoint=args.adjoint, quality_checkpoints=args.checkpoints)
+    config.compute.conv_grads = args.conv_grads
+    overrides = dict(
+        quality_unroll=args.unroll, quality_solver=args.solver, quality_fixed_steps=args.fixed_steps
+    )
+    config.training.update({k: v for k, v in overrides.items() if v is not None})
+    print({k: config.training[k] for k in overrides}, 'conv_grads', args.conv_grads)
     exp = experiment.build(config, jax.devices()[: args.devices])
     params = jax.device_put(exp.new_params(jax.random.key(0)), NamedSharding(exp.mesh, P()))
     size, factor = config.data.image_size, config.data.downscale
@@ -53,8 +64,10 @@ def main() -> None:
     print(f'XLA flops (while bodies once) {compiled.cost_analysis().get("flops", 0) / 1e9:.1f} G')
     for _ in range(args.repeats):
         start = time.perf_counter()
-        jax.block_until_ready(compiled(params, batch, jax.random.key(0)))
-        print(f'step {time.perf_counter() - start:.1f} s', flush=True)
+        loss, grads = jax.block_until_ready(compiled(params, batch, jax.random.key(0)))
+        norm = float(jax.numpy.sqrt(sum(jax.numpy.sum(g**2) for g in jax.tree.leaves(grads))))
+        seconds = time.perf_counter() - start
+        print(f'step {seconds:.1f} s (loss {float(loss):.6f}, grad norm {norm:.6f})', flush=True)
 
 
 if __name__ == '__main__':

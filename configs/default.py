@@ -329,6 +329,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.compute = compute = ml_collections.ConfigDict()
     compute.dtype = 'float32'  # Network compute dtype: 'float32' or 'bfloat16' (params f32).
     compute.cpu_devices = 0  # Host devices on a CPU (0: one per core).
+    # How the network's convolution gradients are written (models/conv.py; outputs and
+    # parameters do not change): 'lax' (autodiff; fastest for plain training steps), 'input'
+    # or 'loops' (both gradients fast inside solver loops: set it for the quality loss through
+    # the ODE; XLA CPU runs lax's loop gradients 10-30x slower).
+    compute.conv_grads = 'lax'
 
     # Locked: an experiment file or override that sets a misspelt field fails with its name.
     config.lock()

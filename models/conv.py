@@ -17,12 +17,18 @@ gradients are written as convolutions in the canonical NHWC/HWIO layout on expli
 transposed operands, which XLA runs on its fast path everywhere. Any other convolution uses
 lax's own gradient. Forward-mode differentiation (``jax.jvp``) is not defined for it (a
 ``custom_vjp``); nothing in this library uses it.
+
+Who uses it: the classifiers (``loop_grads``, input gradients: guidance), and the score
+networks when ``config.compute.conv_grads`` says so (:data:`GRADIENTS`; NCSN++'s
+``conv_grads`` field, threaded to every stride-1 convolution of its blocks and LR encoder).
+FIR up/down-sampling convolutions are strided or grouped and keep lax's gradient.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -30,6 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+#: A ``lax.conv_general_dilated``-compatible function (flax's ``nn.Conv(conv_general_dilated=)``).
+ConvFn = Callable[..., jax.Array]
 
 
 def _pads(padding: Any, kernel: Sequence[int], shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
@@ -144,3 +152,24 @@ def conv_general_dilated(
         preferred_element_type=preferred_element_type,
     )
     return _conv(lhs, rhs, tuple((k, _hashable(v)) for k, v in args.items()))
+
+
+#: How a network's convolution gradients are written (``config.compute.conv_grads``; the
+#: forward pass is the same for all): 'lax' (autodiff's), 'input' (the input gradient
+#: canonical: free outside loops, fast inside them, which is what gradients with respect to
+#: the image need, e.g. guidance) and 'loops' (both gradients canonical: parameter gradients
+#: through a solver loop, e.g. ECDP's quality loss, at a slower train step outside loops).
+GRADIENTS: Mapping[str, ConvFn] = types.MappingProxyType(
+    {
+        'lax': lax.conv_general_dilated,
+        'input': conv_general_dilated,
+        'loops': functools.partial(conv_general_dilated, kernel_in_loops=True),
+    }
+)
+
+
+def gradients(name: str) -> ConvFn:
+    """The convolution of :data:`GRADIENTS` named ``name``; unknown names are refused."""
+    if name not in GRADIENTS:
+        raise ValueError(f'config.compute.conv_grads={name!r}: give one of {sorted(GRADIENTS)}')
+    return GRADIENTS[name]

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.conv import ConvFn
+
 
 def default_init(scale: float = 1.0) -> Callable[..., jax.Array]:
     """DDPM's initialiser: variance scaling, fan_avg, uniform (scale 0 -> 1e-10)."""
@@ -29,6 +31,7 @@ def _conv(
     bias: bool,
     init_scale: float,
     dtype: Any,
+    conv: ConvFn,
 ) -> jax.Array:
     return nn.Conv(
         out_planes,
@@ -39,6 +42,7 @@ def _conv(
         kernel_init=default_init(init_scale),
         bias_init=nn.initializers.zeros,
         dtype=dtype,
+        conv_general_dilated=conv,
     )(x)
 
 
@@ -49,9 +53,11 @@ def conv1x1(
     bias: bool = True,
     init_scale: float = 1.0,
     dtype: Any = jnp.float32,
+    conv: ConvFn = jax.lax.conv_general_dilated,
 ) -> jax.Array:
-    """1x1 convolution with DDPM initialisation (must be called inside a compact module)."""
-    return _conv(x, out_planes, 1, stride, bias, init_scale, dtype)
+    """1x1 convolution with DDPM initialisation (must be called inside a compact module);
+    ``conv``: how its gradients are written (``models.conv.GRADIENTS``)."""
+    return _conv(x, out_planes, 1, stride, bias, init_scale, dtype, conv)
 
 
 def conv3x3(
@@ -61,13 +67,15 @@ def conv3x3(
     bias: bool = True,
     init_scale: float = 1.0,
     dtype: Any = jnp.float32,
+    conv: ConvFn = jax.lax.conv_general_dilated,
 ) -> jax.Array:
-    """3x3 SAME convolution with DDPM initialisation (must be called inside a compact module).
+    """3x3 SAME convolution with DDPM initialisation (must be called inside a compact module;
+    ``conv``: see :func:`conv1x1`).
 
     With ``stride=2`` on even sizes, SAME pads (0, 1), like score_sde's PyTorch
     ``F.pad(x, (0, 1, 0, 1))`` followed by a VALID strided conv.
     """
-    return _conv(x, out_planes, 3, stride, bias, init_scale, dtype)
+    return _conv(x, out_planes, 3, stride, bias, init_scale, dtype, conv)
 
 
 class GroupNorm(nn.Module):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from models import up_or_down_sampling as updown
+from models.conv import ConvFn
 from models.layers import NIN, conv1x1, conv3x3, default_init, group_norm
 
 _SQRT2 = math.sqrt(2.0)  # a Python float keeps the operands' dtype
@@ -40,10 +41,11 @@ class Combine(nn.Module):
 
     method: str = 'cat'
     dtype: Any = jnp.float32
+    conv: ConvFn = jax.lax.conv_general_dilated  # Gradient form: models.conv.GRADIENTS.
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        h = conv1x1(x, y.shape[-1], dtype=self.dtype)
+        h = conv1x1(x, y.shape[-1], dtype=self.dtype, conv=self.conv)
         if self.method == 'cat':
             return jnp.concatenate([h, y.astype(h.dtype)], axis=-1)
         if self.method == 'sum':
@@ -81,6 +83,7 @@ class _Resample(nn.Module):
     fir: bool = False
     fir_kernel: Sequence[int] = updown.DEFAULT_FIR_KERNEL
     dtype: Any = jnp.float32
+    conv: ConvFn = jax.lax.conv_general_dilated  # Gradient form: models.conv.GRADIENTS.
 
     def _fir_conv(self, out_ch: int, up: bool, x: jax.Array) -> jax.Array:
         return updown.Conv2d(
@@ -104,7 +107,7 @@ class Upsample(_Resample):
         if not self.fir:
             h = updown.naive_upsample_2d(x, factor=2)
             if self.with_conv:
-                h = conv3x3(h, out_ch, dtype=self.dtype)
+                h = conv3x3(h, out_ch, dtype=self.dtype, conv=self.conv)
         elif not self.with_conv:
             h = updown.upsample_2d(x, self.fir_kernel, factor=2)
         else:
@@ -122,7 +125,7 @@ class Downsample(_Resample):
         out_ch = self.out_ch if self.out_ch else C
         if not self.fir:
             if self.with_conv:
-                x = conv3x3(x, out_ch, stride=2, dtype=self.dtype)
+                x = conv3x3(x, out_ch, stride=2, dtype=self.dtype, conv=self.conv)
             else:
                 x = updown.naive_downsample_2d(x, factor=2)
         elif not self.with_conv:
@@ -151,6 +154,7 @@ class ResnetBlockDDPMpp(nn.Module):
     skip_rescale: bool = False
     init_scale: float = 0.0
     dtype: Any = jnp.float32
+    conv: ConvFn = jax.lax.conv_general_dilated  # Gradient form: models.conv.GRADIENTS.
 
     @nn.compact
     def __call__(
@@ -160,14 +164,14 @@ class ResnetBlockDDPMpp(nn.Module):
         out_ch = self.out_ch if self.out_ch else C
         x = x.astype(self.dtype)
         h = self.act(group_norm(x, self.dtype))
-        h = conv3x3(h, out_ch, dtype=self.dtype)
+        h = conv3x3(h, out_ch, dtype=self.dtype, conv=self.conv)
         h = _add_temb(h, temb, self.act, self.dtype)
         h = self.act(group_norm(h, self.dtype))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.dtype)
+        h = conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.dtype, conv=self.conv)
         if C != out_ch:
             if self.conv_shortcut:
-                x = conv3x3(x, out_ch, dtype=self.dtype)
+                x = conv3x3(x, out_ch, dtype=self.dtype, conv=self.conv)
             else:
                 x = NIN(out_ch, dtype=self.dtype)(x)
         return residual(x, h, self.skip_rescale)
@@ -186,6 +190,7 @@ class ResnetBlockBigGANpp(nn.Module):
     skip_rescale: bool = True
     init_scale: float = 0.0
     dtype: Any = jnp.float32
+    conv: ConvFn = jax.lax.conv_general_dilated  # Gradient form: models.conv.GRADIENTS.
 
     def _resample(self, x: jax.Array) -> jax.Array:
         if self.up:
@@ -208,11 +213,11 @@ class ResnetBlockBigGANpp(nn.Module):
         h = self.act(group_norm(x, self.dtype))
         h = self._resample(h)
         x = self._resample(x)
-        h = conv3x3(h, out_ch, dtype=self.dtype)
+        h = conv3x3(h, out_ch, dtype=self.dtype, conv=self.conv)
         h = _add_temb(h, temb, self.act, self.dtype)
         h = self.act(group_norm(h, self.dtype))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.dtype)
+        h = conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.dtype, conv=self.conv)
         if C != out_ch or self.up or self.down:
-            x = conv1x1(x, out_ch, dtype=self.dtype)
+            x = conv1x1(x, out_ch, dtype=self.dtype, conv=self.conv)
         return residual(x, h, self.skip_rescale)

@@ -10,7 +10,9 @@ Differences from score_sde, all deliberate:
   range it trains on;
 * the output (and the ``output_skip`` pyramid) has ``out_channels`` channels rather than the
   input's channel count, since the input is the noisy HR image concatenated with its condition;
-* ``dtype`` sets the compute dtype; parameters stay float32 and the output is float32.
+* ``dtype`` sets the compute dtype; parameters stay float32 and the output is float32;
+* ``conv_grads`` sets how convolution gradients are written (``models.conv``): the same values,
+  but 'loops' keeps parameter gradients through a solver loop fast on XLA CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models import conv as conv_lib
 from models import layers, layerspp, rrdb
 from models.layers import conv3x3, default_init, group_norm
 from models.utils import MODELS, ScoreNetwork
@@ -35,6 +38,7 @@ _CHOICES = types.MappingProxyType(
         'progressive_combine': ('sum', 'cat'),
         'attention_type': ('ddpm',),
         'embedding_type': ('fourier', 'positional'),
+        'conv_grads': tuple(conv_lib.GRADIENTS),
     }
 )
 
@@ -80,6 +84,8 @@ class NCSNpp(ScoreNetwork):
     lr_encoder_blocks: int = 2
     lr_encoder_growth: int = 16
     dtype: Any = jnp.float32
+    # How convolution gradients are written (``models.conv.GRADIENTS``; config.compute).
+    conv_grads: str = 'lax'
 
     def __post_init__(self) -> None:
         for field, options in _CHOICES.items():
@@ -133,13 +139,18 @@ class NCSNpp(ScoreNetwork):
                 "network with lr=cond['lr']"
             )
         feats = self._lr_encoder(name=LR_ENCODER)(lr)
-        head = rrdb.RegressionHead(self._dtype, name=LR_REGRESSION)
+        head = rrdb.RegressionHead(self._dtype, self._conv, name=LR_REGRESSION)
         return feats, head(feats, lr.astype(jnp.float32), hr_size)
 
     def _lr_encoder(self, **scope: Any) -> rrdb.LREncoder:
         """The encoder: ``name=`` inside ``__call__``, ``parent=None`` (standalone) outside."""
         return rrdb.LREncoder(
-            self.lr_encoder_nf, self.lr_encoder_blocks, self.lr_encoder_growth, self._dtype, **scope
+            self.lr_encoder_nf,
+            self.lr_encoder_blocks,
+            self.lr_encoder_growth,
+            self._dtype,
+            self._conv,
+            **scope,
         )
 
     def regress(self, params: Any, lr: jax.Array, hr_size: tuple[int, int]) -> jax.Array:
@@ -150,7 +161,7 @@ class NCSNpp(ScoreNetwork):
         if self.lr_encoder_nf <= 0:
             return ScoreNetwork.regress(self, params, lr, hr_size)
         feats = self._lr_encoder(parent=None).apply({'params': params[LR_ENCODER]}, lr)
-        head = rrdb.RegressionHead(self._dtype, parent=None)
+        head = rrdb.RegressionHead(self._dtype, self._conv, parent=None)
         return head.apply({'params': params[LR_REGRESSION]}, feats, lr.astype(jnp.float32), hr_size)
 
     def _add_lr_features(self, h: jax.Array, lr_feats: jax.Array | None) -> jax.Array:
@@ -161,11 +172,16 @@ class NCSNpp(ScoreNetwork):
         resized = jax.image.resize(
             lr_feats, (b, height, width, lr_feats.shape[-1]), 'bilinear'
         ).astype(h.dtype)
-        return h + nn.Conv(h.shape[-1], (1, 1), dtype=self._dtype)(resized)
+        proj = nn.Conv(h.shape[-1], (1, 1), dtype=self._dtype, conv_general_dilated=self._conv)
+        return h + proj(resized)
 
     @property
     def _dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+    @property
+    def _conv(self) -> conv_lib.ConvFn:
+        return conv_lib.gradients(self.conv_grads)
 
     def _embed_time(self, time_label: jax.Array) -> jax.Array | None:
         if self.embedding_type == 'fourier':
@@ -188,6 +204,7 @@ class NCSNpp(ScoreNetwork):
             init_scale=self.init_scale,
             skip_rescale=self.skip_rescale,
             dtype=self._dtype,
+            conv=self._conv,
         )
         if self.resblock_type == 'ddpm':
             return layerspp.ResnetBlockDDPMpp(**common)
@@ -212,6 +229,7 @@ class NCSNpp(ScoreNetwork):
             fir=self.fir,
             fir_kernel=self.fir_kernel,
             dtype=self._dtype,
+            conv=self._conv,
         )
 
     def _encode(
@@ -219,7 +237,7 @@ class NCSNpp(ScoreNetwork):
     ) -> list[jax.Array]:
         """Downsampling path; returns the skip activations (last one feeds the middle)."""
         input_pyramid = x if self.progressive_input != 'none' else None
-        hs = [conv3x3(x, self.nf, dtype=self._dtype)]
+        hs = [conv3x3(x, self.nf, dtype=self._dtype, conv=self._conv)]
         num_resolutions = len(self.ch_mult)
         for i_level in range(num_resolutions):
             hs[-1] = self._add_lr_features(hs[-1], lr_feats)
@@ -242,9 +260,9 @@ class NCSNpp(ScoreNetwork):
     ) -> tuple[jax.Array, jax.Array | None]:
         if self.progressive_input == 'input_skip':
             input_pyramid = self._resample('down', with_conv=False)(input_pyramid)
-            h = layerspp.Combine(method=self.progressive_combine, dtype=self._dtype)(
-                input_pyramid, h
-            )
+            h = layerspp.Combine(
+                method=self.progressive_combine, dtype=self._dtype, conv=self._conv
+            )(input_pyramid, h)
         elif self.progressive_input == 'residual':
             input_pyramid = self._resample('down', out_ch=h.shape[-1], with_conv=True)(
                 input_pyramid
@@ -276,7 +294,9 @@ class NCSNpp(ScoreNetwork):
         if self.progressive == 'output_skip':
             return pyramid
         h = act(group_norm(h, self._dtype))
-        return conv3x3(h, self.out_channels, init_scale=self.init_scale, dtype=self._dtype)
+        return conv3x3(
+            h, self.out_channels, init_scale=self.init_scale, dtype=self._dtype, conv=self._conv
+        )
 
     def _output_pyramid(
         self, h: jax.Array, pyramid: jax.Array | None, top: bool
@@ -290,10 +310,13 @@ class NCSNpp(ScoreNetwork):
                 self.out_channels,
                 init_scale=self.init_scale,
                 dtype=self._dtype,
+                conv=self._conv,
             )
             return h, out if top else pyramid + out
         if top:
-            pyramid = conv3x3(act(group_norm(h, self._dtype)), h.shape[-1], dtype=self._dtype)
+            pyramid = conv3x3(
+                act(group_norm(h, self._dtype)), h.shape[-1], dtype=self._dtype, conv=self._conv
+            )
             return h, pyramid
         pyramid = self._resample('up', out_ch=h.shape[-1], with_conv=True)(pyramid)
         pyramid = layerspp.residual(pyramid, h, self.skip_rescale)

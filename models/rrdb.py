@@ -18,15 +18,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.conv import ConvFn
+
 # ESRGAN's residual scaling: each block adds 0.2 x its output, which keeps a deep stack stable
 # without normalisation layers.
 RESIDUAL_SCALE = 0.2
 LEAKY_SLOPE = 0.2
 
 
-def _conv(features: int, dtype: Any, zero: bool = False) -> nn.Conv:
+def _conv(features: int, dtype: Any, conv: ConvFn, zero: bool = False) -> nn.Conv:
     init = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
-    return nn.Conv(features, (3, 3), padding='SAME', kernel_init=init, dtype=dtype)
+    return nn.Conv(
+        features, (3, 3), padding='SAME', kernel_init=init, dtype=dtype, conv_general_dilated=conv
+    )
 
 
 def _lrelu(x: jax.Array) -> jax.Array:
@@ -38,13 +42,16 @@ class ResidualDenseBlock(nn.Module):
 
     growth: int = 16
     dtype: Any = jnp.float32
+    conv: ConvFn = jax.lax.conv_general_dilated  # Gradient form: models.conv.GRADIENTS.
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         feats = [x]
         for _ in range(4):
-            feats.append(_lrelu(_conv(self.growth, self.dtype)(jnp.concatenate(feats, -1))))
-        out = _conv(x.shape[-1], self.dtype)(jnp.concatenate(feats, -1))
+            feats.append(
+                _lrelu(_conv(self.growth, self.dtype, self.conv)(jnp.concatenate(feats, -1)))
+            )
+        out = _conv(x.shape[-1], self.dtype, self.conv)(jnp.concatenate(feats, -1))
         return x + RESIDUAL_SCALE * out
 
 
@@ -53,12 +60,13 @@ class RRDB(nn.Module):
 
     growth: int = 16
     dtype: Any = jnp.float32
+    conv: ConvFn = jax.lax.conv_general_dilated  # Gradient form: models.conv.GRADIENTS.
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x
         for _ in range(3):
-            h = ResidualDenseBlock(self.growth, self.dtype)(h)
+            h = ResidualDenseBlock(self.growth, self.dtype, self.conv)(h)
         return x + RESIDUAL_SCALE * h
 
 
@@ -70,14 +78,15 @@ class LREncoder(nn.Module):
     num_blocks: int = 2
     growth: int = 16
     dtype: Any = jnp.float32
+    conv: ConvFn = jax.lax.conv_general_dilated  # Gradient form: models.conv.GRADIENTS.
 
     @nn.compact
     def __call__(self, lr: jax.Array) -> jax.Array:
-        stem = _conv(self.nf, self.dtype)(lr.astype(self.dtype))
+        stem = _conv(self.nf, self.dtype, self.conv)(lr.astype(self.dtype))
         h = stem
         for _ in range(self.num_blocks):
-            h = RRDB(self.growth, self.dtype)(h)
-        return stem + _conv(self.nf, self.dtype)(h)
+            h = RRDB(self.growth, self.dtype, self.conv)(h)
+        return stem + _conv(self.nf, self.dtype, self.conv)(h)
 
 
 class RegressionHead(nn.Module):
@@ -88,6 +97,7 @@ class RegressionHead(nn.Module):
     """
 
     dtype: Any = jnp.float32
+    conv: ConvFn = jax.lax.conv_general_dilated  # Gradient form: models.conv.GRADIENTS.
 
     @nn.compact
     def __call__(self, feats: jax.Array, lr: jax.Array, hr_size: tuple[int, int]) -> jax.Array:
@@ -97,7 +107,9 @@ class RegressionHead(nn.Module):
         x = feats
         while x.shape[1] < hr_size[0]:
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-            x = _lrelu(_conv(nf, self.dtype)(x))
-        residual = _conv(lr.shape[-1], self.dtype, zero=True)(_lrelu(_conv(nf, self.dtype)(x)))
+            x = _lrelu(_conv(nf, self.dtype, self.conv)(x))
+        residual = _conv(lr.shape[-1], self.dtype, self.conv, zero=True)(
+            _lrelu(_conv(nf, self.dtype, self.conv)(x))
+        )
         up = jax.image.resize(lr, (b, *hr_size, lr.shape[-1]), 'bicubic')
         return (up + residual.astype(up.dtype)).astype(jnp.float32)

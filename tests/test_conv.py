@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import models
 from models import conv
 
 CASES = [  # (kernel, padding, input H x W)
@@ -119,3 +120,54 @@ def test_kernel_gradients_in_a_loop_are_canonical_with_kernel_in_loops():
     got, want = compiled(variables), jax.grad(loss(lax.conv_general_dilated))(variables)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- score network
+
+#: A tiny NCSN++ with every convolution path: BigGAN blocks, FIR, an input-skip pyramid
+#: (Combine), attention and the LR encoder with its regression head.
+TINY_NCSNPP = dict(
+    nf=8,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+    progressive_input='input_skip',
+    lr_encoder_nf=8,
+    lr_encoder_blocks=1,
+    lr_encoder_growth=4,
+    out_channels=3,
+)
+
+
+def _score_loop_grad(conv_grads: str):
+    """The parameter gradient of 2 Euler steps of a tiny NCSN++ in a ``lax.scan`` (the shape
+    of ECDP's quality loss), jitted, with its compiled HLO."""
+    model = models.get_model('ncsnpp')(**TINY_NCSNPP, conv_grads=conv_grads)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 6)), jnp.float32)
+    lr = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
+    params = models.get_model('ncsnpp')(**TINY_NCSNPP).init(jax.random.key(0), x, 1.0, lr=lr)
+
+    def loss(p):
+        def step(h, t):
+            out = model.apply(p, jnp.concatenate([h, x[..., 3:]], -1), t, lr=lr)
+            return h - 0.1 * out[..., :3], None
+
+        return jnp.sum(lax.scan(step, x[..., :3], jnp.array([1.0, 0.5]))[0] ** 2)
+
+    compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+    return compiled(params), compiled.as_text()
+
+
+def test_score_network_conv_grads_change_gradients_layout_not_values():
+    """``compute.conv_grads`` reaches every stride-1 convolution of NCSN++ and its LR encoder:
+    the same parameter gradients through a loop, and with 'loops' no stride-1 convolution
+    left with lax's permuted (slow in loops) kernel layout."""
+    want, hlo_lax = _score_loop_grad('lax')
+    got, hlo_loops = _score_loop_grad('loops')
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+    slow = lambda hlo: re.findall(r'window=\{size=3x3 pad=1_1x1_1\}[^\n]*_01oi->', hlo)
+    assert slow(hlo_lax) and not slow(hlo_loops), (len(slow(hlo_lax)), len(slow(hlo_loops)))
+    with pytest.raises(ValueError, match='conv_grads'):
+        models.get_model('ncsnpp')(**TINY_NCSNPP, conv_grads='fast')

@@ -65,10 +65,12 @@ def get_config(arg: str = ''):
     if 'finetune' in parts:
         # Heun with 8 fixed steps (16 NFE) generates within 38.6 dB PSNR of the adaptive ODE
         # at 1e-4 on the trained demo (dopri5 at 1e-3: 47.7 dB, 67 NFE), at a quarter of the cost.
+        # Convolution gradients fast inside the solver loop (models/conv.py): faster than the
+        # unrolled steps (1.4x per step, 7.3x to compile; bench/results/quality_step.md).
+        config.compute.conv_grads = 'loops'
         config.training.update(
             quality_solver='heun',
             quality_fixed_steps=8,
-            quality_unroll=True,
             diffusion_weight=0.0,
             quality_weight=1.0,
             n_iters=100,
