@@ -25,8 +25,8 @@ import ml_collections
 import datasets
 import experiment
 import inference
+import pretrained
 from models.wrappers import make_regress_fn
-from utils import package
 
 MEAN_KEY = 'lr_mu'
 
@@ -56,11 +56,13 @@ class MeanModel:
 
 
 def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a run (or model package) in ``workdir`` was trained with (``config.json``)."""
+    """The config a run (or model package) in ``workdir`` was trained with (``config.json``),
+    over today's defaults: fields added since it was written (e.g. ``compute.conv_grads``) get
+    their default, and a field today's config does not know is refused naming the file."""
     path = Path(workdir) / inference.CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f'{path}: no run config; config.sde.mean_model must be a run')
-    return ml_collections.ConfigDict(package.read_config(workdir))
+    return pretrained.package_config(workdir)
 
 
 def load(config: Any, devices: Any = None) -> MeanModel:

@@ -222,6 +222,15 @@ def test_mean_model_refuses_runs_without_an_encoder_or_with_other_data(tmp_path)
         mean_model.load(config)
     with pytest.raises(FileNotFoundError, match='no run config'):
         mean_model.read_run_config(tmp_path / 'absent')
+    # A run recorded before a field existed reads with that field's default.
+    record = json.loads(demo.get_config('smoke_encoder').to_json_best_effort())
+    del record['compute']['conv_grads']
+    (tmp_path / 'config.json').write_text(json.dumps(record))
+    assert mean_model.read_run_config(tmp_path).compute.conv_grads == 'lax'
+    record['compute']['speed'] = 'max'
+    (tmp_path / 'config.json').write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="config.json:compute: unknown config field 'speed'"):
+        mean_model.read_run_config(tmp_path)
     config.sde.mean_model = ''
     with pytest.raises(ValueError, match="'mean' but config.sde.mean_model is not set"):
         evaluation_run.load_mean(config, ('mean', 'bicubic'), None)
