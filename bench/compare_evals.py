@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common  # noqa: E402
 from configs import default  # noqa: E402
 from evaluation import report  # noqa: E402
+from evaluation import run as eval_run  # noqa: E402
 
 COLUMNS = (
     'images',
@@ -97,11 +98,10 @@ def collect(pairs: list[str]) -> list[dict[str, Any]]:
 
 def load_records(folder: Path) -> dict[int, dict[str, Any]]:
     """An eval's per-image records by dataset index (finished batches of a running eval too)."""
-    path = folder / 'records.jsonl'
+    path = folder / eval_run.RECORDS
     if not path.is_file():
         raise FileNotFoundError(f'{path}: no per-image records (run --mode eval first)')
-    lines = path.read_text().splitlines()
-    return {r['index']: r for r in (json.loads(line) for line in lines if line.strip())}
+    return eval_run.load_records(path)
 
 
 def collect_common(pairs: list[str]) -> list[dict[str, Any]]:

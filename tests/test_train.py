@@ -411,6 +411,18 @@ def test_resume_with_changed_fields_is_refused_naming_each(celeba_id128, four_st
     assert Checkpointer(workdir / 'checkpoints', 3).steps() == [2, 4]
 
 
+def test_conv_grads_may_change_on_resume_compute_dtype_may_not(tmp_path):
+    """``compute.conv_grads`` changes only how gradients are computed (same function), so a
+    run may resume with another value; the compute dtype changes the function and is refused."""
+    config = demo.get_config()
+    (tmp_path / inference.CONFIG_FILE).write_text(config.to_json_best_effort())
+    config.compute.conv_grads = 'loops'
+    assert inference.check_resume(config, tmp_path, 4) == {'compute.conv_grads': ('lax', 'loops')}
+    config.compute.dtype = 'bfloat16'
+    with pytest.raises(ValueError, match="config.compute.dtype: trained 'float32'"):
+        inference.check_resume(config, tmp_path, 4)
+
+
 def _train_on(config, workdir: Path, count: int) -> dict:
     train.train(config, workdir, devices=jax.devices()[:count])
     return _final_params(workdir, config.training.n_iters)
