@@ -38,6 +38,7 @@ import optax
 import datasets
 import experiment
 import guidance as guidance_lib
+import mean_model
 from models import classifiers
 from sde_lib import SDE
 from utils import parallel
@@ -46,6 +47,13 @@ from utils.progress import Progress
 from utils.writers import MetricWriter
 
 EXPORT, ACCURACY = 'classifier.msgpack', 'accuracy_vs_t'
+# The batch keys the SDE's frame may read (``SDE.to_state``): bicubic and a learned mean.
+COND_KEYS = ('lr_up', mean_model.MEAN_KEY)
+
+
+def condition(batch: dict[str, Any]) -> dict[str, Any]:
+    """The SDE's condition from a batch: every key of :data:`COND_KEYS` it holds."""
+    return {k: batch[k] for k in COND_KEYS if k in batch}
 
 
 @flax.struct.dataclass
@@ -98,15 +106,15 @@ def bin_counts(t: jax.Array, hit: jax.Array, weight: jax.Array, bins: int, T: fl
 
 
 def make_train_step(classifier, sde: SDE, optimizer, tcfg: Any, centered: bool) -> Callable:
-    """``step(state, batch, key) -> (state, metrics)``, pure; ``batch``: 'hr' and 'lr_up' in
-    the model's value range, 'label', 'weight' (1: labelled)."""
+    """``step(state, batch, key) -> (state, metrics)``, pure; ``batch``: 'hr' and the
+    condition (:data:`COND_KEYS`) in the model's value range, 'label', 'weight' (1: labelled)."""
 
     def step(state: ClassifierState, batch: dict, key: jax.Array):
         t_key, z_key = jax.random.split(jax.random.fold_in(key, state.step))
         x0, labels, weight = batch['hr'], batch['label'], batch['weight']
         t = jax.random.uniform(t_key, x0.shape[:1], minval=tcfg.t_eps, maxval=sde.T)
         z = jax.random.normal(z_key, x0.shape)
-        x01, sigma01 = noisy_inputs(sde, x0, {'lr_up': batch['lr_up']}, t, z, centered)
+        x01, sigma01 = noisy_inputs(sde, x0, condition(batch), t, z, centered)
 
         def loss_fn(params):
             variables = {'params': params, 'batch_stats': state.batch_stats}
@@ -149,16 +157,17 @@ def initial_state(classifier, optimizer, image_shape, key, mesh) -> ClassifierSt
 
 
 def accuracy_vs_t(
-    classifier, variables, sde: SDE, images: np.ndarray, lr_up: np.ndarray, labels, ts, key,
+    classifier, variables, sde: SDE, images: np.ndarray, cond: dict, labels, ts, key,
     centered: bool,
 ) -> list[float]:  # fmt: skip
-    """Accuracy of ``classifier`` on ``images`` (model value range) perturbed at each ``t``."""
+    """Accuracy of ``classifier`` on ``images`` (model value range, condition ``cond``)
+    perturbed at each ``t``."""
     apply = jax.jit(lambda v, x, s: jnp.argmax(classifier.apply(v, x, s), -1))
     accuracy = []
     for i, t in enumerate(ts):
         z = jax.random.normal(jax.random.fold_in(key, i), images.shape)
         tt = jnp.full(images.shape[:1], t, jnp.float32)
-        x01, sigma01 = noisy_inputs(sde, jnp.asarray(images), {'lr_up': lr_up}, tt, z, centered)
+        x01, sigma01 = noisy_inputs(sde, jnp.asarray(images), cond, tt, z, centered)
         accuracy.append(float(np.mean(np.asarray(apply(variables, x01, sigma01)) == labels)))
     return accuracy
 
@@ -182,8 +191,11 @@ def plot_accuracy(path: Path, ts, accuracy: dict[str, list[float]]) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
-def _labelled_batches(config: Any, labels: np.ndarray, labelled: np.ndarray, start: int):
-    """Training batches (model value range) with 'label' and 'weight' from the label table."""
+def _labelled_batches(
+    config: Any, labels: np.ndarray, labelled: np.ndarray, start: int, mean: mean_model.MeanModel
+):
+    """Training batches (model value range, the learned mean added) with 'label' and 'weight'
+    from the label table."""
     scaler = datasets.get_data_scaler(config.data.centered)
     data = datasets.get_dataset(
         config.data,
@@ -194,11 +206,11 @@ def _labelled_batches(config: Any, labels: np.ndarray, labelled: np.ndarray, sta
         process_count=jax.process_count(),
         start_step=start,
     )
-    for batch in data:
+    for batch in map(mean, data):
         index = np.maximum(batch['index'], 0)
         yield {
             'hr': scaler(batch['hr']),
-            'lr_up': scaler(batch['lr_up']),
+            **{k: scaler(np.asarray(v)) for k, v in condition(batch).items()},
             'label': labels[index],
             'weight': (labelled[index] & batch['mask']).astype(np.float32),
         }
@@ -218,7 +230,7 @@ def _log(writer, step: int, losses: list[float], counts, correct, names, progres
     logging.info(progress.line(f'loss {scalars["loss"]:.4f}, accuracy {scalars["accuracy"]:.3f}'))
 
 
-def _train_loop(config, exp, classifier, state, checkpointer, writer):
+def _train_loop(config, exp, classifier, state, checkpointer, writer, mean):
     """Trains from ``state.step`` to ``n_iters``, logging and checkpointing; the final state."""
     tcfg = config.classifier_training
     optimizer = make_optimizer(tcfg)
@@ -233,7 +245,7 @@ def _train_loop(config, exp, classifier, state, checkpointer, writer):
     start, key = int(state.step), jax.random.PRNGKey(config.seed)
     progress, names = Progress(tcfg.n_iters, start), _bin_names(tcfg, exp.sde.T)
     losses, counts, correct = [], np.zeros(tcfg.accuracy_bins), np.zeros(tcfg.accuracy_bins)
-    batches = _labelled_batches(config, labels, labelled, start)
+    batches = _labelled_batches(config, labels, labelled, start, mean)
     for step, batch in zip(range(start + 1, tcfg.n_iters + 1), batches, strict=False):
         state, metrics = step_fn(state, parallel.shard_batch(batch, exp.mesh), key)
         metrics = jax.device_get(metrics)
@@ -249,17 +261,18 @@ def _train_loop(config, exp, classifier, state, checkpointer, writer):
     return state
 
 
-def _evaluate(config, exp, classifier, variables, out: Path) -> dict[str, Any]:
+def _evaluate(config, exp, classifier, variables, out: Path, mean) -> dict[str, Any]:
     """Accuracy against t on the labelled eval images: ``accuracy_vs_t.json`` and ``.png``."""
     tcfg = config.classifier_training
     labels, labelled = split_labels(config, 'eval')
     keep = np.flatnonzero(labelled)[: tcfg.eval_images]
     data = datasets.get_dataset(config.data, 'eval', len(labelled), seed=config.seed)
-    batch = next(iter(data))
+    batch = mean(next(iter(data)))
     scaler = datasets.get_data_scaler(config.data.centered)
+    cond = {k: scaler(np.asarray(v)[keep]) for k, v in condition(batch).items()}
     ts = np.linspace(tcfg.t_eps, exp.sde.T, tcfg.eval_times)
     accuracy = accuracy_vs_t(
-        classifier, variables, exp.sde, scaler(batch['hr'][keep]), scaler(batch['lr_up'][keep]),
+        classifier, variables, exp.sde, scaler(batch['hr'][keep]), cond,
         labels[keep], ts, jax.random.PRNGKey(config.seed + 1), config.data.centered,
     )  # fmt: skip
     result = {'attribute': tcfg.attribute, 't': ts.tolist(), 'accuracy': accuracy}
@@ -276,6 +289,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     tcfg = config.classifier_training
     out = Path(workdir) / f'classifier_{tcfg.attribute}'
     exp = experiment.build(config, devices, workdir)
+    mean = mean_model.load(config, exp.mesh.devices.flatten(), workdir)
     classifier = classifiers.build_classifier(tcfg.classifier)
     checkpointer = Checkpointer(out / 'checkpoints', tcfg.checkpoint_keep, set_aside=True)
     state = initial_state(
@@ -285,7 +299,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     chief = jax.process_index() == 0
     writer = MetricWriter(out / 'tensorboard', chief, resume_step=int(state.step) or None)
     try:
-        state = _train_loop(config, exp, classifier, state, checkpointer, writer)
+        state = _train_loop(config, exp, classifier, state, checkpointer, writer, mean)
     finally:
         writer.close()
         checkpointer.close()
@@ -293,4 +307,4 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     host = jax.tree.map(np.asarray, jax.device_get(variables))
     if chief:
         (out / EXPORT).write_bytes(flax.serialization.msgpack_serialize(host))
-    return _evaluate(config, exp, classifier, variables, out)
+    return _evaluate(config, exp, classifier, variables, out, mean)

@@ -44,7 +44,6 @@ every image once, the last global batch padded (``mask`` False). ``seed`` must b
 
 from __future__ import annotations
 
-import csv
 import itertools
 import logging
 import os
@@ -59,6 +58,7 @@ from PIL import Image, ImageOps
 
 import degradations
 import tfrecord_io
+from utils import csvfile
 from utils.registry import Registry
 
 IMAGE_EXTENSIONS = frozenset(
@@ -226,21 +226,33 @@ def _find_csv(root: Path) -> Path | None:
 
 
 def _read_csv(csv_path: Path, split: str) -> tuple[list[Path], list[int]]:
-    with open(csv_path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    if rows and 'file' not in rows[0]:
-        raise DataError(f'{csv_path} has no "file" column')
+    """Files and identities (-1 where empty) of ``split`` in ``faces.csv``.
+
+    Read by :func:`utils.csvfile.read_csv` (UTF-8, an Excel BOM allowed): a file that is not
+    UTF-8, a short or long row, an empty ``file`` or ``split``, a non-integer identity or a
+    ``file`` listed twice (an image twice in a split, or in both) is a :class:`DataError`
+    naming the file and line(s).
+    """
+    table = csvfile.read_csv(csv_path, ('file',), error_type=DataError)
+    table.unique('file')
     wanted = split_name(split)
-    if rows and 'split' in rows[0]:
-        rows = [r for r in rows if r['split'] == wanted]
+    rows = [r for r in table.rows if 'split' not in table.columns or r['split'] == wanted]
     if not rows:
         raise DataError(f'{csv_path}: no rows for split {split!r}')
     files = [csv_path.parent / r['file'] for r in rows]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise DataError(f'{csv_path} lists {len(missing)} missing files, e.g. {missing[0]}')
-    ids = [int(r['identity']) if r.get('identity', '') not in ('', None) else -1 for r in rows]
-    return files, ids
+    return files, [_identity(r) for r in rows]
+
+
+def _identity(row: csvfile.Row) -> int:
+    """The ``identity`` of a ``faces.csv`` row: an integer, -1 where absent or empty."""
+    text = row.get('identity')
+    try:
+        return int(text) if text else -1
+    except ValueError:
+        raise row.error(f'identity {text!r} is not an integer') from None
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:

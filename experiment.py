@@ -11,8 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import losses
 import models
-import residual_stats
+import runs
 import sampling
 from models.wrappers import get_parametrization, init_params
 from sde_lib import SDE, make_sde
@@ -79,6 +80,35 @@ class Experiment:
             mesh=self.mesh,
         )
 
+    def abstract_state(self) -> losses.TrainState:
+        """Shapes, dtypes and (replicated) shardings of the training state: nothing computed."""
+        optimizer = losses.make_optimizer(self.config.optim)
+        shapes = jax.eval_shape(
+            lambda k: losses.init_train_state(self.new_params(k), optimizer),
+            jax.random.PRNGKey(0),
+        )
+        replicated = parallel.replicated_sharding(self.mesh)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+        )
+
+    def load_ema_params(
+        self,
+        folder: str | Path,
+        step: int | None = None,
+        must_match: tuple[str, ...] = runs.MUST_MATCH,
+        scopes: tuple[str, ...] = (),
+    ) -> tuple[Any, int]:
+        """The EMA parameters of checkpoint ``step`` (default: the latest) of the run or
+        package in ``folder`` (:meth:`runs.Run.ema_params`), and that step.
+
+        This config must equal the run's record on ``must_match`` (a warm start of a new stage
+        checks only ``('model',)``: its SDE, mean or data may change).
+        """
+        run = runs.Run.open(folder)
+        run.check_matches(self.config, must_match)
+        return run.ema_params(self.abstract_state(), step, scopes)
+
     def init_params(self, key: jax.Array) -> Any:
         """Initial parameters, computed once and replicated over the mesh."""
         init = jax.jit(
@@ -92,7 +122,7 @@ def build(config: Any, devices: Any = None, workdir: str | Path | None = None) -
     """The experiment of ``config`` over ``devices`` (default: all devices of all hosts).
 
     ``workdir`` holds the run's training-set statistics, read only by SDEs that need them
-    (ECDP's sigma: ``residual_stats``).
+    (ECDP's sigma: ``runs.Run.read_stats``).
     """
     mesh = parallel.make_mesh(devices)
 
@@ -102,7 +132,6 @@ def build(config: Any, devices: Any = None, workdir: str | Path | None = None) -
                 f'config.sde.name={config.sde.name!r} needs the residual statistics of the run: '
                 'build the experiment with its workdir, or set config.sde.stats_file'
             )
-        path = residual_stats.stats_path(config, workdir or '')
-        return residual_stats.load(path, config.data, config.sde.get('mean_model', ''))
+        return runs.Run.open(workdir or '').read_stats(config)
 
     return Experiment(config, make_sde(config.sde, stats), build_model(config), mesh)

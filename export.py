@@ -7,7 +7,11 @@ The package gets the EMA weights of W's latest checkpoint (``export.dtype``, flo
 default: half the size), the config as given (so the sampler settings chosen here travel with
 the weights), W's residual statistics when the SDE needs them, and, for a learned mean
 (``sde.mean_model = R``), R's regression branch as the package ``mean/``. It is written into a
-temporary folder and renamed into place, so a failed export leaves no half package.
+hidden sibling folder (``.NAME.partial``) and renamed into place; a refused or failed export
+(the float16 check, an error, Ctrl-C) removes it, so nothing that counts as a package is left
+(a process killed outright may leave the hidden folder: ``pretrained.available`` and
+``--sr.model`` never take a hidden name, and the next export removes it). The output must be a
+new folder or a package: a run folder, or any other folder, is refused, naming it.
 
 The float16 check (``export.check_images`` faces of the eval split) super-resolves the same
 faces with the run and with the written package and records the largest output difference and
@@ -16,7 +20,6 @@ both PSNRs in ``export.json``; more than 1/255 is refused (export float32 instea
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -31,62 +34,51 @@ from flax.traverse_util import flatten_dict
 from PIL import Image
 
 import experiment
-import inference
 import mean_model
-import pretrained
-import residual_stats
-from utils import package
+import runs
 
 DTYPES = ('float16', 'float32')
-# Config sections that are options of a run of the model, not the model: a package leaves them
-# out, so that its users get today's defaults (e.g. sr.detect_scale) and their own flags
-# (training and optim stay: the recipe, for the record).
-RUN_OPTIONS = ('sr', 'eval', 'export', 'classifier_training', 'guidance')
 # The largest change of an output pixel (on [0, 1]) that the weight dtype may cause.
 MAX_OUTPUT_CHANGE = 1.0 / 255.0
-CARD_FILE = 'MODEL_CARD.md'
+PARTIAL_SUFFIX = '.partial'
 
 
 def write_weights(params: Any, folder: Path, dtype: str) -> dict[str, Any]:
     """``params`` as ``folder/ema_params.msgpack`` in ``dtype``; size and array count."""
     cast = jax.tree.map(lambda a: np.asarray(a).astype(dtype), params)
     data = flax.serialization.msgpack_serialize(cast)
-    (folder / package.WEIGHTS_FILE).write_bytes(data)
+    (folder / runs.WEIGHTS_FILE).write_bytes(data)
     return {'bytes': len(data), 'arrays': len(flatten_dict(cast))}
 
 
 def _export_run(
-    config: Any, workdir: Path, folder: Path, dtype: str, scopes: tuple[str, ...] = ()
+    config: Any,
+    workdir: Path,
+    folder: Path,
+    dtype: str,
+    scopes: tuple[str, ...] = (),
+    step: int | None = None,
 ) -> dict[str, Any]:
-    """Writes ``workdir``'s EMA weights (``scopes`` only, if given) and ``config`` into
-    ``folder``; the record that goes into ``export.json``."""
+    """Writes ``workdir``'s EMA weights of ``step`` (latest if None; ``scopes`` only, if given)
+    and ``config`` into ``folder``; the record that goes into ``export.json``."""
     exp = experiment.build(config, None, workdir)
-    params, step = inference.load_ema_params(exp, workdir, scopes=scopes)
+    params, step = exp.load_ema_params(workdir, step, scopes=scopes)
     folder.mkdir(parents=True)
     record = {'source': str(workdir.absolute()), 'step': step, 'dtype': dtype,
               'scopes': list(scopes), **write_weights(params, folder, dtype)}  # fmt: skip
-    packaged = {k: v for k, v in config.to_dict().items() if k not in RUN_OPTIONS}
-    if packaged['sde'].get('mean_model', ''):
-        packaged['sde']['mean_model'] = package.MEAN_DIR
-    packaged['sde']['stats_file'] = ''
-    text = ml_collections.ConfigDict(packaged).to_json_best_effort(indent=2)
-    (folder / package.CONFIG_FILE).write_text(text)
+    runs.write_package_config(config, folder)
     return record
 
 
-def _export_stats(config: Any, workdir: Path, folder: Path) -> None:
-    """The run's residual statistics, their mean recorded as the package's ``mean/``."""
-    path = residual_stats.stats_path(config, workdir)
+def _export_stats(config: Any, workdir: Path, folder: Path) -> int | None:
+    """The run's residual statistics into the package; the step of the learned mean they
+    were made around (None without one)."""
+    path = runs.Run.open(workdir).stats_path(config)
     if not path.is_file():
-        return  # This SDE needs none (experiment.build would have failed otherwise).
-    stats = json.loads(path.read_text())
-    if stats.get('mean_model'):
-        stats['mean_model'] = package.MEAN_DIR
-    residual_stats.write(stats, folder / residual_stats.STATS_FILE)
-
-
-def _write_export(folder: Path, record: dict[str, Any]) -> None:
-    (folder / package.EXPORT_FILE).write_text(json.dumps(record, indent=1))
+        return None  # This SDE needs none (experiment.build would have failed otherwise).
+    stats = runs.Run.open(workdir).read_stats(config)
+    runs.write_package_stats(stats, folder)
+    return stats.get('mean_model_step') if stats.get('mean_model') else None
 
 
 def _read(path: Path) -> np.ndarray:
@@ -111,12 +103,56 @@ def check_package(config: Any, workdir: Path, folder: Path, images: int) -> dict
     """The run and the package super-resolve the same faces: largest difference and PSNRs."""
     with tempfile.TemporaryDirectory() as tmp:
         ours, psnr_run = sr_psnr(config, workdir, Path(tmp) / 'run', images)
-        packaged = pretrained.package_config(folder)
+        packaged = runs.Run.open(folder).config()
         packaged.data.path = config.data.path
         theirs, psnr_package = sr_psnr(packaged, folder, Path(tmp) / 'package', images)
     change = float(np.max(np.abs(ours - theirs)))
     return {'images': images, 'max_output_change': change, 'psnr_run': round(psnr_run, 4),
             'psnr_package': round(psnr_package, 4)}  # fmt: skip
+
+
+def check_output(target: Path, workdir: Path) -> None:
+    """Refuses an output that would overwrite what is not a package: the run itself (or a
+    folder holding it), another run, or any existing folder or file that is not a package."""
+    if not target.exists():
+        return
+    if target.resolve() == workdir.resolve() or workdir.resolve().is_relative_to(target.resolve()):
+        raise ValueError(
+            f'config.export.output={str(target)!r} is the run being exported (or holds it): '
+            'give a new folder'
+        )
+    if not runs.Run.open(target).is_package:
+        kind = 'a run folder' if runs.Run.open(target).is_run else 'not a model package'
+        raise ValueError(
+            f'config.export.output={str(target)!r} exists and is {kind}: export replaces only '
+            'a package; give a new folder'
+        )
+
+
+def _write_package(config: Any, workdir: Path, tmp: Path) -> dict[str, Any]:
+    """The package in ``tmp``: weights, config, statistics, the learned mean; its record."""
+    cfg = config.export
+    record = _export_run(config, workdir, tmp, cfg.dtype)
+    mean_step = _export_stats(config, workdir, tmp)
+    if config.sde.get('mean_model', ''):
+        source = Path(config.sde.mean_model)
+        mean_config = mean_model.read_run_config(source)
+        scopes = experiment.build_model(mean_config).regress_scopes
+        mean_dir = tmp / runs.MEAN_DIR
+        mean_record = _export_run(mean_config, source, mean_dir, cfg.dtype, scopes, mean_step)
+        runs.write_export_record(mean_dir, mean_record)
+        record['mean'] = mean_record
+    runs.write_export_record(tmp, record)
+    if cfg.check_images > 0:
+        record['check'] = check_package(config, workdir, tmp, cfg.check_images)
+        runs.write_export_record(tmp, record)
+        if record['check']['max_output_change'] > MAX_OUTPUT_CHANGE + 1e-6:
+            raise ValueError(
+                f'{cfg.dtype} weights change an output by '
+                f'{record["check"]["max_output_change"]:.4f} > 1/255: export with '
+                '--config.export.dtype=float32 (nothing was written)'
+            )
+    return record
 
 
 def run(config: Any, workdir: str | Path) -> dict[str, Any]:
@@ -127,30 +163,17 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     if cfg.dtype not in DTYPES:
         raise ValueError(f'config.export.dtype={cfg.dtype!r}: one of {DTYPES}')
     target = Path(cfg.output)
-    tmp = target.with_name(target.name + '.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)
-    record = _export_run(config, workdir, tmp, cfg.dtype)
-    _export_stats(config, workdir, tmp)
-    if config.sde.get('mean_model', ''):
-        source = Path(config.sde.mean_model)
-        mean_config = mean_model.read_run_config(source)
-        scopes = experiment.build_model(mean_config).regress_scopes
-        mean_record = _export_run(mean_config, source, tmp / package.MEAN_DIR, cfg.dtype, scopes)
-        _write_export(tmp / package.MEAN_DIR, mean_record)
-        record['mean'] = mean_record
-    _write_export(tmp, record)
-    if cfg.check_images > 0:
-        record['check'] = check_package(config, workdir, tmp, cfg.check_images)
-        _write_export(tmp, record)
-        if record['check']['max_output_change'] > MAX_OUTPUT_CHANGE + 1e-6:
-            raise ValueError(
-                f'{cfg.dtype} weights change an output by '
-                f'{record["check"]["max_output_change"]:.4f} > 1/255 ({tmp}): export with '
-                '--config.export.dtype=float32'
-            )
-    card = target / CARD_FILE
-    if card.is_file():  # Written by hand about this model: kept across re-exports.
-        shutil.copy2(card, tmp / CARD_FILE)
+    check_output(target, workdir)
+    tmp = target.with_name(f'.{target.name}{PARTIAL_SUFFIX}')
+    shutil.rmtree(tmp, ignore_errors=True)  # Left by an export killed outright.
+    try:
+        record = _write_package(config, workdir, tmp)
+        card = target / runs.CARD_FILE
+        if card.is_file():  # Written by hand about this model: kept across re-exports.
+            shutil.copy2(card, tmp / runs.CARD_FILE)
+    except BaseException:  # Refused, failed or interrupted: no half package stays behind.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     logging.info('exported %s step %d (%s, %d bytes) to %s', workdir, record['step'],

@@ -21,13 +21,15 @@ sampler). BatchNorm runs in inference mode, so sample i depends only on its own 
 target.
 
 The target of attribute k for sample i is ``cond['attributes'][i, k]`` (0 or 1; 1 = present),
-in the order of ``config.guidance.attributes``.
+in the order of ``config.guidance.attributes``: per input from the rows of
+``config.guidance.attributes_csv`` (:func:`input_targets`; the ``file`` key of an input, a face
+found in a photo included, is :func:`row_keys`), or ``config.guidance.targets`` for all.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,13 @@ import numpy as np
 
 from models import classifiers
 from sde_lib import SDE, ScoreFn
+from utils import csvfile
 
 ATTRIBUTES = 'attributes'  # cond key of the per-sample targets [B, n_attributes].
 # Model value range -> the classifiers' [0, 1]: x01 = (x - low) / (high - low).
 _UNIT_RANGE = {False: (0.0, 1.0), True: (-1.0, 1.0)}
+# An input that is a face found in a photo: ``<photo path>#face<NN>`` (sr.py).
+_FACE_SOURCE = re.compile(r'(?P<photo>.+)(?P<face>#face\d+)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,38 +185,72 @@ def load_variables(
 def read_attribute_csv(path: str | Path, attributes: Sequence[str]) -> dict[str, np.ndarray]:
     """``file -> [n_attributes]`` 0/1 targets from a CSV with columns ``file,<attribute>...``.
 
-    A missing column or a value other than 0 or 1 is an error naming the file (and row): an
-    attribute with no label is never filled in.
+    Read by :func:`utils.csvfile.read_csv` (UTF-8, an Excel BOM allowed). A missing column, a
+    short or long row, an empty value, a value other than 0 or 1 or a ``file`` listed twice is an
+    error naming the file and line: an attribute with no label is never filled in, and of two
+    rows for one file neither wins silently. ``file`` is matched by :func:`lookup`.
     """
-    with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    columns = set(rows[0]) if rows else set()
-    missing = [a for a in ('file', *attributes) if a not in columns]
-    if missing:
-        raise ValueError(f'{path}: no column {missing} (has {sorted(columns)})')
-    table = {}
-    for line, row in enumerate(rows, start=2):
-        values = [row[a].strip() for a in attributes]
+    table = csvfile.read_csv(path, ('file', *attributes))
+    targets = {}
+    for key, row in table.unique('file').items():
+        values = [row[a] for a in attributes]
         if any(v not in ('0', '1') for v in values):
-            raise ValueError(f'{path}:{line}: {attributes} must be 0 or 1, got {values}')
-        table[row['file'].strip()] = np.asarray([int(v) for v in values], np.int32)
-    return table
+            raise row.error(f'{tuple(attributes)} must be 0 or 1, got {values}')
+        targets[key] = np.asarray([int(v) for v in values], np.int32)
+    return targets
+
+
+def row_keys(source: str) -> list[str]:
+    """The ``file`` values that name the input ``source``, in the order :func:`lookup` tries
+    them: the trailing parts of its path, longest first (``/data/sub/b.png``: ``data/sub/b.png``,
+    ``sub/b.png``, ``b.png``).
+
+    A face found in a photo is the input ``<photo path>#face<NN>`` (``sr.py``; NN is the face's
+    number in its outputs ``<photo>_face<NN>.png`` and in the manifest, which depends on the
+    face-finding settings). It is named by its own row ``photo.jpg#face<NN>`` (that face) or
+    else by the photo's row ``photo.jpg`` (every face of the photo without a row of its own),
+    each as any trailing part of the photo's path: the face's keys are tried first.
+    """
+    photo, face = _split_face(source)
+    path = Path(photo)
+    parts = path.parts[1:] if path.anchor else path.parts
+    trailing = ['/'.join(parts[i:]) for i in range(len(parts))]
+    return [key + face for key in trailing] + trailing if face else trailing
+
+
+def _split_face(source: str) -> tuple[str, str]:
+    """``('<photo path>', '#face<NN>')`` of a face found in a photo, ``(source, '')`` else."""
+    match = _FACE_SOURCE.fullmatch(source)
+    return (match['photo'], match['face']) if match else (source, '')
 
 
 def lookup(table: Mapping[str, np.ndarray], source: str) -> np.ndarray | None:
-    """The row whose ``file`` is the longest trailing part of the path ``source``."""
-    parts = Path(source).parts
-    for i in range(len(parts)):
-        row = table.get('/'.join(parts[i:]))
+    """The row of the first of :func:`row_keys` of ``source`` that ``table`` has (None if none):
+    the longest trailing part of its path, a face's own row before its photo's."""
+    for key in row_keys(source):
+        row = table.get(key)
         if row is not None:
             return row
     return None
 
 
+def _wanted_row(source: str) -> str:
+    """What row an input without one needs, for the error that refuses it."""
+    photo, face = _split_face(source)
+    name = Path(photo).name or photo
+    if face:
+        return (
+            f'a row with file "{name}{face}" (that face) or "{name}" (every face of the photo), '
+            'or a longer trailing part of its path'
+        )
+    return f'a row with file "{name}" or a longer trailing part of its path'
+
+
 def input_targets(guidance_config: Any, sources: Sequence[str]) -> np.ndarray:
-    """``[len(sources), n_attributes]`` targets: per input from ``attributes_csv`` (matched by
-    the trailing part of its path), else ``targets`` for every input. An input without a row
-    is an error naming it."""
+    """``[len(sources), n_attributes]`` targets: per input from ``attributes_csv`` (the row of
+    :func:`lookup`: the trailing part of its path; a face of a photo, ``photo.jpg#face<NN>``,
+    its own row or else its photo's), else ``targets`` for every input. An input without a row
+    is an error naming the CSV, the input and the ``file`` value it needs."""
     attributes = tuple(guidance_config.attributes)
     if not guidance_config.attributes_csv:
         targets = np.asarray(guidance_config.targets, np.int32)
@@ -227,6 +266,6 @@ def input_targets(guidance_config: Any, sources: Sequence[str]) -> np.ndarray:
     if unknown:
         raise ValueError(
             f'{guidance_config.attributes_csv} has no row for {len(unknown)} input(s), e.g. '
-            f'{unknown[0]}'
+            f'{unknown[0]}: give {_wanted_row(unknown[0])}'
         )
     return np.stack(rows).reshape(len(sources), len(attributes))

@@ -221,19 +221,31 @@ def quality_ode_options(tcfg: Any) -> ode.ODEOptions:
     )
 
 
-def get_quality_loss_fn(
+# Metrics of the image-quality loss (training.quality_weight > 0), logged with the loss.
+QUALITY_UNFINISHED = 'quality_unfinished'  # Solves of the step that reached the step bound.
+QUALITY_UNFINISHED_FRACTION = 'quality_unfinished_fraction'  # Of the step's solves.
+
+# ``loss_and_metrics(params, batch, key) -> (loss, {name: scalar})``.
+LossAndMetricsFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def get_quality_loss_and_metrics_fn(
     sde: SDE,
     predict_model: PredictModel,
     tcfg: Any,
     features: Callable[[jax.Array], jax.Array],
     inverse_scaler: Callable[[jax.Array], jax.Array],
-) -> LossFn:
+) -> LossAndMetricsFn:
     """ECDP's image-quality loss ``|| F(SR_theta(y)) - F(x) ||_1`` (mean over features), with
     ``SR_theta(y)`` generated through the probability-flow ODE from the prior, and gradients
     through the solver (``training.quality_adjoint``: memory bounded by checkpoints, or the
-    continuous adjoint). A generation that hits ``quality_max_steps`` contributes 0: inside
-    the jitted step it cannot raise, and it is not reported yet (use fixed steps, which always
-    finish, as ``configs/ecdp/demo.py:finetune`` does)."""
+    continuous adjoint), with how many solves reached ``quality_max_steps``.
+
+    An unfinished solve's state is not a sample, so the loss is the mean over the finished
+    solves only (0, without gradient, if none finished): counting it as 0 would lower the loss
+    as solves fail. Inside the jitted step nothing can raise, so the count is returned as the
+    metrics :data:`QUALITY_UNFINISHED` and :data:`QUALITY_UNFINISHED_FRACTION`; the training
+    driver logs them and stops above ``training.quality_max_unfinished``."""
     opts = quality_ode_options(tcfg)
 
     def loss_fn(params, batch, key):
@@ -245,9 +257,44 @@ def get_quality_loss_fn(
         to_images = lambda x: jnp.clip(inverse_scaler(x), 0.0, 1.0)
         diff = jnp.abs(features(to_images(sr)) - features(to_images(batch['hr'])))
         per_image = jnp.mean(diff.reshape(diff.shape[0], -1), axis=-1)
-        return jnp.mean(jnp.where(finished, per_image, 0.0))
+        n_finished = jnp.sum(finished)
+        loss = jnp.sum(jnp.where(finished, per_image, 0.0)) / jnp.maximum(n_finished, 1)
+        unfinished = (finished.shape[0] - n_finished).astype(jnp.float32)
+        return loss, {
+            QUALITY_UNFINISHED: unfinished,
+            QUALITY_UNFINISHED_FRACTION: unfinished / finished.shape[0],
+        }
 
     return loss_fn
+
+
+def get_quality_loss_fn(
+    sde: SDE,
+    predict_model: PredictModel,
+    tcfg: Any,
+    features: Callable[[jax.Array], jax.Array],
+    inverse_scaler: Callable[[jax.Array], jax.Array],
+) -> LossFn:
+    """The loss of :func:`get_quality_loss_and_metrics_fn` alone (benchmarks, tests)."""
+    loss_and_metrics = get_quality_loss_and_metrics_fn(
+        sde, predict_model, tcfg, features, inverse_scaler
+    )
+    return lambda params, batch, key: loss_and_metrics(params, batch, key)[0]
+
+
+def check_quality_solves(metrics: Mapping[str, Any], step: int, tcfg: Any) -> None:
+    """Raises, naming the step, when more of its quality-loss solves than the fraction
+    ``training.quality_max_unfinished`` reached the step bound: the loss then describes only
+    the easy faces (or none), and training on would look like progress while it is not."""
+    fraction = float(metrics.get(QUALITY_UNFINISHED_FRACTION, 0.0))
+    if fraction > tcfg.quality_max_unfinished:
+        raise RuntimeError(
+            f'step {step}: {int(metrics[QUALITY_UNFINISHED])} quality-loss solves '
+            f'({fraction:.0%}) reached training.quality_max_steps={tcfg.quality_max_steps} '
+            f'before t = {tcfg.quality_t_end}, more than training.quality_max_unfinished='
+            f'{tcfg.quality_max_unfinished}: raise quality_max_steps or quality_tol, or use '
+            'quality_fixed_steps'
+        )
 
 
 def make_predict_model(config: Any, sde: SDE, model: nn.Module, train: bool) -> PredictModel:
@@ -271,11 +318,11 @@ def get_regression_loss_fn(model: nn.Module) -> LossFn:
     return loss_fn
 
 
-def _quality_loss(config: Any, sde: SDE, predict_model: PredictModel) -> LossFn:
+def _quality_loss(config: Any, sde: SDE, predict_model: PredictModel) -> LossAndMetricsFn:
     from evaluation.lpips import make_vgg_features
 
     vgg, vgg_params = make_vgg_features()
-    return get_quality_loss_fn(
+    return get_quality_loss_and_metrics_fn(
         sde,
         predict_model,
         config.training,
@@ -284,16 +331,25 @@ def _quality_loss(config: Any, sde: SDE, predict_model: PredictModel) -> LossFn:
     )
 
 
-def make_loss_fn(config: Any, sde: SDE, model: nn.Module, train: bool = True) -> LossFn:
+def _without_metrics(loss_fn: LossFn) -> LossAndMetricsFn:
+    return lambda params, batch, key: (loss_fn(params, batch, key), {})
+
+
+def make_loss_fn(
+    config: Any, sde: SDE, model: nn.Module, train: bool = True, with_metrics: bool = False
+) -> LossFn | LossAndMetricsFn:
     """The weighted sum of the terms whose weight is not 0: ``diffusion_weight`` x the loss
     named by ``config.training.loss``, ``quality_weight`` x ECDP's image-quality loss through
-    the ODE, ``regression_weight`` x the L1 of the LR encoder's regression."""
+    the ODE, ``regression_weight`` x the L1 of the LR encoder's regression.
+
+    ``with_metrics``: ``(loss, metrics)``, the terms' own metrics (the quality loss's
+    unfinished solves), for :func:`make_train_step` with ``has_aux``."""
     tcfg = config.training
     predict_model = make_predict_model(config, sde, model, train)
     builders = {
-        'diffusion': lambda: LOSSES.get(tcfg.loss)(sde, predict_model, tcfg),
+        'diffusion': lambda: _without_metrics(LOSSES.get(tcfg.loss)(sde, predict_model, tcfg)),
         'quality': lambda: _quality_loss(config, sde, predict_model),
-        'regression': lambda: get_regression_loss_fn(model),
+        'regression': lambda: _without_metrics(get_regression_loss_fn(model)),
     }
     terms = {
         name: (tcfg[f'{name}_weight'], build())
@@ -305,15 +361,21 @@ def make_loss_fn(config: Any, sde: SDE, model: nn.Module, train: bool = True) ->
             'config.training: diffusion_weight, quality_weight and regression_weight are all 0'
         )
 
-    if len(terms) == 1:  # A single term sees the step's key itself.
-        ((weight, term),) = terms.values()
-        return term if weight == 1 else lambda params, batch, key: weight * term(params, batch, key)
+    def loss_and_metrics(params, batch, key):
+        if len(terms) == 1:  # A single term sees the step's key itself.
+            keys = dict.fromkeys(terms, key)
+        else:
+            keys = dict(zip(builders, jax.random.split(key, len(builders)), strict=True))
+        total, metrics = 0.0, {}
+        for name, (weight, term) in terms.items():
+            value, term_metrics = term(params, batch, keys[name])
+            total = total + (value if weight == 1 else weight * value)
+            metrics.update(term_metrics)
+        return total, metrics
 
-    def loss_fn(params, batch, key):
-        keys = dict(zip(builders, jax.random.split(key, len(builders)), strict=True))
-        return sum(weight * term(params, batch, keys[n]) for n, (weight, term) in terms.items())
-
-    return loss_fn
+    if with_metrics:
+        return loss_and_metrics
+    return lambda params, batch, key: loss_and_metrics(params, batch, key)[0]
 
 
 def learning_rate_schedule(optim: Any) -> optax.Schedule:
@@ -353,19 +415,27 @@ def make_train_step(
     ema_rate: float,
     schedule: optax.Schedule,
     data_scaler: Callable[[jax.Array], jax.Array] = lambda x: x,
+    has_aux: bool = False,
 ):
-    """A pure ``train_step(state, batch, key) -> (state, metrics)``; key folded with step."""
+    """A pure ``train_step(state, batch, key) -> (state, metrics)``; key folded with step.
+
+    ``has_aux``: ``loss_fn`` returns ``(loss, metrics)`` (``make_loss_fn(with_metrics=True)``),
+    and those metrics join the step's."""
+    loss_and_metrics = loss_fn if has_aux else _without_metrics(loss_fn)
 
     def train_step(state: TrainState, batch: Batch, key: jax.Array):
         key = jax.random.fold_in(key, state.step)
         scaled = {k: data_scaler(v) for k, v in batch.items()}  # Every entry is an image.
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, scaled, key)
+        (loss, term_metrics), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(
+            state.params, scaled, key
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(
             lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema_params, params
         )
         metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'lr': schedule(state.step)}
+        metrics.update(term_metrics)
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
     return train_step

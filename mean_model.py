@@ -7,8 +7,10 @@ regression of W's latest checkpoint, frozen, is the SDE's mean: every data batch
 ``batch['lr_mu']`` next to ``batch['lr_up']``, in the same [0, 1] range, before anything else
 sees it (train steps, snapshots, sr, eval, ``--mode stats``). It is a deterministic function of
 the LR image, like bicubic upsampling, so the SDE's frame stays fixed while the score network
-trains. W's checkpoint step is recorded with the residual statistics, which are refused if W
-has moved on since.
+trains. The residual statistics record W and its checkpoint step (``--mode stats``); every
+later use of the mean loads exactly that step (:func:`load` with the run's folder), so a W that
+trains on is never picked up: its recorded step is used, or, if that checkpoint is gone, the
+run stops naming it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import ml_collections
 
 import datasets
 import experiment
-import inference
-import pretrained
+import runs
 from models.wrappers import make_regress_fn
 
 MEAN_KEY = 'lr_mu'
@@ -56,35 +57,58 @@ class MeanModel:
 
 
 def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a run (or model package) in ``workdir`` was trained with (``config.json``),
-    over today's defaults: fields added since it was written (e.g. ``compute.conv_grads``) get
-    their default, and a field today's config does not know is refused naming the file."""
-    path = Path(workdir) / inference.CONFIG_FILE
+    """The complete config a run (or model package) in ``workdir`` was trained with
+    (``runs.Run.config``); a folder without one is refused naming the file."""
+    run = runs.Run.open(workdir)
+    if not run.has_config():
+        raise FileNotFoundError(
+            f'{run.config_path}: no run config; config.sde.mean_model must be a run'
+        )
+    return run.config()
+
+
+def pinned_step(config: Any, workdir: str | Path | None) -> int | None:
+    """The step of the mean that the residual statistics of ``workdir`` were made around;
+    None (the mean's latest step) only where there are no statistics to pin it: ``--mode
+    stats`` itself (``workdir`` None)."""
+    if workdir is None:
+        return None
+    run = runs.Run.open(workdir)
+    path = run.stats_path(config)
     if not path.is_file():
-        raise FileNotFoundError(f'{path}: no run config; config.sde.mean_model must be a run')
-    return pretrained.package_config(workdir)
+        raise FileNotFoundError(
+            f'{path}: no residual statistics, which pin the step of config.sde.mean_model '
+            'that this run uses: make them with `--mode stats`'
+        )
+    step = run.read_stats(config).get('mean_model_step')
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f'{path} records no mean_model_step: remake it with --mode stats')
+    return step
 
 
-def load(config: Any, devices: Any = None) -> MeanModel:
-    """The mean model of ``config.sde.mean_model`` on ``devices`` (identity when it is '')."""
-    workdir = config.sde.get('mean_model', '')
-    if not workdir:
+def load(config: Any, devices: Any = None, workdir: str | Path | None = None) -> MeanModel:
+    """The mean model of ``config.sde.mean_model`` on ``devices`` (identity when it is ''),
+    at the step the residual statistics of the run in ``workdir`` record (see
+    :func:`pinned_step`)."""
+    folder = config.sde.get('mean_model', '')
+    if not folder:
         return MeanModel()
-    run_config = read_run_config(workdir)
+    step = pinned_step(config, workdir)
+    run_config = read_run_config(folder)
     if run_config.model.get('lr_encoder_nf', 0) <= 0:
         raise ValueError(
-            f'config.sde.mean_model={workdir!r}: its network has no LR encoder '
+            f'config.sde.mean_model={folder!r}: its network has no LR encoder '
             '(model.lr_encoder_nf = 0), so it has no regression estimate to use as mu(y)'
         )
     for key in ('image_size', 'downscale', 'num_channels', 'centered', 'down_kernel'):
         if run_config.data[key] != config.data[key]:
             raise ValueError(
-                f'config.sde.mean_model={workdir!r} was trained with data.{key}='
+                f'config.sde.mean_model={folder!r} was trained with data.{key}='
                 f'{run_config.data[key]!r}, this run has {config.data[key]!r}'
             )
-    exp = experiment.build(run_config, devices, workdir)
-    params, step = inference.load_ema_params(exp, workdir, scopes=exp.model.regress_scopes)
-    logging.info('mu(y): the LR regression of %s at step %d', workdir, step)
+    exp = experiment.build(run_config, devices, folder)
+    params, step = exp.load_ema_params(folder, step, scopes=exp.model.regress_scopes)
+    logging.info('mu(y): the LR regression of %s at step %d', folder, step)
     scaler = datasets.get_data_scaler(config.data.centered)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
 
@@ -92,4 +116,4 @@ def load(config: Any, devices: Any = None) -> MeanModel:
         cond = {'lr': scaler(lr), 'lr_up': scaler(lr_up)}
         return inverse(make_regress_fn(exp.model, p)(cond))
 
-    return MeanModel(jax.jit(apply), params, str(workdir), step)
+    return MeanModel(jax.jit(apply), params, str(folder), step)

@@ -1,4 +1,4 @@
-"""The models shipped in ``pretrained/<name>/`` (model packages, see ``utils.package``).
+"""The models shipped in ``pretrained/<name>/`` (model packages, see ``runs.py``).
 
 ``python main.py --mode sr --sr.input photo.jpg --sr.output out/`` with neither ``--config`` nor
 ``--workdir`` super-resolves with :data:`DEFAULT_MODEL`; ``--sr.model NAME`` picks another
@@ -9,11 +9,10 @@ config file. Packages are made from trained runs with ``--mode export`` (``expor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 
-from utils import package
+import runs
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / 'pretrained'
 CONFIG_FILE = Path(__file__).resolve().parent / 'configs' / 'pretrained.py'
@@ -23,17 +22,23 @@ DEFAULT_MODEL = 'ecdp_x4'
 MODEL_FLAG = '--sr.model'
 
 
+def _shipped(name: str) -> bool:
+    """A package under a name a user may pick: hidden names are exports in progress (or
+    killed mid-way, see ``export.py``), never models."""
+    return not name.startswith('.') and runs.Run.open(PRETRAINED_DIR / name).is_package
+
+
 def available() -> list[str]:
     """Names of the shipped packages."""
     if not PRETRAINED_DIR.is_dir():
         return []
-    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if package.is_package(p))
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if _shipped(p.name))
 
 
 def package_dir(name: str) -> Path:
     """The folder of shipped model ``name``; unknown names are refused, listing the known."""
     folder = PRETRAINED_DIR / name
-    if not name or not package.is_package(folder):
+    if not name or '/' in name or not _shipped(name):
         raise ValueError(
             f'no shipped model {name!r} in {PRETRAINED_DIR} (available: {available()})'
         )
@@ -41,33 +46,10 @@ def package_dir(name: str) -> Path:
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-    """The config of shipped model ``name`` (:func:`package_config`), ``sr.model`` set."""
-    config = package_config(package_dir(name))
+    """The complete config of shipped model ``name`` (``runs.Run.config``), ``sr.model`` set."""
+    config = runs.Run.open(package_dir(name)).config()
     config.sr.model = name
     return config
-
-
-def package_config(folder: str | Path) -> ml_collections.ConfigDict:
-    """The config of the package in ``folder`` over today's defaults: the run options it leaves
-    out (``export.RUN_OPTIONS``) and fields added since its export get their defaults; its
-    inner paths absolute; locked."""
-    from configs import default  # (configs import this module: no cycle at import time)
-
-    config = default.get_config()
-    merge(config, package.read_config(folder), f'{folder}/{package.CONFIG_FILE}')
-    return config
-
-
-def merge(config: ml_collections.ConfigDict, record: dict[str, Any], where: str) -> None:
-    """Sets every field of ``record`` in ``config`` (JSON lists become tuples where the field is
-    a tuple); a field ``config`` does not have is refused, naming it and ``where``."""
-    for key, value in record.items():
-        if key not in config:
-            raise ValueError(f'{where}: unknown config field {key!r}')
-        if isinstance(config[key], ml_collections.ConfigDict):
-            merge(config[key], value, f'{where}:{key}')
-        else:
-            config[key] = tuple(value) if isinstance(config[key], tuple) else value
 
 
 def _flag_value(argv: list[str], flag: str) -> tuple[str | None, list[str]]:

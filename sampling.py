@@ -8,7 +8,9 @@ Every sampler is a small pure function registered in ``SAMPLERS``::
 It runs on the SDE's state ``u`` (``sde_lib``'s frame: the data for VE/VP/sub-VP, the
 normalised residual around the upsampled LR for ECDP); ``make_sampler`` draws ``u_T`` from the
 prior and maps ``u_0`` back to data at the edge, so no sampler knows about condition-dependent
-means. ``stats`` holds 'nfe' and 'unfinished' (``check_finished``).
+means. It scales ``u_T`` by ``config.temperature``, which only the deterministic samplers carry
+to the sample; one that injects noise at every step refuses it (``check_temperature``).
+``stats`` holds 'nfe' and 'unfinished' (``check_finished``).
 
 ``keys`` holds one PRNG key per sample, derived from ``fold_in(key, sample_id)``; the noise
 that sample ``i`` receives at step ``n`` is drawn (vmapped over the batch) from
@@ -619,6 +621,42 @@ def time_steps(config: Any, sde: SDE) -> np.ndarray:
     return SCHEDULES.get(config.schedule)(sde, intervals, config.eps)
 
 
+def fresh_noise(config: Any) -> str | None:
+    """What makes ``config.method`` draw fresh noise at every step (None: nothing does).
+
+    Such noise replaces the prior draw's: it is what ``config.temperature`` would have to scale,
+    and it does not, so ``check_temperature`` refuses a temperature there. PC's predictors and
+    correctors other than 'none' all inject noise, and so does its ILVR (the LR target is
+    perturbed to each noise level); DPM-Solver++(2M) does when ``eta`` is not 0.
+    """
+    if config.method == 'pc':
+        parts = [f'{k}={config[k]!r}' for k in ('predictor', 'corrector') if config[k] != 'none']
+        if config.get('projection', 'none') != 'none':
+            parts.append(f'projection={config.projection!r}')
+        return ', '.join(parts) or None
+    if config.method == 'dpm2m' and config.eta != 0:
+        return f'eta={config.eta}'
+    return None
+
+
+def check_temperature(config: Any) -> None:
+    """Refuses a temperature other than 1 where the sampler injects fresh noise at every step.
+
+    The temperature scales only the prior draw; a stochastic sampler replaces that draw's noise
+    step by step, so a tempered run would silently sample at temperature 1 (measured: variance
+    ratio 1.00 where 0.25 was asked). The deterministic samplers ('ode', 'heun', 'dpm2m' with
+    ``eta=0``) map the prior draw to the sample, so there it acts.
+    """
+    noise = fresh_noise(config)
+    if config.temperature != 1 and noise is not None:
+        raise ValueError(
+            f'config.sampling.temperature={config.temperature} cannot act with '
+            f'sampling.method={config.method!r} ({noise}): it injects fresh noise at every '
+            'step, which the temperature does not scale; set temperature=1, or use ode, heun '
+            'or dpm2m with eta=0'
+        )
+
+
 def sampler_options(sampler: Callable, config: Any, data_config: Any) -> dict[str, Any]:
     """The sampler's keyword-only options, read from the ``config`` fields of the same names.
 
@@ -660,12 +698,15 @@ def make_sampler(
     config); with a ``mesh``, params and key are replicated and ``cond``/``sample_ids`` split
     over its 'data' axis. Samplers run on the SDE's state ``u`` (``sde_lib``'s frame); samples
     are returned in data coordinates. ``stats``: 'nfe', 'unfinished' (see ``check_finished``).
-    The prior draw is scaled by ``config.temperature``. With ``guidance``, ``params`` is
+    The prior draw is scaled by ``config.temperature``, which only the deterministic samplers
+    propagate: a sampler that injects noise at every step refuses one other than 1, here,
+    before anything is compiled (``check_temperature``). With ``guidance``, ``params`` is
     ``guidance.sampler_params(score_params, variables)`` and every sampler runs on the guided
     score (``guidance.py``); ``cond`` needs its targets.
     """
     sampler = get_sampler(config.method)
     ts, opts = time_steps(config, sde), sampler_options(sampler, config, data_config)
+    check_temperature(config)
     projecting = opts.get('projection') is not None
     temperature = config.temperature
 

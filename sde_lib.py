@@ -322,7 +322,7 @@ class MeanRevertingSDE(VPSDE):
 
 
 # A factory sees the config and ``stats()``, which returns the training-set statistics stored
-# with the run (see ``residual_stats.py``) or raises naming the missing file.
+# with the run (``runs.Run.read_stats``) or raises naming the missing file.
 Stats = Callable[[], Mapping[str, float]]
 
 

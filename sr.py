@@ -46,6 +46,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -53,12 +54,12 @@ import datasets
 import degradations
 import experiment
 import guidance as guidance_lib
-import inference
 import mean_model
 import photos as photos_lib
+import runs
 import sampling
 import uncertainty
-from utils import package, parallel
+from utils import parallel
 from utils.images import make_grid, save_png
 from utils.progress import Progress
 
@@ -315,6 +316,26 @@ def _validate(cfg: Any) -> None:
             raise ValueError(f'sr.std_max must be > 0, got {cfg.std_max}')
 
 
+#: What identity stability says, written beside the figures in every manifest that has them.
+STABILITY_MEANS = (
+    'identity_stability: mean cosine of face embeddings between pairs of the K samples (and '
+    'each sample and their mean). High means the model invents the same face every time, not '
+    'that the face is the real person: from a tiny or unusual LR every sample can agree and all '
+    'be wrong. Low means the identity is not determined by the LR.'
+)
+
+
+def for_uncertainty(config: Any) -> Any:
+    """``config`` with the sampling temperature of uncertainty runs: ``sr.uncertainty_temperature``
+    (default 1, the posterior itself) in place of ``sampling.temperature``; as it is without
+    ``sr.uncertainty``."""
+    if not config.sr.uncertainty:
+        return config
+    tempered = ml_collections.ConfigDict(config.to_dict())
+    tempered.sampling.temperature = config.sr.uncertainty_temperature
+    return tempered
+
+
 def _make_sampler(exp: experiment.Experiment, guide: guidance_lib.Guidance | None) -> Callable:
     """``exp.make_sampler``, guided by ``guide`` (``config.guidance``) when there is one."""
     config = exp.config
@@ -529,14 +550,14 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     ``devices`` (default: all devices of all hosts) is the data-parallel mesh.
     """
     # ----- Checks: inputs, checkpoint, output names (nothing is written before they pass) -----
+    config = for_uncertainty(config)
     cfg = config.sr
     _validate(cfg)
     workdir = Path(workdir)
-    default_out = package.PACKAGE_OUTPUT if package.is_package(workdir) else workdir / 'sr'
-    out_dir = Path(cfg.output or default_out)
+    out_dir = Path(cfg.output or runs.Run.open(workdir).output_dir('sr'))
     inputs = _inputs(config)
     exp = experiment.build(config, devices, workdir)
-    params, step = inference.load_ema_params(exp, workdir, cfg.checkpoint or None)
+    params, step = exp.load_ema_params(workdir, cfg.checkpoint or None)
     guide, params, targets = _guidance(exp, params, inputs)
     plan = make_plan(inputs, cfg, exp.mesh.devices.size)
     logging.info(
@@ -544,7 +565,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         'per call on %d devices)', len(plan.items), cfg.num_samples, step, workdir, out_dir,
         plan.rows, exp.mesh.devices.size)  # fmt: skip
     compile_start = time.perf_counter()
-    mean = mean_model.load(config, exp.mesh.devices.flatten())
+    mean = mean_model.load(config, exp.mesh.devices.flatten(), workdir)
     # (Photos without a face leave nothing to sample: no compilation.)
     sampler = _compiled_sampler(exp, params, plan.rows, guide, mean) if plan.items else None
     compile_seconds = round(time.perf_counter() - compile_start, 3)
@@ -561,6 +582,8 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         'num_inputs': len(plan.items),
         'sr': config.sr.to_dict(),
         'sampling': config.sampling.to_dict(),
+        'temperature': config.sampling.temperature,
+        **({'identity_stability_means': STABILITY_MEANS} if cfg.uncertainty and cfg.face else {}),
         'guidance': config.guidance.to_dict(),
         'lr_size': lr_size(config.data),
         'hr_size': exp.hr_shape[0],

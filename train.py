@@ -5,13 +5,19 @@ devices only every ``log_freq`` steps, so the host prepares the next batches whi
 work.
 
 Resume: the config must equal the run's record (``W/config.json``) outside
-``inference.MAY_CHANGE_ON_RESUME``, else the run stops naming each field; allowed changes are
+``runs.MAY_CHANGE_ON_RESUME``, else the run stops naming each field; allowed changes are
 appended to ``W/config_history.jsonl``. An unreadable checkpoint is set aside into
 ``W/checkpoints.rejected`` and the previous one is used (``utils.checkpoint``).
 
 Preemption (SIGTERM): the checkpoint of the current step is written first, no snapshot is
 taken, and the run returns; a snapshot already running is abandoned (:mod:`utils.preemption`).
-A snapshot step is always a checkpoint step, so nothing is lost when it is abandoned.
+A snapshot step is always a checkpoint step, so nothing is lost when it is abandoned. A
+snapshot that fails (an undertrained model's adaptive ODE reaching ``sampling.max_steps``)
+is logged as a warning, recorded in ``W/samples/snapshot_errors.jsonl``, and training goes on.
+
+Quality loss: the step's unfinished solves are logged with the loss (``quality_unfinished``,
+``quality_unfinished_fraction``); above ``training.quality_max_unfinished`` the run stops at
+that logged step, naming it.
 
 Devices: the largest device count that divides both ``training.batch_size`` and
 ``training.snapshot_batch`` is used (:func:`utils.parallel.devices_for_batch`).
@@ -19,7 +25,9 @@ Devices: the largest device count that divides both ``training.batch_size`` and
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,9 +38,9 @@ from jax.experimental import multihost_utils
 
 import datasets
 import experiment
-import inference
 import losses
 import mean_model
+import runs
 import sampling
 from degradations import resize
 from utils import parallel
@@ -58,7 +66,7 @@ def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainSta
 def initial_state_from(exp: experiment.Experiment, workdir: str | Path) -> losses.TrainState:
     """A fresh train state (step 0, new optimizer) whose parameters and EMA are the EMA
     parameters of the latest checkpoint in ``workdir``: a fine-tuning stage's start."""
-    params, step = inference.load_ema_params(exp, workdir, must_match=('model',))
+    params, step = exp.load_ema_params(workdir, must_match=('model',))
     logging.info('initialising from the EMA parameters of step %d of %s', step, workdir)
     optimizer = losses.make_optimizer(exp.config.optim)
     init = jax.jit(
@@ -72,11 +80,12 @@ def parallel_train_step(exp: experiment.Experiment) -> Callable:
     """The configured train step, jitted data-parallel over the experiment's mesh."""
     config = exp.config
     step = losses.make_train_step(
-        losses.make_loss_fn(config, exp.sde, exp.model, train=True),
+        losses.make_loss_fn(config, exp.sde, exp.model, train=True, with_metrics=True),
         losses.make_optimizer(config.optim),
         config.optim.ema_rate,
         losses.learning_rate_schedule(config.optim),
         datasets.get_data_scaler(config.data.centered),
+        has_aux=True,  # The loss terms' metrics (the quality loss's unfinished solves).
     )
     return losses.jit_train_step(step, exp.mesh)
 
@@ -138,6 +147,38 @@ def _snapshot_fn(
     return snapshot
 
 
+SNAPSHOT_ERRORS = 'snapshot_errors.jsonl'  # In W/samples: one record per failed snapshot.
+
+
+def _take_snapshot(
+    snapshot: Callable,
+    state: losses.TrainState,
+    step: int,
+    preemption: PreemptionFlag,
+    workdir: Path,
+) -> bool:
+    """Takes the snapshot of ``step``; False if a preemption abandoned it.
+
+    A snapshot only illustrates training (an undertrained model's adaptive ODE may reach
+    ``sampling.max_steps``, say), so its failure must not end the run: it is logged as a
+    warning with the step and recorded in ``W/samples/snapshot_errors.jsonl``, and training
+    goes on. :class:`Preempted` and KeyboardInterrupt (not an ``Exception``) still propagate.
+    """
+    try:
+        return run_abandonable(lambda: snapshot(state, step), preemption)
+    except Preempted:
+        raise
+    except Exception as err:  # Any failure of the snapshot: recorded, training continues.
+        error = f'{type(err).__name__}: {err}'
+        logging.warning('snapshot of step %d failed, training continues: %s', step, error)
+        if jax.process_index() == 0:
+            path = workdir / 'samples' / SNAPSHOT_ERRORS
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, 'a') as f:
+                f.write(json.dumps({'step': step, 'time': time.time(), 'error': error}) + '\n')
+        return True
+
+
 def training_devices(config: Any, devices: Any = None) -> list[Any]:
     """The devices training uses: the most that split the train and snapshot batches."""
     tcfg = config.training
@@ -151,11 +192,12 @@ def _check_and_record_config(config: Any, workdir: Path, checkpointer: Checkpoin
     """Refuses a resume with changed fields (see module doc), then records this start."""
     steps = checkpointer.steps()
     latest = steps[-1] if steps else None
-    changes = inference.check_resume(config, workdir, latest) if steps else {}
+    run = runs.Run.open(workdir)
+    changes = run.check_resume(config, latest) if steps else {}
     for key, (old, new) in changes.items():
         logging.info('resuming with config.%s changed: %r -> %r', key, old, new)
     if jax.process_index() == 0:
-        inference.record_start(config, workdir, latest, changes)
+        run.record_start(config, latest, changes)
 
 
 def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.TrainState:
@@ -199,7 +241,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
         start_step=start,
     )
     train_step = parallel_train_step(exp)
-    mean = mean_model.load(config, exp.mesh.devices.flatten())
+    mean = mean_model.load(config, exp.mesh.devices.flatten(), workdir)
     snapshot = _snapshot_fn(exp, workdir, writer, state, mean) if tcfg.snapshot_freq > 0 else None
     train_step = train_step.lower(state, _batch_specs(exp, mean), step_key).compile()
     parallel.barrier('compiled')  # Hosts compile at different speeds; collectives come next.
@@ -227,6 +269,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
                     writer.flush()  # Summaries survive a kill; cheap at log_freq.
                     if is_chief:
                         logging.info(progress.line(f'loss {metrics["loss"]:.4f}'))
+                    losses.check_quality_solves(metrics, step, tcfg)  # After they are logged.
                 # Read once, after the host waited for this step's metrics (where a signal
                 # usually lands, so the run stops at this step, not the next): one value decides
                 # both the checkpoint and the stop, so a stop is never unsaved.
@@ -236,7 +279,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
                     checkpointer.save(step, state)  # First: a preemption may end the run next.
                 if stop:
                     break
-                if snap and not run_abandonable(lambda: snapshot(state, step), preemption):  # noqa: B023
+                if snap and not _take_snapshot(snapshot, state, step, preemption, workdir):
                     checkpointer.wait()
                     raise Preempted(f'snapshot of step {step} abandoned; checkpoint {step} saved')
     finally:  # Pending asynchronous checkpoint writes complete even if the loop failed.

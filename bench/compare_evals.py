@@ -14,7 +14,11 @@ image (blank for evals made before it was recorded), with each row's number of i
 ``records.jsonl`` over the images that every listed eval has recorded (an unfinished eval
 counts with the batches it finished). Verification and Rank-1 depend on the gallery, so rows
 over different image sets are not comparable; this makes them so. The face protocols use the
-default ``config.eval`` FARs and ranks.
+default ``config.eval`` FARs and ranks. A dataset index is only the same face in two evals of
+the same data, so ``--common`` first compares the evals' recorded settings (``settings.json``,
+else ``metrics.json``'s): the split and every ``config.data`` field but those that change
+neither the HR face of an index nor its LR (:data:`NOT_DATA_IDENTITY`) must agree, else it
+refuses, naming both folders and each differing field.
 """
 
 from __future__ import annotations
@@ -47,16 +51,18 @@ COLUMNS = (
 
 
 def row(method: dict[str, Any], images: int) -> dict[str, Any]:
-    """The table's values of one method of an eval's ``metrics.json``."""
-    rank = method.get('identification', {}).get('rank', {})
+    """The table's values of one method of an eval's ``metrics.json`` (a protocol recorded as
+    None, e.g. verification over a single identity, gives a blank)."""
+    get = lambda key: method.get(key) or {}
+    rank = get('identification').get('rank', {})
     return {
         'images': images,
         'PSNR': method['psnr']['mean'],
         'SSIM': method['ssim']['mean'],
         'consistency x1e-5': method['consistency']['mean'] * 1e5,
-        'LPIPS': method.get('lpips', {}).get('mean'),
-        'CS': method.get('cs', {}).get('mean'),
-        'AUC': method.get('verification', {}).get('auc'),
+        'LPIPS': get('lpips').get('mean'),
+        'CS': get('cs').get('mean'),
+        'AUC': get('verification').get('auc'),
         'Rank-1': rank.get('1', rank.get(1)),
         'NFE': method.get('nfe'),
         's/image': method.get('seconds'),
@@ -104,10 +110,65 @@ def load_records(folder: Path) -> dict[int, dict[str, Any]]:
     return eval_run.load_records(path)
 
 
+# ``config.data`` fields that change neither which HR face a dataset index denotes nor the LR
+# made from it (caching, training-only flips, the model's value range, a permission): every
+# other field, present or added later, is part of the data's identity.
+NOT_DATA_IDENTITY = ('cache_mb', 'random_flip', 'centered', 'allow_split_overlap')
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f'{path}: not JSON ({err})') from None
+
+
+def recorded_settings(folder: Path) -> dict[str, Any]:
+    """The settings an eval recorded: ``settings.json``, else those in ``metrics.json``."""
+    if (folder / eval_run.SETTINGS).is_file():
+        return _read_json(folder / eval_run.SETTINGS)
+    if (folder / 'metrics.json').is_file() and 'settings' in _read_json(folder / 'metrics.json'):
+        return _read_json(folder / 'metrics.json')['settings']
+    raise FileNotFoundError(
+        f'{folder}: no recorded settings ({eval_run.SETTINGS} or metrics.json), so what its '
+        'dataset indices denote is unknown; run --mode eval again to record them'
+    )
+
+
+def data_identity(folder: Path) -> dict[str, Any]:
+    """What fixes the HR face and the LR of each dataset index of an eval: its split and its
+    ``config.data`` fields outside :data:`NOT_DATA_IDENTITY`, as ``{'data.<field>': value}``."""
+    settings = recorded_settings(folder)
+    if 'data' not in settings or 'split' not in settings:
+        raise ValueError(f'{folder}: its recorded settings have no data or split fields')
+    identity = {f'data.{k}': v for k, v in settings['data'].items() if k not in NOT_DATA_IDENTITY}
+    return {**identity, 'split': settings['split']}
+
+
+def check_same_data(folders: list[Path]) -> None:
+    """Refuses evals of different data (see the module), naming both folders and each field
+    with both values ('missing' where one eval did not record it)."""
+    first = data_identity(folders[0])
+    for folder in folders[1:]:
+        other = data_identity(folder)
+        differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if differ:
+            values = '; '.join(
+                f'{k}: {first.get(k, "missing")!r} vs {other.get(k, "missing")!r}' for k in differ
+            )
+            raise ValueError(
+                f'{folders[0]} and {folder} evaluate different data ({values}): the same '
+                'dataset index is not the same face or LR there, so --common cannot intersect '
+                'them'
+            )
+
+
 def collect_common(pairs: list[str]) -> list[dict[str, Any]]:
-    """Rows recomputed over the images every eval recorded (with its method); see the module."""
+    """Rows recomputed over the images every eval recorded (with its method), after checking
+    that all evals are of the same data; see the module."""
     parsed = [parse(p) for p in pairs]
     records = [load_records(folder) for _, folder, _ in parsed]
+    check_same_data([folder for _, folder, _ in parsed])
     have = [
         {i for i, r in recs.items() if method in r['methods']}
         for recs, (_, _, method) in zip(records, parsed, strict=True)

@@ -55,12 +55,11 @@ def main() -> None:
     import experiment
     import ode
     import sampling
-    from inference import load_ema_params
     from models.wrappers import make_score_fn
 
     config = common.load_config(args.config, args.config_arg, args.set)
     exp = experiment.build(config, jax.devices()[:1], args.workdir)
-    params, step = load_ema_params(exp, args.workdir)
+    params, step = exp.load_ema_params(args.workdir)
     batch = next(datasets.get_dataset(config.data, 'test', args.batch, train=False))
     scaler = datasets.get_data_scaler(config.data.centered)
     cond = {'lr_up': jnp.asarray(scaler(batch['lr_up']))}

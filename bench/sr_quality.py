@@ -33,7 +33,9 @@ def plan(config, methods: list[str], pc_steps: int, nfes: list[int]) -> list[tup
     proj, jobs = ('' if s.projection == 'none' else f' {s.projection}'), []
     if 'pc' in methods:
         label = f'pc {s.predictor}+{s.corrector}{proj} N={pc_steps}'
-        jobs.append((label, dict(method='pc', num_steps=pc_steps, schedule='uniform')))
+        # (Fresh noise at every step: the temperature cannot act, so PC runs untempered.)
+        pc = dict(method='pc', num_steps=pc_steps, schedule='uniform', temperature=1.0)
+        jobs.append((label, pc))
     for budget in nfes:
         for method, per_step in (('heun', 2), ('dpm2m', 1)):
             steps = (budget - removal) // per_step  # NFE = per_step * steps + removal.
@@ -163,10 +165,9 @@ def main() -> None:
     import jax
 
     import experiment
-    import inference
 
     exp = experiment.build(config)
-    params, step = inference.load_ema_params(exp, args.workdir)
+    params, step = exp.load_ema_params(args.workdir)
     images = eval_images(config, args.num_images)
     methods, nfes = args.methods.split(','), [int(v) for v in args.nfes.split(',')]
     results = (

@@ -71,7 +71,9 @@ def sampling_config() -> ml_collections.ConfigDict:
     cfg.projection = 'none'  # LR data consistency: 'none' | 'ilvr' (pc, heun, dpm2m).
     # Scale of the prior draw (in the SDE's frame): 1 samples the model; below 1 trades
     # diversity and detail for fidelity (SRFlow/Glow's temperature). With the deterministic
-    # solvers and Gaussian data it scales each sample's deviation from the mean exactly.
+    # solvers and Gaussian data it scales each sample's deviation from the mean exactly. Only
+    # ode, heun and dpm2m with eta = 0: samplers that inject fresh noise at every step (pc,
+    # dpm2m with eta > 0) refuse a value other than 1 (it could not act there).
     cfg.temperature = 1.0
     return cfg
 
@@ -114,6 +116,10 @@ def sr_config() -> ml_collections.ConfigDict:
     sr.feather = 0.1  # Photos: width of the paste mask's soft edge, fraction of the crop side.
     sr.margin = 0.02  # Photos: the mask's zero border, fraction of the crop side.
     sr.uncertainty = False
+    # Sampling temperature of the uncertainty samples (replaces sampling.temperature for this
+    # run, and is recorded in the manifest): 1 samples the model's posterior itself; the
+    # shipped models' default (< 1) narrows it, so spread and stability would look smaller.
+    sr.uncertainty_temperature = 1.0
     sr.std_max = 0.15  # Std (on [0, 1] pixels) at the top of the heat map's colour scale.
     sr.face = 'sface'  # Face embedder of the identity-stability figures ('' = none).
     return sr
@@ -140,6 +146,9 @@ def eval_config() -> ml_collections.ConfigDict:
     cfg.ranks = (1, 5, 10)  # Identification ranks reported (the full CMC is also written).
     # Samples per image of the 'posterior_mean' method (>= 2; costs that many sampler runs).
     cfg.posterior_samples = 8
+    # Their sampling temperature: 1 samples the model's posterior itself (a tempered one, < 1,
+    # is narrower: its spread and stability would understate what is invented).
+    cfg.posterior_temperature = 1.0
     cfg.grid_images = 8  # Rows of the LR | bicubic | SR | HR grid (first batch, <= batch_size).
     # Sweep: re-run 'sr' over values of one sampler field, e.g. 'sampling.snr' or
     # 'sampling.num_steps' ('' = off), plotting PSNR and CS against it.
@@ -219,7 +228,11 @@ def get_config() -> ml_collections.ConfigDict:
     training.quality_solver = 'dopri5'  # 'dopri5' | 'tsit5' | 'bosh3' | 'heun' | 'euler'.
     training.quality_fixed_steps = 0  # > 0: that many equal steps (0: adaptive, quality_tol).
     training.quality_tol = 1e-3  # rtol = atol of the adaptive solve.
-    training.quality_max_steps = 64  # Step bound; unfinished solves count 0 (and are rare).
+    training.quality_max_steps = 64  # Step bound of the adaptive solve (per face).
+    # A solve that reaches quality_max_steps is left out of the loss (the mean is over the
+    # finished ones) and counted in the metrics quality_unfinished(_fraction). Above this
+    # fraction of a logged step's solves, training stops naming the step (1.0: never stops).
+    training.quality_max_unfinished = 0.25
     # Gradients: 'recursive_checkpoint' (exact, memory O(quality_checkpoints)) or 'backsolve'
     # (continuous adjoint, O(1) memory, exact to the solver's tolerance).
     training.quality_adjoint = 'recursive_checkpoint'

@@ -79,6 +79,7 @@ import datasets
 import experiment
 import guidance as guidance_lib
 import mean_model
+import runs
 import sampling
 import uncertainty
 from degradations import resize
@@ -87,8 +88,7 @@ from evaluation import judge as judge_lib
 from evaluation import report
 from evaluation.lfw import PAIR_PROTOCOLS
 from evaluation.protocols import cosine_similarity
-from inference import load_ema_params
-from utils import package, parallel
+from utils import parallel
 from utils.images import make_grid, save_png, to_rgb
 from utils.progress import Progress
 
@@ -203,11 +203,17 @@ def eval_root(config: Any, workdir: str | Path) -> Path:
     read-only, so its evals go to ``results/eval`` (in the working directory)."""
     if config.eval.output:
         return Path(config.eval.output)
-    return Path(package.PACKAGE_OUTPUT if package.is_package(workdir) else workdir) / 'eval'
+    return runs.Run.open(workdir).output_dir('eval')
 
 
-def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict[str, Any]:
-    """What the per-image values depend on (JSON types), stored as ``settings.json``."""
+def eval_settings(
+    config: Any,
+    methods: Sequence[str],
+    step: int | None,
+    mean: mean_model.MeanModel,
+) -> dict[str, Any]:
+    """What the per-image values depend on (JSON types), stored as ``settings.json``: among
+    them the learned mean's folder and step, and the dtype networks compute in."""
     ecfg = config.eval
     settings = {
         'data': config.data.to_dict(),
@@ -215,12 +221,13 @@ def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict
         'lpips': ecfg.lpips,
         'face': ecfg.face,
     }
-    if 'mean' in methods:
-        settings['mean_model'] = config.sde.mean_model
+    if mean.apply is not None:
+        settings['mean_model'] = {'folder': mean.workdir, 'step': mean.step}
     if 'srdg' in methods:
         settings['guidance'] = config.guidance.to_dict()
     if 'posterior_mean' in methods:
         settings['posterior_samples'] = ecfg.posterior_samples
+        settings['posterior_temperature'] = ecfg.posterior_temperature
     if set(SAMPLED) & set(methods):
         settings.update(
             checkpoint_step=step,
@@ -229,6 +236,7 @@ def eval_settings(config: Any, methods: Sequence[str], step: int | None) -> dict
             model=config.model.to_dict(),
             score=config.score.to_dict(),
             sampling=config.sampling.to_dict(),
+            compute_dtype=config.compute.dtype,
         )
     return json.loads(json.dumps(settings))
 
@@ -412,21 +420,24 @@ def load_model(config: Any, workdir: str | Path, devices: Any = None) -> Model:
     """
     batches = {'eval.batch_size': config.eval.batch_size}
     exp = experiment.build(config, parallel.devices_for_batch(batches, devices), workdir)
-    params, step = load_ema_params(exp, workdir, config.eval.checkpoint or None)
+    params, step = exp.load_ema_params(workdir, config.eval.checkpoint or None)
     logging.info('eval: checkpoint %d of %s', step, workdir)
-    mean = mean_model.load(config, exp.mesh.devices.flatten())
+    mean = mean_model.load(config, exp.mesh.devices.flatten(), workdir)
     return Model(exp, params, step, load_guided(config, exp), mean)
 
 
-def load_mean(config: Any, methods: Sequence[str], model: Model | None) -> mean_model.MeanModel:
-    """The learned mu(y) the methods need: the model's, or loaded for the 'mean' baseline."""
+def load_mean(
+    config: Any, workdir: str | Path, methods: Sequence[str], model: Model | None
+) -> mean_model.MeanModel:
+    """The learned mu(y) the methods need: the model's, or loaded for the 'mean' baseline (at
+    the step the run's residual statistics pin)."""
     if model is not None:
         return model.mean
     if 'mean' not in methods:
         return mean_model.MeanModel()
     if not config.sde.mean_model:
         raise ValueError("config.eval.methods has 'mean' but config.sde.mean_model is not set")
-    return mean_model.load(config)
+    return mean_model.load(config, workdir=workdir)
 
 
 def load_guided(config: Any, exp: experiment.Experiment) -> Guided | None:
@@ -555,14 +566,16 @@ def make_sample_fn(
 def make_sample_fns(
     config: Any, model: Model, name: str, methods: Sequence[str]
 ) -> dict[str, Callable[[dict[str, np.ndarray]], tuple]]:
-    """The samplers of the sampled ``methods`` (``sr`` and ``posterior_mean`` share one)."""
+    """The samplers of the sampled ``methods`` (``sr`` and ``posterior_mean`` share one when
+    ``eval.posterior_temperature`` is the sampling temperature)."""
     fns: dict[str, Callable] = {}
-    if 'sr' in methods or 'posterior_mean' in methods:
-        unguided = make_sample_fn(config, model, name)
-        if 'sr' in methods:
-            fns['sr'] = unguided
-        if 'posterior_mean' in methods:
-            fns['posterior_mean'] = posterior_mean_fn(unguided, config.eval.posterior_samples)
+    if 'sr' in methods:
+        fns['sr'] = make_sample_fn(config, model, name)
+    if 'posterior_mean' in methods:
+        posterior = with_value(config, 'sampling.temperature', config.eval.posterior_temperature)
+        shared = posterior.sampling.temperature == config.sampling.temperature and 'sr' in fns
+        unguided = fns['sr'] if shared else make_sample_fn(posterior, model, name)
+        fns['posterior_mean'] = posterior_mean_fn(unguided, config.eval.posterior_samples)
     if 'srdg' in methods:
         fns['srdg'] = make_sample_fn(config, model, name, guided=True)
     return fns
@@ -692,7 +705,8 @@ def evaluate(
     step = model.step if model is not None else None
     name = name or ecfg.name or eval_name(config, methods, step)
     out = eval_root(config, workdir) / name
-    settings = eval_settings(config, methods, step)
+    mean = load_mean(config, workdir, methods, model)
+    settings = eval_settings(config, methods, step, mean)
     check_settings(out, settings, write=chief)
     records = load_records(out / RECORDS)
     size = datasets.dataset_size(config.data, ecfg.split)
@@ -700,7 +714,6 @@ def evaluate(
     pairs = pair_list(config, size)
     todo = [i for i in range(limit) if missing(records.get(i), methods)]
     sample_fns = make_sample_fns(config, model, name, methods) if todo else {}
-    mean = load_mean(config, methods, model)
     if not chief and not sample_fns:
         return {}
     hosts = jax.process_count() if sample_fns else 1  # Baselines: chief alone.

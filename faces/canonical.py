@@ -63,18 +63,18 @@ def derive_box_landmarks(faces: list[Detection]) -> tuple[np.ndarray, np.ndarray
 def _main() -> None:
     """Derives the canonical celeba_id128 geometry: ``python -m faces.canonical [--split]``."""
     import argparse
-    import csv
 
     from PIL import Image
 
+    from utils import csvfile
     from utils.paths import shared_data_dir
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument('--split', default='test')
     args = parser.parse_args()
     root = shared_data_dir() / 'celeba_id128'
-    with open(root / 'faces.csv') as f:
-        files = [r['file'] for r in csv.DictReader(f) if r['split'] == args.split]
+    table = csvfile.read_csv(root / 'faces.csv', ('file', 'split'))
+    files = [r['file'] for r in table.rows if r['split'] == args.split]
     images = (np.array(Image.open(root / name).convert('RGB')) for name in files)
     faces = central_faces(images)
     median, mad = median_and_mad(np.stack([f.landmarks for f in faces]))

@@ -9,13 +9,13 @@ the kept pairs (:func:`lfw_pair_set`), each put into the crop geometry of ``cele
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from faces.align import canonical_landmarks, crop_matrix, warp_face
 from faces.detect import YuNetDetector, select_central
+from utils import csvfile
 
 #: Size of LFW deep-funneled images, and the median YuNet landmarks (x, y; image-left eye
 #: first) on them: per-point median over the first 500 images of ``lfw_pairs/images`` by file
@@ -35,22 +35,32 @@ def read_lfw_pairs(root: Path, max_pairs_per_fold: int | None = None) -> dict[st
     ``max_pairs_per_fold`` keeps that many same and that many different pairs per fold (the
     first ones in file order), for quick checks.
     """
-    with open(Path(root) / 'pairs.csv') as f:
-        rows = list(csv.DictReader(f))
+    table = csvfile.read_csv(Path(root) / 'pairs.csv', ('fold', 'same', 'image_a', 'image_b'))
+    rows = [
+        (_integer(r, 'fold'), _integer(r, 'same'), r['image_a'], r['image_b']) for r in table.rows
+    ]
     if max_pairs_per_fold is not None:
         kept, count = [], {}
         for r in rows:
-            key = (r['fold'], r['same'])
+            key = r[:2]
             if count.get(key, 0) < max_pairs_per_fold:
                 count[key] = count.get(key, 0) + 1
                 kept.append(r)
         rows = kept
     return {
-        'fold': np.array([int(r['fold']) for r in rows]),
-        'same': np.array([int(r['same']) for r in rows]),
-        'a': np.array([r['image_a'] for r in rows]),
-        'b': np.array([r['image_b'] for r in rows]),
+        'fold': np.array([r[0] for r in rows], dtype=np.int64),
+        'same': np.array([r[1] for r in rows], dtype=np.int64),
+        'a': np.array([r[2] for r in rows]),
+        'b': np.array([r[3] for r in rows]),
     }
+
+
+def _integer(row: csvfile.Row, column: str) -> int:
+    """An integer value of a ``pairs.csv`` row, or an error naming the file and line."""
+    try:
+        return int(row[column])
+    except ValueError:
+        raise row.error(f'{column} {row[column]!r} is not an integer') from None
 
 
 def person_name(path: str) -> str:

@@ -26,7 +26,6 @@ a CSV (:func:`read_face_csv`).
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from faces.align import resize_matrix
 from faces.detect import SOURCE_GIVEN, Detection, box_iou, select_central, to_float255
 from faces.paste import upscale_photo
+from utils import csvfile
 
 #: Landmarks as fractions of YuNet's box, ``(landmark - (x, y)) / (w, h)``: the per-point
 #: median over the ``celeba_id128`` test split (1,118 faces; median absolute deviation
@@ -145,63 +145,64 @@ def read_face_csv(path: str | Path) -> dict[str, list[Detection]]:
     up) and either ``x,y,w,h`` (a face box as YuNet draws it, top-left corner and size in
     photo pixels; landmarks from :func:`landmarks_from_box`) or ``x1,y1,...,x5,y5`` (five
     landmarks, image-left eye first as in :class:`~faces.detect.Detection`; the box from
-    :func:`box_from_landmarks`). Faces get ``source='given'`` and score 1. A missing or
-    unknown column, a missing or non-numeric value, or a box without area raises
-    :class:`FaceListError` naming the file and line.
+    :func:`box_from_landmarks`). A photo has one row per face. Faces get ``source='given'`` and
+    score 1. Read by :func:`utils.csvfile.read_csv` (UTF-8, an Excel BOM allowed). A file that
+    is not UTF-8, a missing or unknown column, a short or long row, a missing or non-numeric
+    value, a box without area, or one face listed twice (two rows of a photo whose boxes
+    overlap by more than :data:`SAME_FACE_IOU`, which would be restored and pasted twice)
+    raises :class:`FaceListError` naming the file and line (both lines for a repeat).
     """
-    path = Path(path)
-    with open(path, newline='') as f:
-        reader = csv.DictReader(f, skipinitialspace=True)
-        columns = _check_header(path, reader.fieldnames)
-        faces: dict[str, list[Detection]] = {}
-        for row in reader:
-            name, face = _parse_row(path, reader.line_num, row, columns)
-            faces.setdefault(name, []).append(face)
+    table = csvfile.read_csv(path, error_type=FaceListError)
+    columns = _check_header(table)
+    faces: dict[str, list[Detection]] = {}
+    lines: dict[str, list[int]] = {}
+    for row in table.rows:
+        name, face = _parse_row(row, columns)
+        earlier = faces.setdefault(name, [])
+        if earlier:
+            overlap = box_iou(face.box, np.stack([f.box for f in earlier]))
+            k = int(np.argmax(overlap))
+            if overlap[k] > SAME_FACE_IOU:
+                raise row.error(
+                    f'the face of {name!r} is the one of line {lines[name][k]} (boxes overlap by '
+                    f'IoU {overlap[k]:.2f} > {SAME_FACE_IOU}): list each face once'
+                )
+        earlier.append(face)
+        lines.setdefault(name, []).append(row.line)
     return faces
 
 
-def _check_header(path: Path, fieldnames: Sequence[str] | None) -> tuple[str, ...]:
+def _check_header(table: csvfile.Table) -> tuple[str, ...]:
     """The value columns of a face list (box or landmarks), or :class:`FaceListError`."""
-    names = [n.strip() for n in fieldnames or []]
-    if not names:
-        raise FaceListError(f'{path}:1: empty; expected a header file,x,y,w,h or file,x1,...,y5')
+    names, where = list(table.columns), f'{table.path}:{table.header_line}'
     for columns in (BOX_COLUMNS, LANDMARK_COLUMNS):
         if set(columns) & set(names):
             expected = ('file', *columns)
             missing = [c for c in expected if c not in names]
             unknown = [c for c in names if c not in expected]
-            if missing or unknown or len(names) != len(set(names)):
+            if missing or unknown:
                 raise FaceListError(
-                    f'{path}:1: columns {names}: missing {missing}, unknown or repeated '
+                    f'{where}: columns {names}: missing {missing}, unknown or repeated '
                     f'{unknown or "none"}; expected {",".join(expected)}'
                 )
             return columns
-    raise FaceListError(f'{path}:1: columns {names}: expected file,x,y,w,h or file,x1,...,y5')
+    raise FaceListError(f'{where}: columns {names}: expected file,x,y,w,h or file,x1,...,y5')
 
 
-def _parse_row(
-    path: Path, line: int, row: dict[str, Any], columns: tuple[str, ...]
-) -> tuple[str, Detection]:
+def _parse_row(row: csvfile.Row, columns: tuple[str, ...]) -> tuple[str, Detection]:
     """One face of a face list: its photo's name and the face, or :class:`FaceListError`."""
-    if None in row:  # csv.DictReader's key for values beyond the header's columns.
-        raise FaceListError(f'{path}:{line}: more values than columns: {row[None]}')
-    row = {k.strip(): v for k, v in row.items()}
-    name = (row.get('file') or '').strip()
+    name = row.get('file')
     if not name:
-        raise FaceListError(f'{path}:{line}: no file name')
+        raise row.error('no file name')
     values = []
     for column in columns:
-        text = row.get(column)
-        if text is None or not text.strip():
-            raise FaceListError(f'{path}:{line}: no value for column {column!r}')
+        text = row[column]
         try:
             values.append(float(text))
         except ValueError:
-            raise FaceListError(
-                f'{path}:{line}: column {column!r} is not a number: {text!r}'
-            ) from None
+            raise row.error(f'column {column!r} is not a number: {text!r}') from None
         if not math.isfinite(values[-1]):
-            raise FaceListError(f'{path}:{line}: column {column!r} is not finite: {text!r}')
+            raise row.error(f'column {column!r} is not finite: {text!r}')
     if columns == BOX_COLUMNS:
         box = np.array(values)
         landmarks = landmarks_from_box(box)
@@ -209,8 +210,8 @@ def _parse_row(
         landmarks = np.array(values).reshape(5, 2)
         box = box_from_landmarks(landmarks)
     if box[2] <= 0 or box[3] <= 0:
-        raise FaceListError(
-            f'{path}:{line}: the face has no area (box {np.round(box, 1).tolist()}; '
+        raise row.error(
+            f'the face has no area (box {np.round(box, 1).tolist()}; '
             'landmarks must be image-left eye first, eyes above the mouth)'
         )
     return name, Detection(box, landmarks, 1.0, SOURCE_GIVEN)

@@ -238,11 +238,41 @@ def check_variables(restored: Any, expected: Any, source: str) -> None:
 def load_variables(
     path: str | Path, classifier: nn.Module, image_shape: tuple[int, ...]
 ) -> dict[str, Any]:
-    """``{'params', 'batch_stats'}`` of a flax msgpack checkpoint, as it is: refused (naming the
-    file and the first mismatching key) unless every array fits ``classifier`` exactly."""
-    restored = flax.serialization.msgpack_restore(Path(path).read_bytes())
+    """``{'params', 'batch_stats'}`` of a flax msgpack checkpoint (the published SRDG ones, and
+    ``classifier.msgpack`` of ``--mode train_classifier``), as it is: refused (naming the file
+    and the first mismatching key) unless every array fits ``classifier`` exactly, and refused
+    naming the file if it cannot be read or decoded (missing, a folder, truncated, garbage)."""
+    restored = read_checkpoint(path)
     check_variables(restored, variable_shapes(classifier, image_shape), str(path))
     return jax.tree.map(jnp.asarray, restored)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The variable tree of a flax msgpack file, or one ``ValueError`` naming it and saying why:
+    msgpack's own errors (``Unpack failed: incomplete input``, ``'int' object is not
+    subscriptable``) name neither the file nor what is wrong with it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ValueError(f'classifier checkpoint {path} is a folder, not a file') from None
+    except OSError as err:
+        raise ValueError(f'cannot read classifier checkpoint {path}: {err.strerror}') from None
+    try:
+        restored = flax.serialization.msgpack_restore(data)
+    except MemoryError:
+        raise
+    except Exception as err:  # Decoding bytes in memory: any failure means a damaged file.
+        raise ValueError(
+            f'classifier checkpoint {path} is not a readable flax msgpack file ({len(data)} '
+            f'bytes; truncated or damaged?): {type(err).__name__}: {err}'
+        ) from None
+    if not isinstance(restored, dict) or 'params' not in restored:
+        found = sorted(restored) if isinstance(restored, dict) else type(restored).__name__
+        raise ValueError(
+            f"classifier checkpoint {path} holds {found}, not {{'params', 'batch_stats'}}"
+        )
+    return restored
 
 
 def log_prob_fn(classifier: nn.Module) -> Callable[[Any, jax.Array, jax.Array, jax.Array], Any]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import flax.serialization
@@ -14,6 +15,7 @@ import pytest
 
 import datasets
 from models import classifiers
+from utils.paths import DATA_ENV_VAR, shared_data_dir
 
 # Attribute column of quis8/attributes.csv -> published checkpoint (index 1 = present; the beard
 # classifier's class 1 is CelebA's No_Beard, as SRDG's own quis labels show).
@@ -113,3 +115,51 @@ def test_loader_round_trips_and_refuses_mismatches_by_name(tmp_path):
     other = classifiers.build_classifier('small_densenet', num_layers=(3, 3))
     with pytest.raises(ValueError, match='good does not fit'):
         classifiers.load_variables(good, other, shape)
+
+
+def _damage(path: Path, damage: str, good: bytes) -> None:
+    """Writes a damaged copy of the checkpoint bytes ``good`` (or a folder) at ``path``."""
+    rng = np.random.default_rng(0)
+    if damage == 'folder':
+        path.mkdir()
+    elif damage != 'missing':
+        path.write_bytes(
+            {
+                'truncated': good[: len(good) // 2],
+                'empty': b'',
+                'garbage': rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+                'garbage_head': rng.integers(0, 256, 64, dtype=np.uint8).tobytes() + good[64:],
+                'text': b'version https://git-lfs.github.com/spec/v1\n',
+                'not_a_tree': flax.serialization.msgpack_serialize(7),
+            }[damage]
+        )
+
+
+@pytest.mark.parametrize(
+    'damage',
+    ['truncated', 'empty', 'garbage', 'garbage_head', 'text', 'not_a_tree', 'folder', 'missing'],
+)
+@pytest.mark.parametrize('kind', ['published', 'trained'])
+def test_damaged_checkpoints_are_refused_naming_the_file(tmp_path, kind, damage):
+    """Issue 19 #9: a damaged copy of a published SRDG checkpoint (or of one of ours, as
+    ``--mode train_classifier`` writes it) is one ValueError naming the file, never msgpack's
+    ``Unpack failed: incomplete input`` or an ``IsADirectoryError`` traceback."""
+    if kind == 'published':
+        source = shared_data_dir() / 'srdg_classifiers' / 'ckpt_gender'
+        if not source.is_file():
+            pytest.skip(f'{source} is missing (set {DATA_ENV_VAR})')
+        model, shape = classifiers.build_classifier('srdg_densenet'), (128, 128, 3)
+        good = source.read_bytes()
+    else:
+        model, shape = classifiers.build_classifier('tiny_densenet'), (16, 16, 3)
+        good = flax.serialization.msgpack_serialize(
+            jax.tree.map(np.asarray, random_variables(model, shape))
+        )
+    path = tmp_path / f'ckpt_{damage}'
+    _damage(path, damage, good)
+    with pytest.raises(ValueError, match=f'classifier checkpoint {re.escape(str(path))}') as err:
+        classifiers.load_variables(path, model, shape)
+    print(err.value)
+    # One message that stands alone: no chained traceback of msgpack's or the OS's error.
+    assert err.value.__cause__ is None
+    assert err.value.__context__ is None or err.value.__suppress_context__

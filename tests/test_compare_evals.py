@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bench import compare_evals
+from configs import default
 from evaluation import report
 
 
@@ -51,10 +52,19 @@ def test_another_method_by_suffix(tmp_path):
         compare_evals.collect([f'mu={a}#mean'])
 
 
-def _records(folder, psnrs, methods=('sr', 'bicubic')):
-    """An eval folder with per-image records only (an unfinished eval): 2 images an identity."""
+def _settings(split: str = 'test', **data) -> dict:
+    """Settings as ``evaluation.run`` records them (``settings.json``): the whole data config."""
+    config = default.data_config()
+    config.update(data)
+    return {'data': config.to_dict(), 'split': split, 'lpips': 'alex', 'face': 'sface'}
+
+
+def _records(folder, psnrs, methods=('sr', 'bicubic'), settings=None):
+    """An eval folder with its settings and per-image records only (an unfinished eval): 2
+    images an identity."""
     rng = np.random.default_rng(len(psnrs))
     folder.mkdir()
+    (folder / 'settings.json').write_text(json.dumps(settings or _settings()))
     lines = []
     for i, psnr in enumerate(psnrs):
         values = {'psnr': psnr, 'ssim': 0.5, 'consistency': 1e-5, 'lpips': 0.1, 'cs': 0.2}
@@ -93,4 +103,59 @@ def test_common_rows_refuse_missing_records(tmp_path):
     with pytest.raises(FileNotFoundError, match='records.jsonl'):
         compare_evals.collect_common([f'A={a}', f'X={tmp_path}'])
     with pytest.raises(ValueError, match='no image is recorded by every eval'):
+        compare_evals.collect_common([f'A={a}', f'B={b}'])
+
+
+# One value per field that changes which HR face an index denotes or the LR it gets.
+OTHER_DATA = {
+    'data.path': {'path': '/elsewhere/faces'},
+    'split': {'split': 'train'},
+    'data.image_size': {'image_size': 64},
+    'data.downscale': {'downscale': 16},
+    'data.down_kernel': {'down_kernel': 'bicubic'},
+    'data.up_kernel': {'up_kernel': 'bilinear'},
+    'data.source': {'source': 'tfrecord'},
+    'data.noise_sigma': {'noise_sigma': 0.05},
+    'data.pairs_per_fold': {'pairs_per_fold': 10},
+}
+
+
+@pytest.mark.parametrize('field', sorted(OTHER_DATA))
+def test_common_rows_refuse_evals_of_other_data(field, tmp_path):
+    """Issue 19 #12: evals of another path, split, size, factor or kernel hold other faces (or
+    other LR) under the same index; intersecting them is refused, naming both folders and the
+    field with both values."""
+    a = _records(tmp_path / 'a', [10.0, 12.0])
+    b = _records(tmp_path / 'b', [10.0, 12.0], settings=_settings(**OTHER_DATA[field]))
+    with pytest.raises(ValueError, match='evaluate different data') as err:
+        compare_evals.collect_common([f'A={a}', f'B={b}'])
+    message = str(err.value)
+    assert str(a) in message and str(b) in message, message
+    assert f'{field}: ' in message and message.count(': ') >= 2, message
+    assert [k for k in OTHER_DATA if f'{k}: ' in message] == [field], message  # Only that one.
+
+
+def test_common_rows_accept_settings_that_keep_the_faces(tmp_path):
+    """Caching, flips and the model's value range do not change the faces: still common (2
+    images of one identity: no verification, a blank AUC, not a crash)."""
+    a = _records(tmp_path / 'a', [10.0, 12.0])
+    same = _settings(cache_mb=0, random_flip=False, centered=True, allow_split_overlap=True)
+    b = _records(tmp_path / 'b', [20.0, 22.0], settings=same)
+    assert [r['images'] for r in compare_evals.collect_common([f'A={a}', f'B={b}'])] == [2, 2, 2]
+
+
+def test_common_rows_refuse_evals_without_settings_or_a_field(tmp_path):
+    a = _records(tmp_path / 'a', [10.0, 12.0])
+    b = _records(tmp_path / 'b', [10.0, 12.0])
+    (b / 'settings.json').unlink()
+    with pytest.raises(FileNotFoundError, match=f'{b}: no recorded settings'):
+        compare_evals.collect_common([f'A={a}', f'B={b}'])
+    older = _settings()
+    del older['data']['blur_sigma']  # An eval recorded before the field existed.
+    (b / 'settings.json').write_text(json.dumps(older))
+    with pytest.raises(ValueError, match=r"data.blur_sigma: 0.0 vs 'missing'"):
+        compare_evals.collect_common([f'A={a}', f'B={b}'])
+    (b / 'settings.json').unlink()  # Settings inside metrics.json (a finished eval) do too.
+    (b / 'metrics.json').write_text(json.dumps({'settings': _settings(image_size=64)}))
+    with pytest.raises(ValueError, match='data.image_size: 128 vs 64'):
         compare_evals.collect_common([f'A={a}', f'B={b}'])

@@ -17,6 +17,7 @@ import degradations
 import experiment
 import losses
 import residual_stats
+import runs
 import sampling
 import sde_lib
 from configs import default
@@ -121,15 +122,18 @@ def test_residual_stats_match_numpy_and_refuse_other_data(tmp_path):
     assert stats['num_images'] == 6
     np.testing.assert_allclose(stats['residual_var'], residual.var(), rtol=1e-4)
     np.testing.assert_allclose(stats['residual_mean'], residual.mean(), atol=1e-5)
-    path = tmp_path / 'run' / residual_stats.STATS_FILE
-    residual_stats.write(stats, path)
-    assert residual_stats.load(path, data)['residual_var'] == stats['residual_var']
-    data.downscale = 2
+    config = default.get_config()
+    config.data = data
+    run = runs.Run.open(tmp_path / 'run')
+    path = run.write_stats(config, stats)
+    assert path == tmp_path / 'run' / runs.STATS_FILE
+    assert run.read_stats(config)['residual_var'] == stats['residual_var']
+    config.data.downscale = 2
     with pytest.raises(ValueError, match=r'data\.downscale'):
-        residual_stats.load(path, data)
+        run.read_stats(config)
     path.write_text('{"residual_var": 0.1}')
     with pytest.raises(ValueError, match='not a residual statistics file'):
-        residual_stats.load(path, data)
+        run.read_stats(config)
     json.loads(path.read_text())  # (the file itself is still what was written)
 
 

@@ -295,8 +295,8 @@ def test_device_counts_that_do_not_divide_the_batch(counts, trained, eval_faces,
     cfg = _config(config, eval_faces, max_images=4, lpips='', face='', methods=('sr',))
     reference = _sr_psnr(cfg, workdir, DEVICES)
     assert len(reference) == 4 and all(np.isfinite(reference))
-    for count in counts:
-        assert _sr_psnr(cfg, workdir, count) == reference, f'{count} devices'
+    for count in counts:  # (Equal to float rounding: XLA may round another shape differently.)
+        assert _sr_psnr(cfg, workdir, count) == pytest.approx(reference, abs=1e-3), f'{count}'
     assert ('using 2 of the 3 devices' in caplog.text) == (3 in counts)
 
 
@@ -442,15 +442,20 @@ def test_sweep_over_guidance_scale(trained, eval_faces, tmp_path, monkeypatch):
 
 def test_posterior_mean_is_the_mean_of_the_sr_modes_samples(trained, eval_faces, tmp_path):
     """``posterior_mean`` of K draws equals the mean of ``--mode sr``'s K samples (the same
-    sample ids and keys), and reports pixel std and identity stability."""
+    sample ids and keys), and reports pixel std and identity stability. It samples at
+    ``eval.posterior_temperature`` (1), whatever temperature ``sr`` samples at (issue 19 #6)."""
     import sr as sr_mode
 
     config, workdir = trained
     k, n = 2, 4
     cfg = _config(config, eval_faces, name='posterior', max_images=n, posterior_samples=k,
                   methods=('sr', 'posterior_mean', 'bicubic'))  # fmt: skip
+    cfg.sampling.temperature = 0.5
     metrics = _run(cfg, workdir)
+    settings = json.loads((workdir / 'eval' / 'posterior' / 'settings.json').read_text())
+    assert settings['posterior_temperature'] == 1.0 and settings['sampling']['temperature'] == 0.5
     posterior = [r for r in metrics['per_image'] if r['method'] == 'posterior_mean']
+    cfg.sampling.temperature = 1.0
     cfg.sr.update(input='', output=str(tmp_path), max_images=n, num_samples=k,
                   seed=cfg.eval.seed, grid=False)  # fmt: skip
     manifest = sr_mode.run(cfg, workdir, devices=jax.devices()[:DEVICES])

@@ -312,8 +312,11 @@ def test_read_face_csv_boxes_and_landmarks(tmp_path):
         ('file,x1,y1,x2,y2\na.jpg,1,2,3,4\n', 1, 'missing'),
         ('file,left,top\na.jpg,1,2\n', 1, 'expected file,x,y,w,h'),
         ('file,x,y,w,h\na.jpg,1,2,3,4\nb.jpg,1,2,three,4\n', 3, "'w' is not a number"),
-        ('file,x,y,w,h\na.jpg,1,2,3,4\nb.jpg,1,2,3\n', 3, "no value for column 'h'"),
-        ('file,x,y,w,h\na.jpg,1,2,3,4,5\n', 2, 'more values than columns'),
+        ('file,x,y,w,h\na.jpg,1,2,3,4\nb.jpg,1,2,3\n', 3, '4 values, but the header'),
+        ('file,x,y,w,h\na.jpg,1,2,3,4,5\n', 2, '6 values, but the header'),
+        ('file,x,y,w,h\na.jpg,1,2,,4\n', 2, "no value in column 'w'"),
+        ('file,x,y,w,h\na.jpg,1,2,3,4\nb.jpg,0,0,5,5\na.jpg,1,2,3,5\n', 4, 'line 2'),
+        ('file,x,y,w,x\na.jpg,1,2,3,4\n', 1, 'repeated column'),
         ('file,x,y,w,h\na.jpg,1,2,nan,4\n', 2, 'not finite'),
         ('file,x,y,w,h\na.jpg,1,2,-3,4\n', 2, 'no area'),
         ('file,x,y,w,h\n,1,2,3,4\n', 2, 'no file name'),
@@ -333,3 +336,19 @@ def test_read_face_csv_errors_name_file_and_line(tmp_path, text, line, message):
     path.write_text(text)
     with pytest.raises(FaceListError, match=f'{re.escape(str(path))}:{line}: .*{message}'):
         read_face_csv(path)
+
+
+def test_read_face_csv_refuses_latin1_naming_file_and_line(tmp_path):
+    """Issue 19 #9: a face list saved in latin-1 is refused, saying to save it as UTF-8."""
+    path = tmp_path / 'faces.csv'
+    path.write_bytes(b'file,x,y,w,h\na.jpg,1,2,3,4\nRen\xe9e.jpg,1,2,3,4\n')
+    with pytest.raises(FaceListError, match=f'{re.escape(str(path))}:3: not UTF-8.*as UTF-8'):
+        read_face_csv(path)
+
+
+def test_read_face_csv_saved_by_excel_with_a_bom_loads(tmp_path):
+    """Issue 19 #9: Excel's "CSV UTF-8" (BOM, CRLF) reads as the same face list."""
+    path = tmp_path / 'faces.csv'
+    path.write_bytes('\ufefffile,x,y,w,h\r\nRenée.jpg,10,20,30,40\r\n'.encode())
+    (face,) = read_face_csv(path)['Renée.jpg']
+    np.testing.assert_array_equal(face.box, [10, 20, 30, 40])

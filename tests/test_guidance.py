@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import flax.serialization
 import jax
@@ -366,3 +368,80 @@ def test_h_zero_stays_exact_when_the_classifier_gradient_is_nan():
         assert bool(jnp.all(jnp.isfinite(guided))) == finite
         if finite:
             np.testing.assert_array_equal(guided, -u)
+
+
+# ----------------------------------------------------------------------------- target CSVs
+
+
+def _csv_targets(tmp_path, data: bytes | str, sources, attributes=('male',)):
+    path = tmp_path / 'attributes.csv'
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    cfg = _guidance_config(attributes=attributes, attributes_csv=str(path))
+    return guidance_lib.input_targets(cfg, sources), path
+
+
+def test_photo_faces_take_their_own_row_or_else_their_photos(tmp_path):
+    """Issue 19 #8: a face found in a photo is the input ``<photo>#faceNN`` (sr.py); a row
+    ``photo.jpg`` names every face of the photo, ``photo.jpg#faceNN`` one face, which wins."""
+    text = 'file,male\ngroup.jpg,1\ngroup.jpg#face01,0\nsub/solo.png,0\nsolo.png#face00,1\n'
+    sources = [
+        '/in/group.jpg#face00',
+        '/in/group.jpg#face01',
+        '/in/group.jpg#face02',
+        '/in/sub/solo.png#face00',  # Its own row (any trailing part) before its photo's.
+        '/in/sub/solo.png#face01',
+        '/in/group.jpg',  # A crop file of that name: the photo's row.
+    ]
+    targets, path = _csv_targets(tmp_path, text, sources)
+    np.testing.assert_array_equal(targets[:, 0], [1, 0, 1, 1, 0, 1])
+    assert guidance_lib.row_keys('/in/sub/solo.png#face01') == [
+        'in/sub/solo.png#face01',
+        'sub/solo.png#face01',
+        'solo.png#face01',
+        'in/sub/solo.png',
+        'sub/solo.png',
+        'solo.png',
+    ]
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f'{path} has no row for 1 input(s), e.g. /in/other.jpg#face03: give a row with file '
+            '"other.jpg#face03" (that face) or "other.jpg" (every face of the photo)'
+        ),
+    ):
+        _csv_targets(tmp_path, text, ['/in/group.jpg#face00', '/in/other.jpg#face03'])
+
+
+@pytest.mark.parametrize(
+    ('data', 'message'),
+    [
+        (b'file,male,eyeglasses\na.png,1,0\nb.png,1\n', r':3: 2 values, but the header'),
+        (b'file,male\na.png,1\nb.png,1,0\n', r':3: 3 values, but the header'),
+        (b'file,male\na.png,1\nb.png,0\na.png,0\n', r":4: file 'a.png' repeats line 2"),
+        (b'file,male\na.png,\n', r":2: no value in column 'male'"),
+        (b'file,male\n,1\n', r":2: no value in column 'file'"),
+        (b'file,male\na.png,1\nRen\xe9e.png,0\n', r':3: not UTF-8 text .*save the file as UTF-8'),
+        (b'', r':1: empty'),
+    ],
+    ids=['short_row', 'long_row', 'duplicate', 'empty_value', 'empty_key', 'latin1', 'empty'],
+)
+def test_bad_attribute_csvs_are_refused_naming_file_and_line(tmp_path, data, message):
+    """Issue 19 #9: each mistake is one ValueError naming the CSV and the line at fault."""
+    attributes = ('male', 'eyeglasses') if b'eyeglasses' in data else ('male',)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / 'attributes.csv')) + message):
+        _csv_targets(tmp_path, data, ['a.png'], attributes)
+
+
+def test_attribute_csv_saved_by_excel_with_a_bom_loads(tmp_path):
+    """Issue 19 #9: Excel's "CSV UTF-8" starts with a BOM; CRLF line ends, a non-ASCII name."""
+    data = '\ufefffile,male\r\na.png,1\r\nRenée.png,0\r\n'.encode()
+    targets, _ = _csv_targets(tmp_path, data, ['/x/a.png', '/x/Renée.png'])
+    np.testing.assert_array_equal(targets, [[1], [0]])
+
+
+def test_damaged_classifier_checkpoint_is_refused_naming_it(tmp_path):
+    """Issue 19 #9: guidance loads classifiers through the checker that names the file."""
+    cfg = _guidance_config(attributes=('male',), checkpoints=(str(tmp_path),))
+    g = guidance_lib.Guidance(('male',), (classifiers.build_classifier('tiny_densenet'),))
+    with pytest.raises(ValueError, match=re.escape(f'classifier checkpoint {tmp_path} is a fold')):
+        guidance_lib.load_variables(g, cfg, SHAPE)

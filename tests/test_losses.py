@@ -223,3 +223,95 @@ def test_learning_rate_warmup_and_clipping():
     optim.optimizer = 'sgd'
     with pytest.raises(ValueError, match='optimizer'):
         losses.make_optimizer(optim)
+
+
+# ----------------------------------------------------------------------------- quality solves
+
+
+def _quality_tcfg(max_steps: int) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            quality_solver='dopri5',
+            quality_fixed_steps=0,
+            quality_tol=1e-3,
+            quality_max_steps=max_steps,
+            quality_adjoint='recursive_checkpoint',
+            quality_checkpoints=0,
+            quality_t_end=1e-3,
+            quality_unroll=False,
+            quality_max_unfinished=0.25,
+        )
+    )
+
+
+def _quality_fn(max_steps: int):
+    """The quality loss and its metrics for a one-parameter linear score (a tiny model whose
+    adaptive solve finishes in a few steps) and features 3 x the image."""
+    sde = sde_lib.MeanRevertingSDE(N=100, sigma=0.2)
+    predict_model = lambda p, k: lambda u, t, c: {'score': -p['a'] * u / 0.04}
+    features = lambda images: 3.0 * images
+    return losses.get_quality_loss_and_metrics_fn(
+        sde, predict_model, _quality_tcfg(max_steps), features, lambda x: x
+    )
+
+
+QUALITY_PARAMS = {'a': jnp.asarray(1.0)}
+
+
+def _quality_batch() -> dict:
+    hr = jax.random.uniform(jax.random.key(1), (4, *SHAPE))
+    return {'hr': hr, 'lr_up': jnp.clip(hr + 0.1, 0, 1)}
+
+
+def test_quality_loss_counts_unfinished_solves_and_leaves_them_out():
+    """Issue 19 #11: with max_steps=1 every adaptive solve stops unfinished: all 4 are counted
+    and the loss is 0 without gradient (not a mean that counts them as perfect faces); with
+    room to finish, none is counted."""
+    batch, key = _quality_batch(), jax.random.key(2)
+    (loss, metrics), grads = jax.value_and_grad(_quality_fn(1), has_aux=True)(
+        QUALITY_PARAMS, batch, key
+    )
+    assert float(metrics[losses.QUALITY_UNFINISHED]) == 4.0
+    assert float(metrics[losses.QUALITY_UNFINISHED_FRACTION]) == 1.0
+    assert float(loss) == 0.0 and float(grads['a']) == 0.0
+    loss, metrics = _quality_fn(64)(QUALITY_PARAMS, batch, key)
+    assert float(metrics[losses.QUALITY_UNFINISHED]) == 0.0 and float(loss) > 0
+
+
+def test_quality_loss_is_the_mean_over_finished_solves(monkeypatch):
+    """Two of four solves forced unfinished: the loss is the mean over the other two (twice
+    what counting them as 0 gave), and the metrics say 2, one half."""
+    generated = {}
+    real_generate = losses.generate
+
+    def half_unfinished(*args, **kwargs):
+        sr, finished = real_generate(*args, **kwargs)
+        generated['sr'] = sr
+        return sr, finished & jnp.asarray([True, False, True, False])
+
+    monkeypatch.setattr(losses, 'generate', half_unfinished)
+    batch = _quality_batch()
+    loss, metrics = _quality_fn(64)(QUALITY_PARAMS, batch, jax.random.key(2))
+    diff = np.abs(3.0 * np.clip(generated['sr'], 0, 1) - 3.0 * np.asarray(batch['hr']))
+    per_image = diff.reshape(4, -1).mean(axis=1)
+    np.testing.assert_allclose(float(loss), per_image[[0, 2]].mean(), rtol=1e-5)
+    assert float(metrics[losses.QUALITY_UNFINISHED]) == 2.0
+    assert float(metrics[losses.QUALITY_UNFINISHED_FRACTION]) == 0.5
+
+
+def test_unfinished_metrics_reach_the_train_step_and_stop_above_the_bound():
+    """The train step's metrics carry the quality loss's counts (the path train.py logs), and
+    :func:`losses.check_quality_solves` stops above ``quality_max_unfinished`` naming the step."""
+    optimizer = optax.adam(1e-2)
+    step = losses.make_train_step(
+        _quality_fn(1), optimizer, 0.9, optax.constant_schedule(1e-2), has_aux=True
+    )
+    state = losses.init_train_state(QUALITY_PARAMS, optimizer)
+    _, metrics = jax.jit(step)(state, _quality_batch(), jax.random.key(0))
+    assert float(metrics[losses.QUALITY_UNFINISHED]) == 4.0 and 'loss' in metrics
+    tcfg = _quality_tcfg(1)
+    with pytest.raises(RuntimeError, match=r'step 7: 4 quality-loss solves \(100%\) reached'):
+        losses.check_quality_solves(jax.device_get(metrics), 7, tcfg)
+    tcfg.quality_max_unfinished = 1.0  # Never stops.
+    losses.check_quality_solves(jax.device_get(metrics), 7, tcfg)
+    losses.check_quality_solves({'loss': 1.0}, 7, _quality_tcfg(1))  # No quality loss: no check.

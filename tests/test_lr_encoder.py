@@ -4,9 +4,11 @@ mu(y) for ECDP (``mean_model``)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ import losses
 import mean_model
 import modes
 import residual_stats
+import runs
 from configs import default
 from configs.ecdp import demo
 from evaluation import image_metrics as im
@@ -178,7 +181,7 @@ def test_two_stages_and_a_learned_mean_on_real_faces(two_stages):
     """L1 stage, then ECDP around its frozen regression: the statistics, the warm start, the
     'mean' eval baseline and the refusals all agree with direct computations."""
     config, stage1, stage2 = two_stages
-    mean = mean_model.load(config)
+    mean = mean_model.load(config, workdir=stage2)
     assert mean.keys == ('lr_mu',) and mean.step == 2
     # The residual statistics are of x - mu(y), mu(y) the regression (checked on one batch).
     batch = next(datasets.get_dataset(config.data, 'train', 8, train=False))
@@ -186,7 +189,7 @@ def test_two_stages_and_a_learned_mean_on_real_faces(two_stages):
     regress = make_regress_fn(experiment.build_model(config), mean.params)
     direct = regress({k: jnp.asarray(scaler(batch[k])) for k in ('lr', 'lr_up')})
     np.testing.assert_allclose(scaler(np.asarray(mean(batch)['lr_mu'])), direct, atol=1e-5)
-    stats = json.loads(residual_stats.stats_path(config, stage2).read_text())
+    stats = json.loads(runs.Run.open(stage2).stats_path(config).read_text())
     assert stats['mean_model'] == str(stage1) and stats['mean_model_step'] == 2
     metrics = evaluation_run.run(config, stage2)
     # The 'mean' baseline's PSNR is that of mu(y) itself.
@@ -199,9 +202,16 @@ def test_two_stages_and_a_learned_mean_on_real_faces(two_stages):
     got = [by_index[int(i)]['methods']['mean']['psnr'] for i in first['index']]
     np.testing.assert_allclose(got, psnr, rtol=1e-4)
     assert 'mean' in json.dumps(metrics)
+    # The eval records which mean (folder and step) and which compute dtype made its records.
+    (settings_file,) = (stage2 / 'eval').glob('*/settings.json')
+    settings = json.loads(settings_file.read_text())
+    assert settings['mean_model'] == {'folder': str(stage1), 'step': 2}
+    assert settings['compute_dtype'] == 'float32'
     # Statistics made around another mean are refused, naming the field.
+    other = ml_collections.ConfigDict(config.to_dict())
+    other.sde.mean_model = ''
     with pytest.raises(ValueError, match='sde.mean_model'):
-        residual_stats.load(residual_stats.stats_path(config, stage2), config.data, '')
+        runs.Run.open(stage2).read_stats(other)
 
 
 def test_mean_model_refuses_runs_without_an_encoder_or_with_other_data(tmp_path):
@@ -222,30 +232,75 @@ def test_mean_model_refuses_runs_without_an_encoder_or_with_other_data(tmp_path)
         mean_model.load(config)
     with pytest.raises(FileNotFoundError, match='no run config'):
         mean_model.read_run_config(tmp_path / 'absent')
-    # A run recorded before a field existed reads with that field's default.
+    # A run recorded before a field existed reads with its migration (what the old code did)...
     record = json.loads(demo.get_config('smoke_encoder').to_json_best_effort())
     del record['compute']['conv_grads']
     (tmp_path / 'config.json').write_text(json.dumps(record))
     assert mean_model.read_run_config(tmp_path).compute.conv_grads == 'lax'
+    # ... a missing field without a migration is refused, naming it, never given a default.
+    del record['model']['nf'], record['sde']['beta_max']
+    (tmp_path / 'config.json').write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r'config.json has no value for config.model.nf, '
+                       r'config.sde.beta_max: .*no migration'):  # fmt: skip
+        mean_model.read_run_config(tmp_path)
+    record = json.loads(demo.get_config('smoke_encoder').to_json_best_effort())
     record['compute']['speed'] = 'max'
     (tmp_path / 'config.json').write_text(json.dumps(record))
     with pytest.raises(ValueError, match="config.json:compute: unknown config field 'speed'"):
         mean_model.read_run_config(tmp_path)
     config.sde.mean_model = ''
     with pytest.raises(ValueError, match="'mean' but config.sde.mean_model is not set"):
-        evaluation_run.load_mean(config, ('mean', 'bicubic'), None)
+        evaluation_run.load_mean(config, tmp_path, ('mean', 'bicubic'), None)
+
+
+def test_a_mean_that_trains_on_is_pinned_to_the_step_of_the_statistics(two_stages, tmp_path):
+    """The residual statistics were made around step 2 of R; R trains on to step 3: train, sr
+    and eval of W keep using step 2, and once step 2 is gone the run stops naming it."""
+    config, stage1, stage2 = two_stages
+    moved = tmp_path / 'regress'
+    shutil.copytree(stage1, moved)
+    regress = _overrides(demo.get_config('smoke_regress'), **{'data.path': config.data.path})
+    regress.training.n_iters = 3
+    run_mode(regress, moved, 'train')
+    work = tmp_path / 'ecdp'
+    work.mkdir()
+    stats = json.loads((stage2 / runs.STATS_FILE).read_text())
+    (work / runs.STATS_FILE).write_text(json.dumps({**stats, 'mean_model': str(moved)}))
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.sde.mean_model = str(moved)
+    assert mean_model.load(config).step == 3  # --mode stats takes the latest...
+    assert mean_model.load(config, workdir=work).step == 2  # ... every later use the pinned.
+    shutil.rmtree(moved / 'checkpoints' / '2')
+    with pytest.raises(Exception, match=r'no checkpoint 2 in .*regress/checkpoints'):
+        mean_model.load(config, workdir=work)
+
+
+def test_train_classifier_sees_the_learned_mean(two_stages, tmp_path, celeba_id128):
+    """``--mode train_classifier`` on an ECDP run around a learned mu(y): the SDE's frame reads
+    ``lr_mu``, which the classifier's batches now carry (it was a KeyError)."""
+    import classifier_train
+
+    config, _, stage2 = two_stages
+    shutil.copy(stage2 / runs.STATS_FILE, tmp_path / runs.STATS_FILE)
+    files = [line.split(',')[0] for line in (celeba_id128 / 'faces.csv').read_text().split()[1:]]
+    labels = tmp_path / 'labels.csv'
+    labels.write_text('file,parity\n' + ''.join(f'{f},{i % 2}\n' for i, f in enumerate(files)))
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.classifier_training.update(
+        classifier='tiny_densenet', attribute='parity', labels_csv=str(labels), batch_size=8,
+        n_iters=2, log_freq=1, checkpoint_freq=2, eval_times=2, eval_images=8,
+    )  # fmt: skip
+    result = classifier_train.run(config, tmp_path)
+    assert result['n_images'] == 8 and len(result['accuracy']) == 2
+    batch = classifier_train.condition({'lr_up': 1, 'lr_mu': 2, 'hr': 3})
+    assert batch == {'lr_up': 1, 'lr_mu': 2}
 
 
 def test_export_packages_the_run_and_its_mean(two_stages, tmp_path, monkeypatch):
     """``--mode export`` of W: float16 weights equal to W's rounded, the mean pruned to the
     regression branch, paths resolved inside the package, sr reads it, and weights of another
     shape are refused naming the file and the array."""
-    import ml_collections
-
     import export
-    import inference
-    import pretrained
-    from utils import package
 
     config, _, stage2 = two_stages
     config = ml_collections.ConfigDict(config.to_dict())
@@ -254,31 +309,77 @@ def test_export_packages_the_run_and_its_mean(two_stages, tmp_path, monkeypatch)
     record = export.run(config, stage2)
     assert record['check']['max_output_change'] <= export.MAX_OUTPUT_CHANGE + 1e-6
     assert record['mean']['scopes'] == ['lr_encoder', 'lr_regression']
-    packaged = pretrained.package_config(folder)
+    packaged = runs.Run.open(folder).config()
     assert packaged.sde.mean_model == str((folder / 'mean').absolute())
+    # The package records every field of the model: all but the run options.
+    recorded = runs.flatten(json.loads((folder / runs.CONFIG_FILE).read_text()))
+    fields = runs.flatten(default.get_config().to_dict())
+    assert {k for k in fields if not runs.matches(k, runs.RUN_OPTIONS)} == set(recorded)
     exp = experiment.build(config, None, stage2)
-    ours, step = inference.load_ema_params(exp, stage2)
-    theirs, exported = inference.load_ema_params(experiment.build(packaged, None, folder), folder)
+    ours, step = exp.load_ema_params(stage2)
+    theirs, exported = experiment.build(packaged, None, folder).load_ema_params(folder)
     assert exported == step
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         np.testing.assert_array_equal(np.asarray(a).astype(np.float16).astype(np.float32), b)
-    mean = mean_model.load(packaged)
-    assert set(mean.params) == {'lr_encoder', 'lr_regression'}
+    mean = mean_model.load(packaged, workdir=folder)
+    assert set(mean.params) == {'lr_encoder', 'lr_regression'} and mean.step == 2
     # Weights of another shape: refused, naming the file and the array.
     import flax.serialization
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    weights = folder / package.WEIGHTS_FILE
+    weights = folder / runs.WEIGHTS_FILE
     tree = flax.serialization.msgpack_restore(weights.read_bytes())
     flat = flatten_dict(tree, sep='/')
     name = sorted(k for k in flat if k.startswith('lr_regression'))[0]
     flat[name] = np.zeros(flat[name].shape + (2,), np.float16)
     weights.write_bytes(flax.serialization.msgpack_serialize(unflatten_dict(flat, sep='/')))
     with pytest.raises(Exception, match=rf'ema_params.msgpack does not fit(.|\n)*{name}: shape'):
-        inference.load_ema_params(experiment.build(packaged, None, folder), folder)
-    # A dtype that moves an output by more than the bound is refused; no package is left.
+        experiment.build(packaged, None, folder).load_ema_params(folder)
+
+
+def _packages(folder):
+    """Every folder under ``folder`` that counts as a package, hidden or not."""
+    return [p for p in folder.rglob('*') if p.is_dir() and runs.Run.open(p).is_package]
+
+
+def test_a_refused_or_interrupted_export_leaves_nothing_that_counts_as_a_package(
+    two_stages, tmp_path, monkeypatch
+):
+    """The float16 check refuses, or Ctrl-C lands in the check: no package, hidden or not."""
+    import export
+
+    config, _, stage2 = two_stages
+    config = ml_collections.ConfigDict(config.to_dict())
     monkeypatch.setattr(export, 'MAX_OUTPUT_CHANGE', -1.0)
-    config.export.update(output=str(tmp_path / 'refused'), check_images=2)
+    config.export.update(output=str(tmp_path / 'out' / 'refused'), check_images=2)
     with pytest.raises(ValueError, match='change an output by .* export with'):
         export.run(config, stage2)
-    assert not (tmp_path / 'refused').exists()
+    assert _packages(tmp_path) == [] and list((tmp_path / 'out').iterdir()) == []
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, 'check_package', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.run(config, stage2)
+    assert _packages(tmp_path) == [] and list((tmp_path / 'out').iterdir()) == []
+
+
+def test_export_refuses_a_run_or_a_folder_that_is_not_a_package(two_stages, tmp_path):
+    """Exporting into the run itself, another run, or a folder of other files is refused,
+    naming it, before anything is written; the run keeps every file."""
+    import export
+
+    config, stage1, stage2 = two_stages
+    before = sorted(p.relative_to(stage2) for p in stage2.rglob('*'))
+    other = tmp_path / 'mine'
+    other.mkdir()
+    (other / 'notes.txt').write_text('mine')
+    config = ml_collections.ConfigDict(config.to_dict())
+    for output, what in ((stage2, 'is the run being exported'), (stage2.parent, 'holds it'),
+                         (stage1, 'is a run folder'), (other, 'not a model package')):  # fmt: skip
+        config.export.output = str(output)
+        with pytest.raises(ValueError, match=f'config.export.output=.*{what}'):
+            export.run(config, stage2)
+    assert sorted(p.relative_to(stage2) for p in stage2.rglob('*')) == before
+    assert (other / 'notes.txt').read_text() == 'mine'

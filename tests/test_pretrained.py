@@ -3,17 +3,19 @@ reproducing the PSNR its export recorded."""
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 import pytest
 
 import export
 import pretrained
-from utils import package
+import runs
 
 
 def test_sr_without_config_uses_the_default_shipped_model(monkeypatch, tmp_path):
     (tmp_path / 'm').mkdir()
-    (tmp_path / 'm' / package.EXPORT_FILE).write_text('{}')
+    (tmp_path / 'm' / runs.EXPORT_FILE).write_text('{}')
     monkeypatch.setattr(pretrained, 'PRETRAINED_DIR', tmp_path)
     monkeypatch.setattr(pretrained, 'DEFAULT_MODEL', 'm')
     argv = ['main.py', '--mode', 'sr', '--sr.input=x.png']
@@ -44,18 +46,41 @@ def test_unknown_or_conflicting_model_flags_are_refused(monkeypatch, tmp_path):
 
 
 def test_package_paths_resolve_against_the_package_only(tmp_path):
-    assert package.resolve('mean', tmp_path) == 'mean'  # A run: as recorded.
-    (tmp_path / package.EXPORT_FILE).write_text('{}')
-    assert package.resolve('mean', tmp_path) == str((tmp_path / 'mean').absolute())
-    assert package.resolve('/abs/r', tmp_path) == '/abs/r'
-    assert package.resolve('', tmp_path) == ''
+    run = runs.Run.open(tmp_path)
+    assert run.resolve('mean') == 'mean'  # A run: as recorded.
+    (tmp_path / runs.EXPORT_FILE).write_text('{}')
+    assert run.resolve('mean') == str((tmp_path / 'mean').absolute())
+    assert run.resolve('/abs/r') == '/abs/r'
+    assert run.resolve('') == ''
+
+
+def test_hidden_folders_are_never_shipped_models(monkeypatch, tmp_path):
+    """An export in progress (or killed) is a hidden ``.NAME.partial``: not listed, not picked."""
+    for name in ('m', '.m.partial'):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runs.EXPORT_FILE).write_text('{}')
+    monkeypatch.setattr(pretrained, 'PRETRAINED_DIR', tmp_path)
+    assert pretrained.available() == ['m']
+    with pytest.raises(ValueError, match=r"no shipped model '.m.partial'"):
+        pretrained.package_dir('.m.partial')
+
+
+def test_every_shipped_package_loads_complete_without_the_data():
+    """Each shipped config (and its mean's) loads to a complete config: every field recorded or
+    migrated (runs.MIGRATIONS); this runs with no data, unlike the PSNR check below."""
+    for name in pretrained.available():
+        folder = pretrained.package_dir(name)
+        for part in (folder, folder / runs.MEAN_DIR):
+            if runs.Run.open(part).is_package:
+                config = runs.Run.open(part).config()
+                assert config.model.nf > 0, part
 
 
 @pytest.mark.parametrize('name', pretrained.available())
 def test_shipped_model_reproduces_its_recorded_psnr(name, celeba_id128, tmp_path):
     """On a fresh checkout the package loads and super-resolves the first test faces to the
     PSNR its export measured (model card), within float noise across machines."""
-    check = package.read_export(pretrained.package_dir(name))['check']
+    check = runs.Run.open(pretrained.package_dir(name)).export_record()['check']
     config = ml_collections.ConfigDict(pretrained.load_config(name).to_dict())
     config.data.path = str(celeba_id128)
     _, psnr = export.sr_psnr(config, pretrained.package_dir(name), tmp_path, check['images'])
@@ -68,17 +93,35 @@ def test_evals_of_a_package_go_to_results_not_into_the_package(tmp_path):
 
     config = default.get_config()
     assert eval_root(config, tmp_path) == tmp_path / 'eval'  # A run.
-    (tmp_path / package.EXPORT_FILE).write_text('{}')
+    (tmp_path / runs.EXPORT_FILE).write_text('{}')
     assert eval_root(config, tmp_path) == pretrained.Path('results') / 'eval'
     config.eval.output = str(tmp_path / 'elsewhere')
     assert eval_root(config, tmp_path) == tmp_path / 'elsewhere'
 
 
-def test_package_configs_load_over_defaults_and_refuse_unknown_fields():
+def test_package_configs_merge_and_refuse_unknown_fields():
     from configs import default
 
     config = default.get_config()
-    pretrained.merge(config, {'sampling': {'temperature': 0.7}, 'model': {'ch_mult': [1, 2]}}, 'x')
+    runs.merge(config, {'sampling': {'temperature': 0.7}, 'model': {'ch_mult': [1, 2]}}, 'x')
     assert config.sampling.temperature == 0.7 and config.model.ch_mult == (1, 2)
     with pytest.raises(ValueError, match=r"x:sampling: unknown config field 'tempreature'"):
-        pretrained.merge(config, {'sampling': {'tempreature': 0.7}}, 'x')
+        runs.merge(config, {'sampling': {'tempreature': 0.7}}, 'x')
+
+
+def test_a_package_missing_a_field_is_refused_unless_a_migration_fills_it(tmp_path):
+    """Issue 19 #4: a field the record lacks never silently takes today's default."""
+    from configs import default
+
+    record = {k: v for k, v in default.get_config().to_dict().items() if k not in runs.RUN_OPTIONS}
+    del record['compute']['conv_grads']  # Migrated: the value older code ran with.
+    record['sampling']['temperature'] = 0.5
+    (tmp_path / runs.EXPORT_FILE).write_text('{}')
+    (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(record, default=list))
+    config = runs.Run.open(tmp_path).config()
+    assert config.compute.conv_grads == runs.MIGRATIONS['compute.conv_grads'].value == 'lax'
+    assert config.sampling.temperature == 0.5 and config.sr.detect_scale > 0  # (run option)
+    del record['sampling']['method']
+    (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(record, default=list))
+    with pytest.raises(ValueError, match=r'config.json has no value for config.sampling.method'):
+        runs.Run.open(tmp_path).config()

@@ -1,10 +1,17 @@
 """Atomic, resumable checkpoints on top of orbax.
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run
-killed mid-write leaves no half checkpoint behind. Restoring tries the newest step first; if it
-cannot be read (truncated or corrupt files), the failure is logged with the folder at fault and
-the previous step is tried. If checkpoints exist but none can be read, :class:`CheckpointError`
-names them all: a run never silently restarts from scratch.
+killed mid-write leaves no half checkpoint behind. Restoring tries the newest step first; if its
+files are damaged (truncated, missing, garbage, an empty folder), the failure is logged with the
+folder at fault and, when falling back (training), the previous step is tried. If checkpoints
+exist but none can be read, :class:`CheckpointError` names them all: a run never silently
+restarts from scratch. Readers (sr, eval: ``fall_back=False``) never take an older step than
+asked for: an unreadable newest checkpoint is an error that says how to name a step.
+
+Only damage counts as unreadable (:func:`is_damage`). A failure that says nothing about the
+files (out of memory, an I/O error such as EIO, EAGAIN, ETIMEDOUT, ENOSPC or EACCES, an
+unexpected error) raises :class:`CheckpointIOError` at once: the checkpoint may be perfectly
+good, so it is neither set aside nor replaced by an older one, and rerunning may just work.
 
 Training (``set_aside=True``) moves an unreadable checkpoint, and any leftover folder in the
 way of a new save, to ``<directory>.rejected/<step>[-k]`` with a warning: orbax refuses to
@@ -14,8 +21,10 @@ deleting it would destroy what may still be inspected or repaired by hand.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,81 @@ from utils import parallel
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, although checkpoints exist (or a restore does not fit the model)."""
+
+
+class CheckpointIOError(RuntimeError):
+    """A restore failed for a reason other than damaged files (memory, I/O, unexpected).
+
+    Not a :class:`CheckpointError`: code that handles "no usable checkpoint" (falling back,
+    setting aside) must not handle this one, since the checkpoint itself may be fine.
+    """
+
+
+# Errno values that mean a file or folder is not there (or not of the kind expected): the
+# checkpoint is incomplete. Any other OS error (EIO, EAGAIN, ETIMEDOUT, ENOMEM, ENOSPC, EACCES,
+# ...) is a failure of the machine, not of the files.
+_MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
+# How tensorstore words those in its messages ("[OS error 2: ENOENT No such file ...]").
+_MISSING_WORDS = (
+    'ENOENT',
+    'ENOTDIR',
+    'EISDIR',
+    'No such file',
+    'Not a directory',
+    'Is a directory',
+)
+# Tensorstore raises ValueError('<absl status code>: ...'). These codes are what damaged files
+# give (probed by damaging checkpoints: DATA_LOSS for truncated or garbage files, NOT_FOUND for
+# missing ones); the others (RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED,
+# PERMISSION_DENIED, UNKNOWN, ...) describe the machine.
+_DAMAGE_STATUSES = frozenset(
+    {'DATA_LOSS', 'NOT_FOUND', 'INVALID_ARGUMENT', 'OUT_OF_RANGE', 'FAILED_PRECONDITION'}
+)
+_STATUS = re.compile(r'^([A-Z_]+): ')
+# What orbax and tensorstore raise for damaged files: ValueError (tensorstore's statuses,
+# orbax's structure checks, json.JSONDecodeError of a garbage _METADATA), KeyError (a _METADATA
+# of another layout), FileNotFoundError / NotADirectoryError / IsADirectoryError (a file or
+# folder missing or replaced).
+_DAMAGE_TYPES = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling."""
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def _is_machine_failure(err: BaseException) -> bool:
+    """Whether ``err`` says something failed on this machine, not in the files."""
+    if isinstance(err, MemoryError):
+        return True
+    if isinstance(err, OSError) and not isinstance(err, _DAMAGE_TYPES):
+        return err.errno not in _MISSING_ERRNOS
+    message = str(err)
+    status = _STATUS.match(message)
+    if status and status.group(1) not in _DAMAGE_STATUSES:
+        return True
+    # An OS error that tensorstore reported under a damage status (older versions give EIO as
+    # FAILED_PRECONDITION): the errno decides.
+    os_error = message.find('[OS error')
+    return os_error >= 0 and not any(w in message[os_error:] for w in _MISSING_WORDS)
+
+
+def is_damage(err: BaseException) -> bool:
+    """Whether a restore failure means the checkpoint's files are damaged (so that an older
+    step may be used instead): a damage type, and nothing in its chain says the machine
+    failed. Unknown errors are not damage: moving a good checkpoint aside loses training."""
+    chain = _chain(err)
+    return isinstance(err, _DAMAGE_TYPES) and not any(_is_machine_failure(e) for e in chain)
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: message`` on one line, without tensorstore's long spec of what it opened."""
+    message = str(err).split(' [tensorstore_spec=')[0]
+    return f'{type(err).__name__}: ' + ' '.join(message.split())
 
 
 def _abstract(tree: Any) -> Any:
@@ -106,24 +190,43 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, step: int, target: Any) -> Any:
-        """Checkpoint ``step`` in the structure (and shardings) of ``target``."""
+        """Checkpoint ``step`` in the structure (and shardings) of ``target``.
+
+        Raises :class:`CheckpointError` when its files are damaged, :class:`CheckpointIOError`
+        for any other failure (module doc), both naming the folder.
+        """
         template = flax.serialization.to_state_dict(target)
         try:
             tree = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
-        except Exception as err:  # orbax/tensorstore raise many types; re-raised with the path.
-            raise CheckpointError(
-                f'cannot read checkpoint {self.step_dir(step)}: {type(err).__name__}: {err}'
+        except Exception as err:  # orbax/tensorstore raise many types: classified, re-raised.
+            folder = self.step_dir(step)
+            if is_damage(err):
+                raise CheckpointError(f'cannot read checkpoint {folder}: {_describe(err)}') from err
+            raise CheckpointIOError(
+                f'cannot read checkpoint {folder} ({_describe(err)}), not because its files are '
+                'damaged (memory, I/O or an unexpected error): nothing was set aside and no '
+                'older checkpoint was tried; fix the cause and run again'
             ) from err
         return flax.serialization.from_state_dict(target, tree)
 
-    def restore_latest(self, target: Any) -> Any | None:
-        """The newest readable checkpoint, or None when there is none at all."""
+    def restore_latest(self, target: Any, fall_back: bool | None = None) -> Any | None:
+        """The newest checkpoint, or None when there is none at all.
+
+        ``fall_back`` (default: ``set_aside``, i.e. training): when the newest checkpoint's
+        files are damaged, use the newest readable older one (training then retrains the steps
+        after it). Readers pass False: an output must come from the step asked for, so a
+        damaged newest checkpoint raises :class:`CheckpointError` saying how to name an older
+        step. :class:`CheckpointIOError` (not damage) always propagates, nothing moved.
+        """
+        fall_back = self.set_aside if fall_back is None else fall_back
         steps = self.steps()
         failures = []
         for step in reversed(steps):
             try:
                 state = self.restore(step, target)
             except CheckpointError as err:
+                if not fall_back:
+                    raise self._newest_unreadable(err, steps) from err
                 logging.warning('%s; falling back to the previous checkpoint', err)
                 failures.append(str(err))
                 self._reopen()
@@ -137,6 +240,17 @@ class Checkpointer:
                 'no readable checkpoint in ' + str(self.directory) + ':\n' + '\n'.join(failures)
             )
         return None
+
+    def _newest_unreadable(self, err: CheckpointError, steps: list[int]) -> CheckpointError:
+        """The error of a reader whose newest checkpoint is damaged: it names the folder and
+        the config fields that pick another step (readers do not fall back on their own)."""
+        older = steps[:-1]
+        return CheckpointError(
+            f'{err}; the newest checkpoint is unreadable and no older one is used unless asked '
+            f'for: name a step with --config.sr.checkpoint=STEP (sr) or '
+            f'--config.eval.checkpoint=STEP (eval) (older steps in {self.directory}: '
+            f'{older or "none"}), or move {self.step_dir(steps[-1])} away'
+        )
 
     def _set_aside(self, steps: list[int], reason: str) -> None:
         """Moves these steps' folders aside (process 0; every process then waits for it)."""
