@@ -229,19 +229,69 @@ QUALITY_UNFINISHED_FRACTION = 'quality_unfinished_fraction'  # Of the step's sol
 LossAndMetricsFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
+# Losses on generated images, by name: ``per_image(images, hr) -> [B]``, both on [0, 1]. A term
+# that makes an image (the ODE's sample, the regression estimate) applies each of its
+# ``ImageLosses`` ``{name: (weight, per_image)}`` to it.
+PerImageLoss = Callable[[jax.Array, jax.Array], jax.Array]
+ImageLosses = Mapping[str, tuple[float, PerImageLoss]]
+
+
+def feature_l1(features: Callable[[jax.Array], jax.Array]) -> PerImageLoss:
+    """``mean |F(images) - F(hr)|`` per image (ECDP's image-quality loss with VGG16 as F)."""
+
+    def per_image(images, hr):
+        diff = jnp.abs(features(images) - features(hr))
+        return jnp.mean(diff.reshape(diff.shape[0], -1), axis=-1)
+
+    return per_image
+
+
+def identity_distance(embed: Callable[[jax.Array], jax.Array]) -> PerImageLoss:
+    """``1 - cos(f(images), f(hr))`` per image, ``f`` a frozen recogniser of unit embeddings:
+    0 for the same face, near 1 for unrelated faces."""
+
+    def per_image(images, hr):
+        return 1.0 - jnp.sum(embed(images) * embed(hr), axis=-1)
+
+    return per_image
+
+
+def weighted_image_losses(
+    losses: ImageLosses,
+    images: jax.Array,
+    hr: jax.Array,
+    keep: jax.Array | None = None,
+    report_one: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``sum_k w_k mean_k`` over the images ``keep`` marks (all if None; 0 if none), and each
+    mean as a metric ``<name>_loss`` when there are several (or ``report_one``: a term with
+    another loss of its own)."""
+    terms, means = [], {}
+    for name, (weight, per_image) in losses.items():
+        values = per_image(images, hr)
+        if keep is None:
+            mean = jnp.mean(values)
+        else:
+            mean = jnp.sum(jnp.where(keep, values, 0.0)) / jnp.maximum(jnp.sum(keep), 1)
+        means[f'{name}_loss'] = mean
+        terms.append(weight * mean)
+    return sum(terms[1:], terms[0]), (means if len(means) > 1 or report_one else {})
+
+
 def get_quality_loss_and_metrics_fn(
     sde: SDE,
     predict_model: PredictModel,
     tcfg: Any,
-    features: Callable[[jax.Array], jax.Array],
+    image_losses: ImageLosses,
     inverse_scaler: Callable[[jax.Array], jax.Array],
 ) -> LossAndMetricsFn:
-    """ECDP's image-quality loss ``|| F(SR_theta(y)) - F(x) ||_1`` (mean over features), with
-    ``SR_theta(y)`` generated through the probability-flow ODE from the prior, and gradients
-    through the solver (``training.quality_adjoint``: memory bounded by checkpoints, or the
-    continuous adjoint), with how many solves reached ``quality_max_steps``.
+    """Losses on ``SR_theta(y)`` generated through the probability-flow ODE from the prior
+    (ECDP's image-quality loss ``|| F(SR) - F(x) ||_1``; the identity loss), weighted as
+    ``image_losses`` says, with gradients through the solver (``training.quality_adjoint``:
+    memory bounded by checkpoints, or the continuous adjoint), and how many solves reached
+    ``quality_max_steps``.
 
-    An unfinished solve's state is not a sample, so the loss is the mean over the finished
+    An unfinished solve's state is not a sample, so each loss is the mean over the finished
     solves only (0, without gradient, if none finished): counting it as 0 would lower the loss
     as solves fail. Inside the jitted step nothing can raise, so the count is returned as the
     metrics :data:`QUALITY_UNFINISHED` and :data:`QUALITY_UNFINISHED_FRACTION`; the training
@@ -255,12 +305,11 @@ def get_quality_loss_and_metrics_fn(
             sde, score_model, params, _cond(batch), noise_key, opts, tcfg.quality_t_end
         )
         to_images = lambda x: jnp.clip(inverse_scaler(x), 0.0, 1.0)
-        diff = jnp.abs(features(to_images(sr)) - features(to_images(batch['hr'])))
-        per_image = jnp.mean(diff.reshape(diff.shape[0], -1), axis=-1)
-        n_finished = jnp.sum(finished)
-        loss = jnp.sum(jnp.where(finished, per_image, 0.0)) / jnp.maximum(n_finished, 1)
-        unfinished = (finished.shape[0] - n_finished).astype(jnp.float32)
+        images, hr = to_images(sr), to_images(batch['hr'])
+        loss, metrics = weighted_image_losses(image_losses, images, hr, finished)
+        unfinished = (finished.shape[0] - jnp.sum(finished)).astype(jnp.float32)
         return loss, {
+            **metrics,
             QUALITY_UNFINISHED: unfinished,
             QUALITY_UNFINISHED_FRACTION: unfinished / finished.shape[0],
         }
@@ -275,9 +324,10 @@ def get_quality_loss_fn(
     features: Callable[[jax.Array], jax.Array],
     inverse_scaler: Callable[[jax.Array], jax.Array],
 ) -> LossFn:
-    """The loss of :func:`get_quality_loss_and_metrics_fn` alone (benchmarks, tests)."""
+    """ECDP's image-quality loss alone, ``|| F(SR) - F(x) ||_1`` (weight 1; benchmarks,
+    tests): :func:`get_quality_loss_and_metrics_fn` without its metrics."""
     loss_and_metrics = get_quality_loss_and_metrics_fn(
-        sde, predict_model, tcfg, features, inverse_scaler
+        sde, predict_model, tcfg, {'quality': (1.0, feature_l1(features))}, inverse_scaler
     )
     return lambda params, batch, key: loss_and_metrics(params, batch, key)[0]
 
@@ -306,27 +356,65 @@ def make_predict_model(config: Any, sde: SDE, model: nn.Module, train: bool) -> 
     return predict_model
 
 
-def get_regression_loss_fn(model: nn.Module) -> LossFn:
-    """Mean absolute error of the LR encoder's regression estimate against the HR image (model
-    range): ECDP's L1 pre-training of the encoder. Only the encoder and its head are computed
-    (``make_regress_fn``)."""
+def get_regression_loss_fn(
+    model: nn.Module,
+    weight: float = 1.0,
+    image_losses: ImageLosses | None = None,
+    inverse_scaler: Callable[[jax.Array], jax.Array] = lambda x: x,
+) -> LossAndMetricsFn:
+    """``weight`` x the mean absolute error of the LR encoder's regression estimate against the
+    HR image (model range): ECDP's L1 pre-training of the encoder; plus ``image_losses`` on
+    the estimate (the identity loss: a "regression + identity" mu(y)). Only the encoder and
+    its head are computed (``make_regress_fn``)."""
 
     def loss_fn(params, batch, key):
         del key
-        return jnp.mean(jnp.abs(make_regress_fn(model, params)(_cond(batch)) - batch['hr']))
+        estimate = make_regress_fn(model, params)(_cond(batch))
+        loss = weight * jnp.mean(jnp.abs(estimate - batch['hr']))
+        if not image_losses:
+            return loss, {}
+        to_images = lambda x: jnp.clip(inverse_scaler(x), 0.0, 1.0)
+        extra, metrics = weighted_image_losses(
+            image_losses, to_images(estimate), to_images(batch['hr']), report_one=True
+        )
+        return loss + extra, {**metrics, 'regression_l1': loss / weight}
 
     return loss_fn
+
+
+def _image_losses(config: Any, base: dict[str, tuple[float, PerImageLoss]]) -> ImageLosses:
+    """``base`` and, with ``training.identity_weight > 0``, the identity loss through the JAX
+    SFace (``models.sface``; frozen: its weights are constants of the step)."""
+    weight = config.training.identity_weight
+    if weight == 0:
+        return base
+    from models import sface
+
+    params = sface.load_sface_params()
+    embed = lambda images: sface.identity_embed(params, images)
+    return {**base, 'identity': (weight, identity_distance(embed))}
 
 
 def _quality_loss(config: Any, sde: SDE, predict_model: PredictModel) -> LossAndMetricsFn:
     from evaluation.lpips import make_vgg_features
 
     vgg, vgg_params = make_vgg_features()
+    features = lambda images: vgg(vgg_params, images)
     return get_quality_loss_and_metrics_fn(
         sde,
         predict_model,
         config.training,
-        lambda images: vgg(vgg_params, images),
+        _image_losses(config, {'quality': (config.training.quality_weight, feature_l1(features))}),
+        datasets.get_data_inverse_scaler(config.data.centered),
+    )
+
+
+def _regression_loss(config: Any, model: nn.Module) -> LossAndMetricsFn:
+    identity = _image_losses(config, {})
+    return get_regression_loss_fn(
+        model,
+        config.training.regression_weight,
+        identity,
         datasets.get_data_inverse_scaler(config.data.centered),
     )
 
@@ -340,25 +428,31 @@ def make_loss_fn(
 ) -> LossFn | LossAndMetricsFn:
     """The weighted sum of the terms whose weight is not 0: ``diffusion_weight`` x the loss
     named by ``config.training.loss``, ``quality_weight`` x ECDP's image-quality loss through
-    the ODE, ``regression_weight`` x the L1 of the LR encoder's regression.
+    the ODE, ``regression_weight`` x the L1 of the LR encoder's regression; ``identity_weight``
+    x ``1 - cos(f(image), f(HR))`` on the image each of the last two makes (the ODE's sample,
+    the regression estimate; the terms weigh their own losses).
 
     ``with_metrics``: ``(loss, metrics)``, the terms' own metrics (the quality loss's
     unfinished solves), for :func:`make_train_step` with ``has_aux``."""
     tcfg = config.training
     predict_model = make_predict_model(config, sde, model, train)
-    builders = {
-        'diffusion': lambda: _without_metrics(LOSSES.get(tcfg.loss)(sde, predict_model, tcfg)),
-        'quality': lambda: _quality_loss(config, sde, predict_model),
-        'regression': lambda: _without_metrics(get_regression_loss_fn(model)),
+    builders = {  # name: (weight applied here, term); image terms weigh their own losses.
+        'diffusion': lambda: (
+            tcfg.diffusion_weight,
+            _without_metrics(LOSSES.get(tcfg.loss)(sde, predict_model, tcfg)),
+        ),
+        'quality': lambda: (1.0, _quality_loss(config, sde, predict_model)),
+        'regression': lambda: (1.0, _regression_loss(config, model)),
     }
-    terms = {
-        name: (tcfg[f'{name}_weight'], build())
-        for name, build in builders.items()
-        if tcfg[f'{name}_weight'] != 0
-    }
+    terms = {name: build() for name, build in builders.items() if tcfg[f'{name}_weight'] != 0}
     if not terms:
         raise ValueError(
             'config.training: diffusion_weight, quality_weight and regression_weight are all 0'
+        )
+    if tcfg.identity_weight != 0 and not {'quality', 'regression'} & terms.keys():
+        raise ValueError(
+            'config.training.identity_weight > 0 needs a term that makes an image to judge: '
+            'quality_weight > 0 (the ODE sample) or regression_weight > 0 (mu(y))'
         )
 
     def loss_and_metrics(params, batch, key):

@@ -128,6 +128,7 @@ MIGRATIONS = {
     'compute.conv_grads': Migration('lax', "before it existed, lax's own gradients ran"),
     'training.quality_unroll': Migration(False, 'before it existed, the solve was not unrolled'),
     'sampling.temperature': Migration(1.0, 'before it existed, the prior was not tempered'),
+    'training.identity_weight': Migration(0.0, 'before it existed, there was no identity loss'),
     'training.quality_max_unfinished': Migration(
         1.0, 'before it existed, unfinished quality-loss solves never stopped training'
     ),
@@ -186,8 +187,10 @@ def merge(config: ml_collections.ConfigDict, record: dict[str, Any], where: str)
             raise ValueError(f'{where}: unknown config field {key!r}')
         if isinstance(config[key], ml_collections.ConfigDict):
             merge(config[key], value, f'{where}:{key}')
+        elif isinstance(config[key], tuple):  # (A string recorded before a field was a tuple.)
+            config[key] = ((value,) if value else ()) if isinstance(value, str) else tuple(value)
         else:
-            config[key] = tuple(value) if isinstance(config[key], tuple) else value
+            config[key] = value
 
 
 def complete(record: dict[str, Any], where: str) -> ml_collections.ConfigDict:
@@ -352,6 +355,12 @@ class Run:
     def export_record(self) -> dict[str, Any]:
         """The package's ``export.json``."""
         return read_json(self.folder / EXPORT_FILE, 'export record')
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The top-level parameter scopes the weights hold: those a package was pruned to (a
+        learned mean's encoder and regression head), () for all (every run)."""
+        return tuple(self.export_record().get('scopes', ())) if self.is_package else ()
 
     # ----------------------------------------------------------------- weights
 

@@ -59,6 +59,7 @@ import photos as photos_lib
 import runs
 import sampling
 import uncertainty
+from evaluation.report import face_key
 from utils import parallel
 from utils.images import make_grid, save_png
 from utils.progress import Progress
@@ -271,10 +272,17 @@ def write_batch(
 
 
 def write_uncertainty(
-    out_dir: Path, items: list[dict], batch: Batch, sr: np.ndarray, cfg: Any, embedder: Any
+    out_dir: Path,
+    items: list[dict],
+    batch: Batch,
+    sr: np.ndarray,
+    cfg: Any,
+    embedders: dict[str, Any],
 ) -> None:
     """Per input of the batch: posterior mean, std (array and heat map), sheet, and the
-    uncertainty figures (``uncertainty.py``) added to its manifest item."""
+    uncertainty figures (``uncertainty.py``) added to its manifest item: identity stability
+    per recogniser of ``sr.face``, SFace's as ``pairwise_cos``, another's suffixed with its
+    name (``pairwise_cos_dlib``; :func:`evaluation.report.face_key`)."""
     for j, item in enumerate(items):
         mean, std = uncertainty.mean_and_std(sr[j])
         std_rgb = uncertainty.heat_map(std, cfg.std_max)
@@ -283,9 +291,11 @@ def write_uncertainty(
         _save(std_rgb, out_dir / item['std_map'])
         save_png(uncertainty.sheet(batch['lr'][j], sr[j], mean, std_rgb), out_dir / item['sheet'])
         figures = uncertainty.summarize(std)
-        if embedder is not None:
-            figures.update(uncertainty.identity_stability(uncertainty.quantize(sr[j]), mean,
-                                                          embedder))  # fmt: skip
+        for name, embedder in embedders.items():
+            stability = uncertainty.identity_stability(
+                uncertainty.quantize(sr[j]), mean, embedder, name=f'{item["mean"]} (posterior mean)'
+            )
+            figures.update({face_key(k, name): v for k, v in stability.items()})
         item['uncertainty'] = figures
 
 
@@ -478,13 +488,13 @@ def _sample_and_write(
         exp, sampler, params, inputs, plan.per_batch, plan.rows, mean, targets
     )
     cfg = exp.config.sr
-    embedder = _embedder(cfg) if is_chief else None
+    embedders = _embedders(cfg) if is_chief else {}
     for b, (batch, sr, batch_nfe) in enumerate(batches):
         if is_chief:
             items = plan.items[b * plan.per_batch : b * plan.per_batch + len(sr)]
             write_batch(out_dir, items, batch, sr, plan.grids[b] if plan.grids else None)
             if cfg.uncertainty:
-                write_uncertainty(out_dir, items, batch, sr, cfg, embedder)
+                write_uncertainty(out_dir, items, batch, sr, cfg, embedders)
         nfe = max(nfe, batch_nfe)
         progress.update(progress.done + sr.shape[0] * sr.shape[1])
         logging.info(progress.line(f'batch {b + 1}/{num_batches}, NFE {nfe}'))
@@ -497,13 +507,20 @@ def _sample_and_write(
     }
 
 
-def _embedder(cfg: Any) -> Any:
-    """The face embedder of the identity-stability figures (None without them)."""
-    if not (cfg.uncertainty and cfg.face):
-        return None
-    from evaluation.face import get_embedder  # onnxruntime: loaded only when used.
+def _embedders(cfg: Any) -> dict[str, Any]:
+    """The recognisers of the identity-stability figures (``sr.face``; {} without them)."""
+    if not cfg.uncertainty:
+        return {}
+    from evaluation.face import get_embedders  # onnxruntime, dlib: loaded only when used.
 
-    return get_embedder(cfg.face)
+    return get_embedders(cfg.face, 'config.sr.face')
+
+
+def _stability(cfg: Any) -> bool:
+    """Whether this run writes identity-stability figures (uncertainty and a recogniser)."""
+    from evaluation.face import parse_recognisers
+
+    return bool(cfg.uncertainty and parse_recognisers(cfg.face, 'config.sr.face'))
 
 
 def _guidance(exp: experiment.Experiment, params: Any, inputs: Inputs) -> tuple:
@@ -583,7 +600,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         'sr': config.sr.to_dict(),
         'sampling': config.sampling.to_dict(),
         'temperature': config.sampling.temperature,
-        **({'identity_stability_means': STABILITY_MEANS} if cfg.uncertainty and cfg.face else {}),
+        **({'identity_stability_means': STABILITY_MEANS} if _stability(cfg) else {}),
         'guidance': config.guidance.to_dict(),
         'lr_size': lr_size(config.data),
         'hr_size': exp.hr_shape[0],

@@ -63,10 +63,22 @@ def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainSta
     return jax.jit(init, out_shardings=parallel.replicated_sharding(exp.mesh))(key)
 
 
-def initial_state_from(exp: experiment.Experiment, workdir: str | Path) -> losses.TrainState:
+def initial_state_from(
+    exp: experiment.Experiment, workdir: str | Path, fresh: Any = None
+) -> losses.TrainState:
     """A fresh train state (step 0, new optimizer) whose parameters and EMA are the EMA
-    parameters of the latest checkpoint in ``workdir``: a fine-tuning stage's start."""
-    params, step = exp.load_ema_params(workdir, must_match=('model',))
+    parameters of the latest checkpoint in ``workdir``: a fine-tuning stage's start.
+
+    A package pruned to some parameter scopes (a learned mean's ``mean/``: the encoder and its
+    regression head) gives those scopes; the others keep ``fresh`` (initial parameters), which
+    suits a stage that trains only what the package kept (e.g. the regression + identity)."""
+    scopes = runs.Run.open(workdir).scopes
+    params, step = exp.load_ema_params(workdir, must_match=('model',), scopes=scopes)
+    if scopes:
+        if fresh is None:
+            raise ValueError(f'{workdir} holds only the scopes {scopes}: give fresh parameters')
+        params = {**fresh, **params}
+        logging.info('%s holds only %s: the other parameters start fresh', workdir, scopes)
     logging.info('initialising from the EMA parameters of step %d of %s', step, workdir)
     optimizer = losses.make_optimizer(exp.config.optim)
     init = jax.jit(
@@ -223,7 +235,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
     parallel.barrier('initialised')
     restored = checkpointer.restore_latest(state)
     if restored is None and tcfg.init_from:
-        restored = initial_state_from(exp, tcfg.init_from)
+        restored = initial_state_from(exp, tcfg.init_from, state.params)
     state = restored or state
     start = int(state.step)
     if start >= tcfg.n_iters:

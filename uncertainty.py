@@ -7,11 +7,12 @@ and ``--mode eval``'s ``posterior_mean`` method) we report, per face:
 * the posterior mean and the per-pixel standard deviation over the K samples (std over the
   samples and averaged over colour channels, population std: ``ddof = 0``), the std written
   as a heat map with a fixed colour scale (``sr.std_max``), so maps of different faces compare;
-* identity stability: the mean cosine similarity of face embeddings between every pair of
-  samples, and between each sample and the posterior mean. The embedding crop is decided once
-  per face, on the posterior mean (YuNet, the training geometry's landmarks when it finds no
-  face), and applied to every sample, so a sample's artefact never moves its crop (the
-  evaluation protocol's rule).
+* identity stability, per recogniser of ``sr.face`` (``eval.face`` in eval): the mean cosine
+  similarity of face embeddings between every pair of samples, and between each sample and
+  the posterior mean. The embedding crop is decided once per face, on the posterior mean (each
+  recogniser's detector, the training geometry's fixed location when it finds no face), and
+  applied to every sample, so a sample's artefact never moves its crop (the evaluation
+  protocol's rule).
 
 Statistics are computed over the samples as written (8-bit levels), so they equal what anyone
 recomputes from the PNG files.
@@ -19,7 +20,6 @@ recomputes from the PNG files.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from typing import Any
 
@@ -76,18 +76,21 @@ def sheet(lr: np.ndarray, samples: np.ndarray, mean: np.ndarray, std_rgb: np.nda
 
 
 def identity_stability(
-    samples: np.ndarray, mean: np.ndarray, embedder: Any, reference: np.ndarray | None = None
+    samples: np.ndarray,
+    mean: np.ndarray,
+    embedder: Any,
+    reference: np.ndarray | None = None,
+    name: str = '',
 ) -> dict[str, float]:
     """Mean pairwise embedding cosine of the samples, and mean sample-to-mean cosine.
 
-    ``embedder``: an ``evaluation.face.FaceEmbedder``; the crop is decided on ``reference``
-    (the HR image in evaluation) or, without one, on ``mean``.
+    ``embedder``: an ``evaluation.face.FaceEmbedder`` (one recogniser; callers loop over
+    several); the crop is decided on ``reference`` (the HR image in evaluation) or, without
+    one, on ``mean``. A tiny or blank one is refused, naming ``name`` (the face).
     """
-    alignment = embedder.align((mean if reference is None else reference)[None])
-    repeated = type(alignment)(**{
-        f.name: np.repeat(getattr(alignment, f.name), len(samples) + 1, axis=0)
-        for f in dataclasses.fields(alignment)
-    })  # fmt: skip
+    decide = mean if reference is None else reference
+    alignment = embedder.align(decide[None], names=[name] if name else None)
+    repeated = alignment.take(np.zeros(len(samples) + 1, int))  # The one crop for all.
     images = np.concatenate([samples, mean[None]]).astype(np.float32)
     feats = embedder.embed(embedder.apply_alignment(images, repeated))
     per_sample, centre = feats[:-1], feats[-1]

@@ -8,7 +8,11 @@ Each argument is ``label=eval folder`` (split at the last ``=``), optionally
 ``bicubic`` row is added once, from the first folder that has it (all folders should hold the
 same images: equal ``eval.max_images`` and split). Writes ``<out>.md`` and ``<out>.json``:
 PSNR, SSIM, LR consistency, LPIPS, CS, verification AUC, Rank-1, NFE and sampling seconds per
-image (blank for evals made before it was recorded), with each row's number of images.
+image (blank for evals made before it was recorded), with each row's number of images. CS, AUC
+and Rank-1 are SFace's (the columns of every eval before there were several recognisers); each
+other recogniser an eval has adds ``CS <name>``, ``AUC <name>`` and ``Rank-1 <name>``
+(``CS dlib``...; blank for evals without it), read from its suffixed keys
+(:func:`evaluation.report.face_key`), so old and new eval folders share one table.
 
 ``--common`` compares on the same faces: every row is recomputed from the eval's per-image
 ``records.jsonl`` over the images that every listed eval has recorded (an unfinished eval
@@ -36,6 +40,8 @@ from configs import default  # noqa: E402
 from evaluation import report  # noqa: E402
 from evaluation import run as eval_run  # noqa: E402
 
+#: Columns of every table; the identity ones (``IDENTITY``) are SFace's, and each other
+#: recogniser adds its own (:func:`columns`).
 COLUMNS = (
     'images',
     'PSNR',
@@ -48,25 +54,39 @@ COLUMNS = (
     'NFE',
     's/image',
 )
+IDENTITY = ('CS', 'AUC', 'Rank-1')
+
+
+def _tag(column: str, recogniser: str) -> str:
+    """``CS`` for SFace, ``CS dlib`` for dlib (the keys' scheme, :func:`report.face_key`)."""
+    return column if recogniser == report.PRIMARY_RECOGNISER else f'{column} {recogniser}'
 
 
 def row(method: dict[str, Any], images: int) -> dict[str, Any]:
     """The table's values of one method of an eval's ``metrics.json`` (a protocol recorded as
-    None, e.g. verification over a single identity, gives a blank)."""
+    None, e.g. verification over a single identity, gives a blank), identity columns per
+    recogniser it has."""
     get = lambda key: method.get(key) or {}
-    rank = get('identification').get('rank', {})
-    return {
+    values = {
         'images': images,
         'PSNR': method['psnr']['mean'],
         'SSIM': method['ssim']['mean'],
         'consistency x1e-5': method['consistency']['mean'] * 1e5,
         'LPIPS': get('lpips').get('mean'),
-        'CS': get('cs').get('mean'),
-        'AUC': get('verification').get('auc'),
-        'Rank-1': rank.get('1', rank.get(1)),
-        'NFE': method.get('nfe'),
-        's/image': method.get('seconds'),
     }
+    for name in report.recognisers_in(method, 'cs') or [report.PRIMARY_RECOGNISER]:
+        rank = get(report.face_key('identification', name)).get('rank', {})
+        values[_tag('CS', name)] = get(report.face_key('cs', name)).get('mean')
+        values[_tag('AUC', name)] = get(report.face_key('verification', name)).get('auc')
+        values[_tag('Rank-1', name)] = rank.get('1', rank.get(1))
+    return {**values, 'NFE': method.get('nfe'), 's/image': method.get('seconds')}
+
+
+def columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """:data:`COLUMNS`, with each other recogniser's identity columns after SFace's."""
+    extra = [c for r in rows for c in r if c not in COLUMNS and c not in ('label', 'eval')]
+    at = COLUMNS.index(IDENTITY[-1]) + 1
+    return COLUMNS[:at] + tuple(dict.fromkeys(extra)) + COLUMNS[at:]
 
 
 def parse(pair: str) -> tuple[str, Path, str]:
@@ -200,8 +220,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = (collect_common if args.common else collect)(args.pairs)
+    names = columns(rows)
     table = common.markdown_table(
-        ('method', *COLUMNS), [[r['label'], *(_fmt(r[c]) for c in COLUMNS)] for r in rows]
+        ('method', *names), [[r['label'], *(_fmt(r.get(c)) for c in names)] for r in rows]
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,10 @@ def sr_config() -> ml_collections.ConfigDict:
     # shipped models' default (< 1) narrows it, so spread and stability would look smaller.
     sr.uncertainty_temperature = 1.0
     sr.std_max = 0.15  # Std (on [0, 1] pixels) at the top of the heat map's colour scale.
-    sr.face = 'sface'  # Face embedder of the identity-stability figures ('' = none).
+    # Recognisers of the identity-stability figures (evaluation/face.py; () = none). SFace
+    # alone by default: dlib costs about 0.1 s more per sample on a CPU; add it (CLI:
+    # --config.sr.face=sface,dlib) for a model trained with the SFace identity loss.
+    sr.face = ('sface',)
     return sr
 
 
@@ -141,7 +144,10 @@ def eval_config() -> ml_collections.ConfigDict:
     cfg.checkpoint = 0  # Training step of the checkpoint to evaluate (0 = the latest).
     cfg.seed = 0  # Sampling key: SR image i uses fold_in(PRNGKey(seed), dataset index i).
     cfg.lpips = 'alex'  # LPIPS features: 'alex' | 'vgg' (about 5x slower on CPU) | '' (off).
-    cfg.face = 'sface'  # Face embedder for CS, verification, identification ('' = off).
+    # Recognisers for CS, verification, identification (evaluation/face.py), each reported in
+    # its own columns: SFace and dlib, which nothing here trains against. () = off. CLI:
+    # --config.eval.face=sface,dlib, =dlib, or = (off).
+    cfg.face = ('sface', 'dlib')
     cfg.far_targets = (1e-2, 1e-3)  # False accept rates at which TAR is reported.
     cfg.ranks = (1, 5, 10)  # Identification ranks reported (the full CMC is also written).
     # Samples per image of the 'posterior_mean' method (>= 2; costs that many sampler runs).
@@ -225,6 +231,10 @@ def get_config() -> ml_collections.ConfigDict:
     # probability-flow ODE from the prior, gradients through the solver (0: off). A fine-tuning
     # stage: see configs/ecdp/demo.py:finetune.
     training.quality_weight = 0.0
+    # Identity loss 1 - cos(f(image), f(HR)), f the frozen JAX SFace (models/sface.py), on the
+    # image of each term that makes one: the ODE sample (quality_weight > 0) and the regression
+    # estimate (regression_weight > 0). 0: off (the step is then today's, bit for bit).
+    training.identity_weight = 0.0
     training.quality_solver = 'dopri5'  # 'dopri5' | 'tsit5' | 'bosh3' | 'heun' | 'euler'.
     training.quality_fixed_steps = 0  # > 0: that many equal steps (0: adaptive, quality_tol).
     training.quality_tol = 1e-3  # rtol = atol of the adaptive solve.

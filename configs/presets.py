@@ -82,6 +82,7 @@ def apply_smoke(config: Any) -> None:
     config.sde.num_scales = 50  # Discrete VP tables need beta_max / N < 1.
     config.sampling.num_steps = None  # = sde.num_scales, as discrete predictors require.
     config.optim.warmup = 10
+    config.eval.face = ('sface',)  # dlib costs about 0.1 s per face on CPU: one recogniser.
 
 
 # SDE-SR's samplers (N = 2000): SDE-VE, SDE-VP, SDE-subVP, and SDE-VEcs (VE with M = 2

@@ -3,11 +3,12 @@
 Data (``<shared>/lfw_pairs``), the pair list and the alignment of LFW images into the crop
 geometry are in :mod:`faces.lfw`.
 
-* :func:`lfw_verification` (sanity check of the identity pipeline): each image is detected with
-  YuNet (central face), aligned to the ArcFace 112x112 template and embedded; a pair's score is
-  the cosine similarity; accuracy follows :func:`lfw_10fold_accuracy`. Images where no face is
-  found use the median landmarks of the detected LFW images (deep-funneled images share one
-  geometry) and are counted.
+* :func:`lfw_verification` (sanity check of a recogniser's whole pipeline): each image's
+  central face is located by the recogniser's own detector (YuNet for SFace, dlib's HOG for
+  dlib), aligned into its crop and embedded; a pair's score is the cosine similarity;
+  accuracy follows :func:`lfw_10fold_accuracy`. Images where no face is found use the median
+  location of the faces found on the others (deep-funneled images share one geometry) and
+  are counted.
 * :data:`PAIR_PROTOCOLS`: the pairs of the ``lfw_pairs`` data source (``datasets.py``) as
   indices of its images, so that ``--mode eval`` scores the pairs from the stored embeddings
   (:mod:`evaluation.report`).
@@ -25,8 +26,6 @@ from PIL import Image
 
 from evaluation.face import FaceEmbedder, get_embedder
 from evaluation.protocols import auc, cosine_similarity, lfw_10fold_accuracy
-from faces.align import alignment_from_faces, warp_affine
-from faces.detect import select_central
 from faces.lfw import lfw_pair_set
 from utils.paths import shared_data_dir
 from utils.registry import Registry
@@ -49,22 +48,26 @@ def _load(root: Path, names: list[str]) -> np.ndarray:
 def embed_lfw_images(
     root: Path, names: list[str], embedder: FaceEmbedder, chunk: int = 256, log: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings ``[N, D]`` of LFW images and a ``[N]`` bool mask of detected faces."""
+    """Embeddings ``[N, D]`` of LFW images and a ``[N]`` bool mask of detected faces.
+
+    Each recogniser locates faces its own way (:class:`FaceEmbedder`); where it finds none,
+    the median of the faces it found on the other images is used (deep-funneled images share
+    one geometry).
+    """
     images = _load(root, names)
-    h, w = images.shape[1:3]
     faces = []
-    for k, img in enumerate(images):
-        faces.append(select_central(embedder.detector.detect(img), h, w))
-        if log and (k + 1) % 1000 == 0:
-            print(f'detected {k + 1}/{len(images)}', file=sys.stderr, flush=True)
-    found = [f.landmarks for f in faces if f is not None]
+    for i in range(0, len(images), chunk):
+        faces += embedder.find_faces(images[i : i + chunk])
+        if log:
+            print(f'detected {len(faces)}/{len(images)}', file=sys.stderr, flush=True)
+    found = [f for f in faces if f is not None]
     if not found:
         raise RuntimeError('no face detected in any LFW image')
-    alignment = alignment_from_faces(faces, np.median(np.stack(found), axis=0))
+    alignment = embedder.alignment(images, faces, embedder.median_face(found))
     embs = []
     for i in range(0, len(images), chunk):
-        crops = warp_affine(images[i : i + chunk], alignment.matrices[i : i + chunk]) / 255.0
-        embs.append(embedder.embed(crops))
+        part = slice(i, i + chunk)
+        embs.append(embedder.embed(embedder.apply_alignment(images[part], alignment.take(part))))
         if log:
             print(
                 f'embedded {min(i + chunk, len(images))}/{len(images)}', file=sys.stderr, flush=True

@@ -2,10 +2,12 @@
 
 ``python main.py --config C --workdir W --mode eval`` writes ``W/eval/<name>/``:
 
-* ``records.jsonl``: one line per image, by dataset index: identity, whether YuNet found a
-  face on the HR, the HR embedding and, per method, PSNR, SSIM, LR consistency, LPIPS, CS and
-  the output's embedding (format in :mod:`evaluation.report`). The file is rewritten through a
-  temporary file and a rename after every batch, so a killed eval keeps every finished batch;
+* ``records.jsonl``: one line per image, by dataset index: identity, and per recogniser of
+  ``eval.face`` whether it found a face on the HR and the HR embedding; per method, PSNR,
+  SSIM, LR consistency, LPIPS, and per recogniser CS and the output's embedding (format and
+  the per-recogniser keys, ``cs`` for SFace and ``cs_dlib`` for dlib:
+  :mod:`evaluation.report`). The file is rewritten through a temporary file and a rename
+  after every batch, so a killed eval keeps every finished batch;
   a restart skips the images already recorded, so nothing is counted twice. ``settings.json``
   holds what the values depend on (data, sampler, checkpoint step, seed, metric networks); a
   restart with other settings stops with an error instead of mixing them.
@@ -46,8 +48,13 @@ output at noise ``guidance.eval_sigma`` (does guidance move the attribute?), and
 ``judge_prob``: the same probability by an independent classifier that did not guide
 (``guidance.judge``, :mod:`evaluation.judge`), over the attributes it judges.
 
-Face metrics align on the HR image (YuNet landmarks -> ArcFace template) and cut HR and output
-with the same transform, so an SR artefact never moves the crop (:mod:`evaluation.face`).
+Face metrics (``eval.face``: recognisers, default ``('sface', 'dlib')``; on the command line
+``--config.eval.face=sface,dlib``, ``=dlib``, or ``=`` for none) align on the HR image, each
+recogniser its own way (SFace: YuNet landmarks -> ArcFace template; dlib: its detector, 5-point
+landmarks and face chip), and cut HR and output with the same transform, so an SR artefact
+never moves the crop (:mod:`evaluation.face`). Every identity column (CS, AUC, TAR@FAR,
+rank-k, LFW pairs, identity stability) is reported per recogniser; ``roc.png`` and ``cmc.png``
+have a panel per recogniser.
 
 Sweep (``eval.sweep_key='sampling.snr'``, ``eval.sweep_values=(...)``): evaluates ``sr`` once
 per value (each in its own folder, resumable), the baselines once, and writes
@@ -132,7 +139,8 @@ class MetricFns:
     """The metrics that load networks, built once per run (``None``: off)."""
 
     lpips: Callable[[Any, Any], jax.Array] | None
-    embedder: Any | None
+    # The recognisers of ``eval.face`` by name, in its order ({}: face metrics off).
+    embedders: dict[str, Any] = dataclasses.field(default_factory=dict)
     # ``attributes(outputs, dataset_indices) -> [B]``: the classifiers' probability of each
     # image's requested attributes (``config.guidance``; None: no guidance configured).
     attributes: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
@@ -219,7 +227,8 @@ def eval_settings(
         'data': config.data.to_dict(),
         'split': datasets.split_name(ecfg.split),
         'lpips': ecfg.lpips,
-        'face': ecfg.face,
+        # 'sface,dlib' ('sface' alone as every folder before several recognisers holds it).
+        'face': ','.join(recogniser_names(ecfg.face)),
     }
     if mean.apply is not None:
         settings['mean_model'] = {'folder': mean.workdir, 'step': mean.step}
@@ -312,11 +321,19 @@ def image_metrics(
     }
 
 
+def recogniser_names(face: Any, field: str = 'config.eval.face') -> tuple[str, ...]:
+    """``eval.face`` as recogniser names (:func:`evaluation.face.parse_recognisers`)."""
+    from evaluation.face import parse_recognisers
+
+    return parse_recognisers(face, field)
+
+
 def face_metrics(
-    embedder: Any, hr: np.ndarray, outputs: dict[str, np.ndarray]
+    embedder: Any, hr: np.ndarray, outputs: dict[str, np.ndarray], names: Sequence[str] = ()
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Faces found on the HR, HR embeddings and each output's, all cut with the HR transform."""
-    alignment = embedder.align(hr)
+    """Faces found on the HR, HR embeddings and each output's, all cut with the HR transform
+    (``names``: the HR images' names in a refusal of a tiny or blank one)."""
+    alignment = embedder.align(hr, names=list(names) or None)
     hr_emb = embedder.embed(embedder.apply_alignment(hr, alignment))
     embs = {
         m: hr_emb if m == 'hr' else embedder.embed(embedder.apply_alignment(out, alignment))
@@ -349,21 +366,37 @@ def batch_records(
         index = int(batch['index'][r])
         methods = {m: {k: float(v[r]) for k, v in vals.items()} for m, vals in values.items()}
         records[index] = {'index': index, 'id': int(batch['id'][r]), 'methods': methods}
-    if fns.embedder is not None:
-        detected, hr_emb, embs = face_metrics(
-            fns.embedder,
-            to_rgb(batch['hr'][rows]),
-            {m: to_rgb(o[rows]) for m, o in outputs.items()},
-        )
-        cs = {m: cosine_similarity(e, hr_emb) for m, e in embs.items()}
-        for j, r in enumerate(rows):
-            record = records[int(batch['index'][r])]
-            record.update(detected=bool(detected[j]), emb_hr=report.encode_embedding(hr_emb[j]))
-            for m in outputs:
-                record['methods'][m].update(
-                    cs=float(cs[m][j]), emb=report.encode_embedding(embs[m][j])
-                )
+    for name, embedder in fns.embedders.items():
+        add_face_records(records, batch, outputs, rows, name, embedder)
     return records
+
+
+def add_face_records(
+    records: dict[int, dict],
+    batch: dict[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+    rows: list[int],
+    name: str,
+    embedder: Any,
+) -> None:
+    """Recogniser ``name``'s fields (``detected``, ``emb_hr``, per method ``cs`` and ``emb``,
+    keyed by :func:`report.face_key`) added to the records of batch ``rows``."""
+    key = lambda k: report.face_key(k, name)
+    detected, hr_emb, embs = face_metrics(
+        embedder,
+        to_rgb(batch['hr'][rows]),
+        {m: to_rgb(o[rows]) for m, o in outputs.items()},
+        [f'dataset index {int(batch["index"][r])}' for r in rows],
+    )
+    cs = {m: cosine_similarity(e, hr_emb) for m, e in embs.items()}
+    for j, r in enumerate(rows):
+        record = records[int(batch['index'][r])]
+        record[key('detected')] = bool(detected[j])
+        record[key('emb_hr')] = report.encode_embedding(hr_emb[j])
+        for m in outputs:
+            values = record['methods'][m]
+            values[key('cs')] = float(cs[m][j])
+            values[key('emb')] = report.encode_embedding(embs[m][j])
 
 
 def batch_outputs(
@@ -595,28 +628,32 @@ def posterior_mean_fn(sample: Callable, draws: int) -> Callable[[dict[str, np.nd
 
 def add_stability(
     records: dict[int, dict], batch: dict[str, np.ndarray], rows: list[int], samples: np.ndarray,
-    embedder: Any,
+    embedders: dict[str, Any],
 ) -> None:  # fmt: skip
-    """Adds the samples' mean pixel std and (with ``embedder``) identity stability, cut with
-    the HR's transform as every face metric, to each record's ``posterior_mean``."""
+    """Adds the samples' mean pixel std and each recogniser's identity stability
+    (``pairwise_cos``, ``to_mean_cos`` by :func:`report.face_key`), cut with the HR's transform
+    as every face metric, to each record's ``posterior_mean``."""
     for r in rows:
-        values = records[int(batch['index'][r])]['methods']['posterior_mean']
+        index = int(batch['index'][r])
+        values = records[index]['methods']['posterior_mean']
         values['std_mean'] = float(np.std(samples[r], axis=0).mean())
-        if embedder is not None:
+        for name, embedder in embedders.items():
             figures = uncertainty.identity_stability(
                 to_rgb(samples[r]), to_rgb(samples[r].mean(0)), embedder,
-                reference=to_rgb(batch['hr'][r]))  # fmt: skip
-            values.update(pairwise_cos=figures['pairwise_cos'], to_mean_cos=figures['to_mean_cos'])
+                reference=to_rgb(batch['hr'][r]), name=f'dataset index {index}')  # fmt: skip
+            for k in ('pairwise_cos', 'to_mean_cos'):
+                values[report.face_key(k, name)] = figures[k]
 
 
 def make_metric_fns(ecfg: Any) -> MetricFns:
-    """LPIPS (``eval.lpips``) and the face embedder (``eval.face``), each ``None`` if off."""
-    from evaluation.face import get_embedder
+    """LPIPS (``eval.lpips``, ``None`` if off) and the recognisers of ``eval.face`` ({} if
+    off)."""
+    from evaluation.face import get_embedders
     from evaluation.lpips import make_lpips
 
     return MetricFns(
         lpips=make_lpips(ecfg.lpips) if ecfg.lpips else None,
-        embedder=get_embedder(ecfg.face) if ecfg.face else None,
+        embedders=get_embedders(ecfg.face, 'config.eval.face'),
     )
 
 
@@ -649,12 +686,11 @@ def write_report(
     caption = report.table_caption(name, summary, config)
     table = report.markdown_table(summary, ecfg, caption)
     report.atomic_write_text(out / 'table.md', table)
-    stats = summary['methods'].values()
-    if any(s.get('verification') for s in stats):
+    if report.has_protocol(summary, 'verification'):  # (A panel per recogniser.)
         report.plot_roc(out / 'roc.png', summary, ecfg.far_targets)
-    if any(s.get('identification') for s in stats):
+    if report.has_protocol(summary, 'identification'):
         report.plot_cmc(out / 'cmc.png', summary)
-    if any(s.get(report.PAIRS_KEY) for s in stats):
+    if report.has_protocol(summary, report.PAIRS_KEY):
         report.plot_pair_roc(out / 'roc_lfw.png', summary, ecfg.far_targets)
     logging.info('eval %s:\n%s', name, table)
     return metrics
@@ -686,6 +722,17 @@ def sample_timed(
         seconds = np.full(batch_size, (time.perf_counter() - began) / batch_size)
         cost[m] = {'nfe': sampled[m][1], 'seconds': seconds}
     return sampled, cost
+
+
+def recorded(
+    records: dict[int, dict], limit: int, methods: Sequence[str], path: Path
+) -> list[dict]:
+    """The records of images ``0..limit-1`` with every method, or an error naming ``path`` and
+    the first images without (the report is of exactly those images)."""
+    absent = [i for i in range(limit) if missing(records.get(i), methods)]
+    if absent:
+        raise RuntimeError(f'{path}: no records for images {absent[:10]}')
+    return [records[i] for i in range(limit)]
 
 
 def evaluate(
@@ -737,7 +784,7 @@ def evaluate(
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
         new = batch_records(batch, outputs, rows, fns, config, cost)
         if 'posterior_mean' in sampled:
-            add_stability(new, batch, rows, sampled['posterior_mean'][2], fns.embedder)
+            add_stability(new, batch, rows, sampled['posterior_mean'][2], fns.embedders)
         merge_records(records, new)
         save_records(out / RECORDS, records)
         progress.update(progress.done + len(rows))
@@ -746,10 +793,7 @@ def evaluate(
     # ----- Report -----
     if not chief:
         return {}
-    absent = [i for i in range(limit) if missing(records.get(i), methods)]
-    if absent:
-        raise RuntimeError(f'{out / RECORDS}: no records for images {absent[:10]}')
-    kept = [records[i] for i in range(limit)]
+    kept = recorded(records, limit, methods, out / RECORDS)
     return write_report(out, name, kept, methods, settings, config, pairs)
 
 
@@ -778,18 +822,20 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.sum(a * b) / denom) if keep.sum() >= 2 and denom > 0 else float('nan')
 
 
-def _sweep_levels(baselines: dict | None) -> dict[str, dict[str, float]]:
-    """Each once-evaluated method's mean PSNR and CS (the sweep plot's reference lines)."""
+def _sweep_levels(baselines: dict | None, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each once-evaluated method's mean PSNR and CS per recogniser (the plot's reference
+    lines)."""
     if not baselines:
         return {}
     return {
         metric: {m: s[metric]['mean'] for m, s in baselines['methods'].items() if metric in s}
-        for metric in ('psnr', 'cs')
+        for metric in ('psnr', *(report.face_key('cs', n) for n in names))
     }
 
 
-def _sweep_protocols(results: Sequence[dict], method: str) -> dict[str, list]:
-    """AUC, Rank-1 and the attribute probabilities of ``method`` per swept value."""
+def _sweep_protocols(results: Sequence[dict], method: str, names: Sequence[str]) -> dict:
+    """AUC and Rank-1 per recogniser, and the attribute probabilities, of ``method`` per
+    swept value."""
 
     def get(result: dict, *path: str) -> Any:
         node = result['methods'][method]
@@ -797,12 +843,14 @@ def _sweep_protocols(results: Sequence[dict], method: str) -> dict[str, list]:
             node = (node or {}).get(part)
         return node
 
-    return {
-        'auc': [get(r, 'verification', 'auc') for r in results],
-        'rank1': [get(r, 'identification', 'rank', '1') for r in results],
-        'attr_prob': [get(r, 'attr_prob', 'mean') for r in results],
-        'judge_prob': [get(r, 'judge_prob', 'mean') for r in results],
-    }
+    out = {}
+    for n in names:
+        ver, ide = report.face_key('verification', n), report.face_key('identification', n)
+        out[report.face_key('auc', n)] = [get(r, ver, 'auc') for r in results]
+        out[report.face_key('rank1', n)] = [get(r, ide, 'rank', '1') for r in results]
+    for key in ('attr_prob', 'judge_prob'):
+        out[key] = [get(r, key, 'mean') for r in results]
+    return out
 
 
 def sweep_summary(
@@ -813,7 +861,9 @@ def sweep_summary(
     method: str = 'sr',
 ) -> dict[str, Any]:
     """PSNR and CS of ``method`` per value, their correlations, the face protocols and
-    attribute probabilities per value, and the levels of the methods evaluated once."""
+    attribute probabilities per value, and the levels of the methods evaluated once. CS, AUC
+    and Rank-1 are per recogniser (:func:`report.face_key`); the correlations and the
+    per-image points are of the first one."""
 
     def column(result: dict, metric: str) -> list[float]:
         rows = result['per_image']
@@ -822,24 +872,28 @@ def sweep_summary(
     def stat(metric: str, which: str) -> list[float]:
         return [(r['methods'][method].get(metric) or {}).get(which, float('nan')) for r in results]
 
-    per_image = [{'psnr': column(r, 'psnr'), 'cs': column(r, 'cs')} for r in results]
+    names = results[0].get('recognisers') or [report.PRIMARY_RECOGNISER]
+    cs_keys = [report.face_key('cs', n) for n in names]
+    cs = cs_keys[0]
+    per_image = [{'psnr': column(r, 'psnr'), cs: column(r, cs)} for r in results]
     return {
         'key': key,
         'method': method,
         'values': list(values),
         'names': [r['name'] for r in results],
-        'psnr': {'mean': stat('psnr', 'mean'), 'std': stat('psnr', 'std')},
-        'ssim': {'mean': stat('ssim', 'mean'), 'std': stat('ssim', 'std')},
-        'cs': {'mean': stat('cs', 'mean'), 'std': stat('cs', 'std')},
+        'recognisers': list(names),
+        **{m: {'mean': stat(m, 'mean'), 'std': stat(m, 'std')} for m in ('psnr', 'ssim')},
+        **{k: {'mean': stat(k, 'mean'), 'std': stat(k, 'std')} for k in cs_keys},
         'nfe': [r['methods'][method].get('nfe') for r in results],
-        **_sweep_protocols(results, method),
+        **_sweep_protocols(results, method, names),
         'correlation': {
-            'means': pearson(stat('psnr', 'mean'), stat('cs', 'mean')),
+            'recogniser': names[0],
+            'means': pearson(stat('psnr', 'mean'), stat(cs, 'mean')),
             'per_image': pearson(
-                sum((p['psnr'] for p in per_image), []), sum((p['cs'] for p in per_image), [])
+                sum((p['psnr'] for p in per_image), []), sum((p[cs] for p in per_image), [])
             ),
         },
-        'baselines': _sweep_levels(baselines),
+        'baselines': _sweep_levels(baselines, names),
         'per_image': per_image,
     }
 

@@ -212,6 +212,12 @@ class Alignment:
     def __len__(self) -> int:
         return len(self.matrices)
 
+    def take(self, index: Any) -> Alignment:
+        """The transforms of images ``index`` (a slice, or indices that may repeat: one face's
+        transform for each of its K samples), so that a subset is cut exactly as the whole."""
+        fields = dataclasses.fields(self)
+        return Alignment(**{f.name: np.asarray(getattr(self, f.name))[index] for f in fields})
+
 
 def alignment_from_faces(faces: list[Detection | None], fallback: np.ndarray) -> Alignment:
     """:class:`Alignment` from one detection (or ``None``) per image; ``None`` -> ``fallback``.

@@ -224,6 +224,53 @@ def test_baselines_need_no_checkpoint(eval_faces, tmp_path):
         parse_methods(['bicubic', 'nearest'])
 
 
+def test_every_recogniser_gets_its_own_identity_columns(eval_faces, tmp_path):
+    """``eval.face=('sface', 'dlib')`` (issue 20 #1): records, metrics.json, metrics.csv,
+    table.md and the plots carry each recogniser's identity fields (SFace's plain, dlib's
+    suffixed), each recomputable from its own embeddings; compare_evals shows both."""
+    pytest.importorskip('dlib', reason='pip install --no-deps dlib-bin (requirements-nodeps.txt)')
+    pytest.importorskip('face_recognition_models', reason='pip install -r requirements.txt')
+    from bench import compare_evals
+
+    config = _config(demo.get_config('smoke'), eval_faces, methods=parse_methods(['bicubic,hr']),
+                     max_images=6, lpips='', face=('sface', 'dlib'))  # fmt: skip
+    metrics = _run(config, tmp_path)
+    out = tmp_path / 'eval' / f'{eval_faces.name}-test-x4-baselines'
+    assert metrics['recognisers'] == ['sface', 'dlib'] and metrics['n_face_fallback_dlib'] == 0
+    assert json.loads((out / 'settings.json').read_text())['face'] == 'sface,dlib'
+    records = [json.loads(line) for line in (out / RECORDS).read_text().splitlines()]
+    for suffix in ('', '_dlib'):
+        hr = np.stack([decode_embedding(r[f'emb_hr{suffix}']) for r in records])
+        emb = np.stack([decode_embedding(r['methods']['bicubic'][f'emb{suffix}']) for r in records])
+        cs = [r['cs' + suffix] for r in metrics['per_image'] if r['method'] == 'bicubic']
+        np.testing.assert_allclose(cs, np.sum(hr * emb, axis=1), atol=1e-6)
+        assert 'detected' + suffix in records[0] and 'detected' + suffix in metrics['per_image'][0]
+        stats = metrics['methods']['hr']
+        assert stats['cs' + suffix]['mean'] == pytest.approx(1.0, abs=1e-5)
+        assert stats['verification' + suffix]['auc'] > 0.95  # 2 people, 3 faces each, 32 px
+        assert stats['identification' + suffix]['rank']['1'] == 1.0
+        assert metrics['methods']['bicubic']['cs' + suffix]['mean'] < 0.99
+    sface, dlib = (
+        np.stack([decode_embedding(r[k]) for r in records]) for k in ('emb_hr', 'emb_hr_dlib')
+    )
+    assert sface.shape == dlib.shape == (6, 128) and np.abs(sface - dlib).max() > 0.1
+    header = (out / 'table.md').read_text().splitlines()[0]
+    for column in ('CS (sface)', 'AUC (sface)', 'Rank-10 (sface)', 'CS (dlib)', 'TAR@1e-2 (dlib)'):
+        assert f'| {column} |' in header, column
+    with open(out / 'metrics.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert {'cs', 'cs_dlib', 'detected_dlib'} <= set(rows[0])
+    assert float(rows[-2]['cs_dlib']) == pytest.approx(1.0, abs=1e-5)  # hr's mean row
+    for plot in ('roc.png', 'cmc.png'):  # A panel per recogniser.
+        assert Image.open(out / plot).size[0] == 2 * 500, plot
+    rows = compare_evals.collect([f'hr={out}#hr'])
+    auc_dlib = metrics['methods']['hr']['verification_dlib']['auc']
+    assert rows[0]['CS'] == pytest.approx(1.0, abs=1e-5) and rows[0]['AUC dlib'] == auc_dlib
+    common = compare_evals.collect_common([f'hr={out}#hr'])
+    assert common[0]['Rank-1 dlib'] == 1.0 and common[1]['CS dlib'] < 0.99  # (bicubic)
+    assert compare_evals.columns(rows).index('CS dlib') == compare_evals.COLUMNS.index('NFE')
+
+
 def test_lfw_pairs_verification_from_records(lfw_pairs, tmp_path):
     """SR-HR and SR-SR pair scores and 10-fold accuracies recomputed by hand from the records."""
     from evaluation.protocols import auc, lfw_10fold_accuracy
@@ -292,7 +339,7 @@ def _sr_psnr(config: Any, workdir: Path, count: int) -> list[float]:
 def test_device_counts_that_do_not_divide_the_batch(counts, trained, eval_faces, caplog):
     """Issue 12 #1: eval batch 4 on 3 devices uses 2 (logged); every count gives the same SR."""
     config, workdir = trained
-    cfg = _config(config, eval_faces, max_images=4, lpips='', face='', methods=('sr',))
+    cfg = _config(config, eval_faces, max_images=4, lpips='', face=(), methods=('sr',))
     reference = _sr_psnr(cfg, workdir, DEVICES)
     assert len(reference) == 4 and all(np.isfinite(reference))
     for count in counts:  # (Equal to float rounding: XLA may round another shape differently.)
@@ -304,7 +351,7 @@ def test_killed_eval_continues_and_counts_nothing_twice(trained, eval_faces, cap
     """SIGKILL after the first batch's records: the rerun does only the rest and reports what
     an uninterrupted eval reports."""
     config, workdir = trained
-    fields = dict(name='killed', lpips='', face='', methods='sr,bicubic')
+    fields = dict(name='killed', lpips='', face=(), methods='sr,bicubic')
     command = [
         sys.executable, str(REPO_ROOT / 'main.py'), '--mode', 'eval', '--workdir', str(workdir),
         '--config', str(REPO_ROOT / 'configs/demo.py') + ':smoke',
@@ -351,7 +398,7 @@ def test_guided_and_unguided_sr_in_one_eval(trained, eval_faces, tmp_path):
     ckpt = tmp_path / 'classifier'
     variables = jax.tree.map(np.asarray, random_variables(classifier, (32, 32, 3)))
     ckpt.write_bytes(flax.serialization.msgpack_serialize(variables))
-    cfg = _config(config, eval_faces, max_images=4, lpips='', face='', methods=('sr', 'hr'))
+    cfg = _config(config, eval_faces, max_images=4, lpips='', face=(), methods=('sr', 'hr'))
     cfg.guidance.update(
         attributes=('male',), checkpoints=(str(ckpt),), classifier='tiny_densenet', targets=(1,)
     )

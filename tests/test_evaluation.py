@@ -221,7 +221,10 @@ def test_embedder_separates_identities(id_faces, sface):
 def test_alignment_shared_by_hr_and_sr_and_fallback(id_faces, sface):
     from faces.align import ARCFACE_TEMPLATE, CELEBA_ID128_LANDMARKS, similarity_transform
 
-    hr = np.concatenate([id_faces[0][:2], np.zeros_like(id_faces[0][:1])])  # 3rd: no face
+    # The 3rd has no face (a grey ramp; a blank image would be refused, test_face_dlib.py).
+    shape = id_faces[0].shape[1:]
+    ramp = np.broadcast_to(np.linspace(0, 255, shape[1])[None, :, None], shape)
+    hr = np.concatenate([id_faces[0][:2], ramp[None].astype(np.uint8)])
     sr = np.clip(np.asarray(upscale(downscale(hr / 255.0, 4), 4)), 0, 1)  # float [0, 1]
     hr_emb, sr_emb, alignment = sface.embed_pairs(hr, sr)
     assert alignment.detected.tolist() == [True, True, False] and alignment.n_fallback == 1

@@ -250,8 +250,9 @@ def _quality_fn(max_steps: int):
     sde = sde_lib.MeanRevertingSDE(N=100, sigma=0.2)
     predict_model = lambda p, k: lambda u, t, c: {'score': -p['a'] * u / 0.04}
     features = lambda images: 3.0 * images
+    image_losses = {'quality': (1.0, losses.feature_l1(features))}
     return losses.get_quality_loss_and_metrics_fn(
-        sde, predict_model, _quality_tcfg(max_steps), features, lambda x: x
+        sde, predict_model, _quality_tcfg(max_steps), image_losses, lambda x: x
     )
 
 

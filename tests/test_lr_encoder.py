@@ -152,7 +152,7 @@ def _overrides(config, **fields):
     config.unlock()
     config.training.update(n_iters=2, log_freq=1, checkpoint_freq=2, batch_size=8)
     config.eval.update(
-        max_images=8, batch_size=8, face='', lpips='', methods=('sr', 'mean', 'bicubic', 'hr')
+        max_images=8, batch_size=8, face=(), lpips='', methods=('sr', 'mean', 'bicubic', 'hr')
     )
     config.sampling.update(method='dpm2m', num_steps=3, schedule='logsnr')
     for key, value in fields.items():
@@ -323,6 +323,17 @@ def test_export_packages_the_run_and_its_mean(two_stages, tmp_path, monkeypatch)
         np.testing.assert_array_equal(np.asarray(a).astype(np.float16).astype(np.float32), b)
     mean = mean_model.load(packaged, workdir=folder)
     assert set(mean.params) == {'lr_encoder', 'lr_regression'} and mean.step == 2
+    # A stage may start from the pruned mean (regression + identity): its scopes, the rest fresh.
+    import train
+
+    mean_dir = folder / runs.MEAN_DIR
+    mean_exp = experiment.build(runs.Run.open(mean_dir).config(), None, mean_dir)
+    fresh = mean_exp.init_params(jax.random.key(3))
+    state = train.initial_state_from(mean_exp, mean_dir, fresh)
+    for scope, sub in state.params.items():
+        expected = mean.params[scope] if scope in mean.params else fresh[scope]
+        for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=scope)
     # Weights of another shape: refused, naming the file and the array.
     import flax.serialization
     from flax.traverse_util import flatten_dict, unflatten_dict

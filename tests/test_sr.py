@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -217,6 +218,22 @@ def test_missing_or_mismatched_checkpoint(workdir, lr_dir, tmp_path):
     with pytest.raises(ValueError, match=r'config\.model\.nf: trained 16, now 32'):
         _run(config, workdir)
     assert not out.exists()
+
+
+def test_a_damaged_newest_checkpoint_stops_sr_instead_of_an_older_step(workdir, lr_dir, tmp_path):
+    """Issue 19 #10: sr never falls back silently to an older step; it names the damaged one
+    and how to ask for another, and moves nothing (readers leave files alone)."""
+    damaged = tmp_path / 'run'
+    shutil.copytree(workdir, damaged)
+    for path in (damaged / 'checkpoints' / '20').rglob('*'):
+        if path.is_file() and path.stat().st_size > 1000:
+            path.write_bytes(path.read_bytes()[:100])  # Truncated array data.
+    config = _config(lr_dir, input=str(lr_dir), output=str(tmp_path / 'out'))
+    with pytest.raises(CheckpointError, match=r'checkpoints/20(.|\n)*sr\.checkpoint=STEP'):
+        _run(config, damaged)
+    assert (damaged / 'checkpoints' / '20').is_dir() and not (tmp_path / 'out').exists()
+    config.sr.checkpoint = 10  # Asked for explicitly: an older step is fine.
+    assert _run(config, damaged)['checkpoint_step'] == 10
 
 
 def test_two_inputs_with_one_output_name_are_refused():
@@ -429,7 +446,7 @@ def test_guided_sr_at_h_0_is_unguided(workdir, lr_dir, tmp_path):
 def test_uncertainty_outputs_equal_numpy_over_the_written_samples(workdir, lr_dir, tmp_path):
     out = tmp_path / 'unc'
     config = _config(lr_dir, input=str(lr_dir), output=str(out), num_samples=3, max_images=2,
-                     uncertainty=True, face='')  # fmt: skip
+                     uncertainty=True, face=())  # fmt: skip
     manifest = _run(config, workdir)
     for item in manifest['items']:
         samples = np.stack([_read(out / name) for name in item['sr']]).astype(np.float64) / 255
@@ -445,13 +462,17 @@ def test_uncertainty_outputs_equal_numpy_over_the_written_samples(workdir, lr_di
 def test_uncertainty_samples_the_posterior_at_temperature_1(workdir, lr_dir, tmp_path):
     """Issue 19 #6: a model configured at temperature 0.5 still draws its uncertainty samples
     at sr.uncertainty_temperature (1): the samples equal an untempered run's, and the manifest
-    records the temperature used and what identity stability means."""
+    records the temperature used and what identity stability means, per recogniser."""
     config = _config(lr_dir, input=str(lr_dir), output=str(tmp_path / 'unc'), num_samples=2,
-                     max_images=1, uncertainty=True, face='sface', grid=False)  # fmt: skip
+                     max_images=1, uncertainty=True, grid=False)  # fmt: skip
+    config.sr.face = ('sface', 'dlib')
     config.sampling.temperature = 0.5
     manifest = _run(config, workdir)
     assert manifest['temperature'] == 1.0 and manifest['sampling']['temperature'] == 1.0
     assert 'not that the face is the real person' in manifest['identity_stability_means']
+    figures = manifest['items'][0]['uncertainty']  # Identity stability per recogniser.
+    for key in ('pairwise_cos', 'to_mean_cos', 'pairwise_cos_dlib', 'to_mean_cos_dlib'):
+        assert -1 <= figures[key] <= 1, key
     plain = _config(lr_dir, input=str(lr_dir), output=str(tmp_path / 'plain'), num_samples=2,
                     max_images=1, grid=False)  # fmt: skip
     reference = _run(plain, workdir)

@@ -522,8 +522,9 @@ def test_unfinished_quality_solves_are_logged_then_stop_the_run(
 
     def quality(config, sde, predict_model):
         inverse = datasets.get_data_inverse_scaler(config.data.centered)
+        image_losses = {'quality': (1.0, losses.feature_l1(lambda x: x))}
         return losses.get_quality_loss_and_metrics_fn(
-            sde, predict_model, config.training, lambda x: x, inverse
+            sde, predict_model, config.training, image_losses, inverse
         )
 
     monkeypatch.setattr(losses, '_quality_loss', quality)

@@ -31,6 +31,12 @@ On the shared 2-core VM the L1 stage (3000 steps, batch 16) took 22 min and the 
 (bicubic 18.51 / 0.424), and it halves sigma^2 (0.0084 against 0.0150 around bicubic).
 ``sampling.temperature`` below 1 moves the samples towards that mean (see the README).
 
+``regress_identity`` fine-tunes a trained regression with the identity loss (issue 20:
+``training.identity_weight``, the frozen JAX SFace), e.g. the shipped 4x model's mean::
+
+    python main.py --config configs/ecdp/demo.py:regress_identity --workdir RI \
+        --config.data.downscale=4 --config.training.init_from=pretrained/ecdp_x4/mean
+
 ``encoder_finetune`` is the quality stage of the ``encoder`` model (around the same learned
 mean: pass ``--config.sde.mean_model=R`` and copy W's ``residual_stats.json``, or rerun
 ``--mode stats``).
@@ -41,7 +47,10 @@ and ``smoke_encoder`` are the two stages at that size.
 
 from configs import default, presets
 
-STAGES = ('smoke', 'regress', 'encoder', 'finetune')
+STAGES = ('smoke', 'regress', 'encoder', 'finetune', 'identity')
+# The identity loss's weight in the 'identity' stage: 1 - cos is about 0.5 for mu(y) against
+# its HR face, the L1 of mu(y) about 0.07 (model range), so 0.1 makes them comparable.
+IDENTITY_WEIGHT = 0.1
 
 
 def get_config(arg: str = ''):
@@ -87,6 +96,14 @@ def get_config(arg: str = ''):
         config.sde.name = 'vpsde'  # Unused: no diffusion term; needs no statistics.
         config.training.update(diffusion_weight=0.0, n_iters=3000, batch_size=16, snapshot_freq=0)
         config.optim.lr = 5e-4
+    if 'identity' in parts:
+        # Identity loss (issue 20) on every image a term makes: with 'regress' a "regression +
+        # identity" mu(y), fine-tuned from a trained regression (init_from: a run, or a
+        # shipped model's mean/ package), briefly and at a lower learning rate.
+        config.training.identity_weight = IDENTITY_WEIGHT
+        if 'regress' in parts:
+            config.training.update(n_iters=600, checkpoint_freq=100)
+            config.optim.update(lr=1e-4, warmup=1)
     if 'smoke' in parts:
         presets.apply_ecdp_smoke(config)
         if config.model.lr_encoder_nf:
