@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
@@ -50,11 +52,15 @@ COLUMNS = (
     'LPIPS',
     'CS',
     'AUC',
+    'TAR@1e-2',
     'Rank-1',
+    'Rank-5',
     'NFE',
     's/image',
 )
-IDENTITY = ('CS', 'AUC', 'Rank-1')
+IDENTITY = ('CS', 'AUC', 'TAR@1e-2', 'Rank-1', 'Rank-5')
+#: The false accept rate of the TAR column.
+TAR_FAR = 1e-2
 
 
 def _tag(column: str, recogniser: str) -> str:
@@ -76,9 +82,14 @@ def row(method: dict[str, Any], images: int) -> dict[str, Any]:
     }
     for name in report.recognisers_in(method, 'cs') or [report.PRIMARY_RECOGNISER]:
         rank = get(report.face_key('identification', name)).get('rank', {})
+        verification = get(report.face_key('verification', name))
         values[_tag('CS', name)] = get(report.face_key('cs', name)).get('mean')
-        values[_tag('AUC', name)] = get(report.face_key('verification', name)).get('auc')
+        values[_tag('AUC', name)] = verification.get('auc')
+        values[_tag('TAR@1e-2', name)] = (verification.get('tar_at_far') or {}).get(
+            report.far_key(TAR_FAR)
+        )
         values[_tag('Rank-1', name)] = rank.get('1', rank.get(1))
+        values[_tag('Rank-5', name)] = rank.get('5', rank.get(5))
     return {**values, 'NFE': method.get('nfe'), 's/image': method.get('seconds')}
 
 
@@ -205,6 +216,34 @@ def collect_common(pairs: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def recogniser_tags(rows: list[dict[str, Any]]) -> list[str]:
+    """The recognisers the rows carry, as column tags ('' for SFace, ' dlib'...)."""
+    tags = [''] + [c[len('AUC') :] for c in columns(rows) if c.startswith('AUC ')]
+    return list(dict.fromkeys(tags))
+
+
+def plot_frontier(rows: list[dict[str, Any]], path: Path) -> None:
+    """The perception-identity frontier: AUC and Rank-1 of every row against its LPIPS, one
+    column of panels per recogniser (issue 20); rows without LPIPS (HR) at LPIPS 0."""
+    tags = recogniser_tags(rows)
+    fig, axes = report._figure(4.2, 3.6, columns=2 * len(tags))
+    axes = list(np.atleast_1d(axes))
+    for j, (tag, metric) in enumerate((t, m) for t in tags for m in ('AUC', 'Rank-1')):
+        ax = axes[j]
+        for r in rows:
+            value = r.get(f'{metric}{tag}')
+            if value is None:
+                continue
+            x = r.get('LPIPS') or 0.0
+            ax.scatter([x], [value], s=18)
+            offset = {'xytext': (3, 2), 'textcoords': 'offset points'}
+            ax.annotate(r['label'], (x, value), fontsize=6, **offset)
+        name = tag.strip() or report.PRIMARY_RECOGNISER
+        ax.set(xlabel='LPIPS (lower: more realistic)', ylabel=f'{metric} ({name})')
+        ax.grid(alpha=0.3)
+    report.save_figure(fig, path)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return ''
@@ -218,6 +257,9 @@ def main() -> None:
     parser.add_argument(
         '--common', action='store_true', help='recompute every row on the images all evals share'
     )
+    parser.add_argument(
+        '--frontier', action='store_true', help='also plot AUC and Rank-1 against LPIPS'
+    )
     args = parser.parse_args()
     rows = (collect_common if args.common else collect)(args.pairs)
     names = columns(rows)
@@ -228,6 +270,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix('.md').write_text(table + '\n')
     out.with_suffix('.json').write_text(json.dumps(rows, indent=1))
+    if args.frontier:
+        plot_frontier(rows, out.with_name(out.name + '_frontier.png'))
     print(table)
 
 

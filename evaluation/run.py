@@ -102,9 +102,14 @@ from utils.progress import Progress
 # 'srdg': SR sampled with classifier guidance (config.guidance), beside the unguided 'sr';
 # 'posterior_mean': the mean of eval.posterior_samples unguided samples per image (trades
 # sharpness for PSNR; adds the samples' pixel std and identity stability, see uncertainty.py);
+# 'embedding_mean': the same K samples judged by identity as one: each recogniser's embedding
+# is the normalised mean of the K samples' embeddings (what a forensic examiner would compare),
+# its images are sample 0;
 # 'mean': the learned mu(y) of config.sde.mean_model itself (a regression baseline).
-METHODS = ('sr', 'srdg', 'posterior_mean', 'mean', 'bicubic', 'hr')
-SAMPLED = ('sr', 'srdg', 'posterior_mean')  # Methods that need the trained model.
+METHODS = ('sr', 'srdg', 'posterior_mean', 'embedding_mean', 'mean', 'bicubic', 'hr')
+# Methods that need the trained model.
+SAMPLED = ('sr', 'srdg', 'posterior_mean', 'embedding_mean')
+POSTERIOR = ('posterior_mean', 'embedding_mean')  # Methods of the K posterior draws.
 RECORDS, SETTINGS = 'records.jsonl', 'settings.json'
 
 
@@ -234,7 +239,7 @@ def eval_settings(
         settings['mean_model'] = {'folder': mean.workdir, 'step': mean.step}
     if 'srdg' in methods:
         settings['guidance'] = config.guidance.to_dict()
-    if 'posterior_mean' in methods:
+    if set(POSTERIOR) & set(methods):
         settings['posterior_samples'] = ecfg.posterior_samples
         settings['posterior_temperature'] = ecfg.posterior_temperature
     if set(SAMPLED) & set(methods):
@@ -604,11 +609,15 @@ def make_sample_fns(
     fns: dict[str, Callable] = {}
     if 'sr' in methods:
         fns['sr'] = make_sample_fn(config, model, name)
-    if 'posterior_mean' in methods:
+    if set(POSTERIOR) & set(methods):
         posterior = with_value(config, 'sampling.temperature', config.eval.posterior_temperature)
         shared = posterior.sampling.temperature == config.sampling.temperature and 'sr' in fns
         unguided = fns['sr'] if shared else make_sample_fn(posterior, model, name)
-        fns['posterior_mean'] = posterior_mean_fn(unguided, config.eval.posterior_samples)
+        draws = once_per_batch(posterior_mean_fn(unguided, config.eval.posterior_samples))
+        if 'posterior_mean' in methods:
+            fns['posterior_mean'] = draws
+        if 'embedding_mean' in methods:  # (The same draws: sampled once for both.)
+            fns['embedding_mean'] = first_of_draws(draws)
     if 'srdg' in methods:
         fns['srdg'] = make_sample_fn(config, model, name, guided=True)
     return fns
@@ -624,6 +633,65 @@ def posterior_mean_fn(sample: Callable, draws: int) -> Callable[[dict[str, np.nd
         return samples.mean(axis=1), np.sum([n for _, n in runs], axis=0), samples
 
     return posterior
+
+
+def first_of_draws(draws: Callable) -> Callable[[dict[str, np.ndarray]], tuple]:
+    """``embedding_mean``'s sampler: the images are sample 0 of ``draws`` (its identity comes
+    from all of them: :func:`add_embedding_mean`)."""
+
+    def sample(local: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        _, nfe, samples = draws(local)
+        return samples[:, 0], nfe, samples
+
+    return sample
+
+
+def once_per_batch(fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """``fn`` that computes once per batch (the same ``local`` object) for its several callers:
+    posterior_mean and embedding_mean share their K draws."""
+    last: dict[str, Any] = {}
+
+    def cached(local: dict) -> Any:
+        if last.get('local') is not local:
+            last.update(local=local, value=fn(local))
+        return last['value']
+
+    return cached
+
+
+def add_posterior_figures(
+    records: dict[int, dict], batch: dict[str, np.ndarray], rows: list[int], sampled: dict,
+    embedders: dict[str, Any],
+) -> None:  # fmt: skip
+    """What the K draws add: posterior_mean's stability, embedding_mean's identity."""
+    if 'posterior_mean' in sampled:
+        add_stability(records, batch, rows, sampled['posterior_mean'][2], embedders)
+    if 'embedding_mean' in sampled:
+        add_embedding_mean(records, batch, rows, sampled['embedding_mean'][2], embedders)
+
+
+def add_embedding_mean(
+    records: dict[int, dict], batch: dict[str, np.ndarray], rows: list[int], samples: np.ndarray,
+    embedders: dict[str, Any],
+) -> None:  # fmt: skip
+    """Replaces each recogniser's ``emb`` and ``cs`` of ``embedding_mean`` by those of the
+    normalised mean of the K samples' embeddings, every sample cut with the HR's transform."""
+    from evaluation.face import l2_normalize
+
+    for name, embedder in embedders.items():
+        key = lambda k: report.face_key(k, name)  # noqa: B023
+        for r in rows:
+            index = int(batch['index'][r])
+            alignment = embedder.align(
+                to_rgb(batch['hr'][r])[None], names=[f'dataset index {index}']
+            )
+            cut = alignment.take(np.zeros(len(samples[r]) + 1, int))
+            images = np.concatenate([to_rgb(samples[r]), to_rgb(batch['hr'][r])[None]])
+            feats = embedder.embed(embedder.apply_alignment(images, cut))
+            centre = l2_normalize(feats[:-1].mean(axis=0, keepdims=True))[0]
+            values = records[index]['methods']['embedding_mean']
+            values[key('emb')] = report.encode_embedding(centre)
+            values[key('cs')] = float(centre @ feats[-1])
 
 
 def add_stability(
@@ -783,8 +851,7 @@ def evaluate(
             sr = next((outputs[m] for m in ('sr', 'srdg') if m in outputs), None)
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
         new = batch_records(batch, outputs, rows, fns, config, cost)
-        if 'posterior_mean' in sampled:
-            add_stability(new, batch, rows, sampled['posterior_mean'][2], fns.embedders)
+        add_posterior_figures(new, batch, rows, sampled, fns.embedders)
         merge_records(records, new)
         save_records(out / RECORDS, records)
         progress.update(progress.done + len(rows))

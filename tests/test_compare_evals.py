@@ -159,3 +159,21 @@ def test_common_rows_refuse_evals_without_settings_or_a_field(tmp_path):
     (b / 'metrics.json').write_text(json.dumps({'settings': _settings(image_size=64)}))
     with pytest.raises(ValueError, match='data.image_size: 128 vs 64'):
         compare_evals.collect_common([f'A={a}', f'B={b}'])
+
+
+def test_tar_rank5_and_the_frontier_plot(tmp_path):
+    """Issue 20's columns (TAR@1e-2, Rank-5 per recogniser) and the frontier picture."""
+    method = _method(20.0, 20)
+    method['verification']['tar_at_far'] = {'1e-2': 0.4}
+    method['identification']['rank']['5'] = 0.6
+    method['cs_dlib'] = {'mean': 0.9}
+    method['verification_dlib'] = {'auc': 0.8, 'tar_at_far': {'1e-2': 0.3}}
+    method['identification_dlib'] = {'rank': {'1': 0.35, '5': 0.7}}
+    row = compare_evals.row(method, 16)
+    assert (row['TAR@1e-2'], row['Rank-5'], row['TAR@1e-2 dlib'], row['Rank-5 dlib']) == (
+        0.4, 0.6, 0.3, 0.7,
+    )  # fmt: skip
+    rows = [{'label': 'sr', **row}, {'label': 'bicubic', **compare_evals.row(_method(18.0), 16)}]
+    assert compare_evals.recogniser_tags(rows) == ['', ' dlib']
+    compare_evals.plot_frontier(rows, tmp_path / 'frontier.png')
+    assert (tmp_path / 'frontier.png').stat().st_size > 1000

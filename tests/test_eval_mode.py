@@ -28,6 +28,7 @@ import train
 from configs import demo
 from evaluation import judge
 from evaluation import run as run_lib
+from evaluation.face import get_embedder
 from evaluation.report import decode_embedding
 from evaluation.run import RECORDS, eval_batches, parse_methods, run
 from models import classifiers
@@ -496,12 +497,13 @@ def test_posterior_mean_is_the_mean_of_the_sr_modes_samples(trained, eval_faces,
     config, workdir = trained
     k, n = 2, 4
     cfg = _config(config, eval_faces, name='posterior', max_images=n, posterior_samples=k,
-                  methods=('sr', 'posterior_mean', 'bicubic'))  # fmt: skip
+                  methods=('sr', 'posterior_mean', 'embedding_mean', 'bicubic'))  # fmt: skip
     cfg.sampling.temperature = 0.5
     metrics = _run(cfg, workdir)
     settings = json.loads((workdir / 'eval' / 'posterior' / 'settings.json').read_text())
     assert settings['posterior_temperature'] == 1.0 and settings['sampling']['temperature'] == 0.5
     posterior = [r for r in metrics['per_image'] if r['method'] == 'posterior_mean']
+    by_embedding = [r for r in metrics['per_image'] if r['method'] == 'embedding_mean']
     cfg.sampling.temperature = 1.0
     cfg.sr.update(input='', output=str(tmp_path), max_images=n, num_samples=k,
                   seed=cfg.eval.seed, grid=False)  # fmt: skip
@@ -513,8 +515,19 @@ def test_posterior_mean_is_the_mean_of_the_sr_modes_samples(trained, eval_faces,
         assert row['psnr'] == pytest.approx(psnr, abs=0.05)  # (sr writes 8-bit samples)
         assert row['std_mean'] == pytest.approx(samples.std(0).mean(), abs=2e-3)
         assert -1 <= row['pairwise_cos'] <= 1 and -1 <= row['to_mean_cos'] <= 1
+        # embedding_mean (issue 20): images of sample 0, identity of the K embeddings' mean.
+        embedder = get_embedder('sface')
+        alignment = embedder.align(hr[None])
+        cut = alignment.take(np.zeros(k + 1, int))
+        feats = embedder.embed(embedder.apply_alignment(np.concatenate([samples, hr[None]]), cut))
+        centre = feats[:k].mean(0) / np.linalg.norm(feats[:k].mean(0))
+        row = by_embedding[manifest['items'].index(item)]
+        assert row['cs'] == pytest.approx(float(centre @ feats[k]), abs=0.02)
+        psnr0 = 10 * np.log10(1 / np.mean((samples[0] - hr) ** 2))
+        assert row['psnr'] == pytest.approx(psnr0, abs=0.05)
     stats = metrics['methods']['posterior_mean']
     assert stats['nfe'] == pytest.approx(k * metrics['methods']['sr']['nfe'])
+    assert metrics['methods']['embedding_mean']['nfe'] == pytest.approx(stats['nfe'])
     assert 'ID cos (samples)' in (workdir / 'eval' / 'posterior' / 'table.md').read_text()
 
 
