@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import distillation
 import losses
 import models
 import runs
@@ -66,18 +67,23 @@ class Experiment:
         """Initial parameters (not jitted, not placed: see :meth:`init_params`)."""
         return init_params(self.model, key, self.hr_shape, lr_shape=self.lr_shape)
 
-    def make_sampler(self, sampling_config: Any = None) -> Callable:
+    def make_sampler(self, sampling_config: Any = None, guidance: Any = None) -> Callable:
         """``sampling.make_sampler`` for this model over the mesh; ``config.sampling`` unless
-        another sampling config is given (sweeps)."""
+        another sampling config is given (sweeps), guided by ``guidance`` (a
+        ``guidance.Guidance``) if given. A student's sampler is checked against what the
+        student was trained at (``distillation.check_sampling``)."""
         config = self.config
+        sampling_config = sampling_config or config.sampling
+        distillation.check_sampling(config, sampling_config)
         return sampling.make_sampler(
-            sampling_config or config.sampling,
+            sampling_config,
             self.sde,
             self.model,
             config.score,
             config.data,
             self.hr_shape,
             mesh=self.mesh,
+            guidance=guidance,
         )
 
     def abstract_state(self) -> losses.TrainState:

@@ -6,7 +6,8 @@
 The package gets the EMA weights of W's latest checkpoint (``export.dtype``, float16 by
 default: half the size), the config as given (so the sampler settings chosen here travel with
 the weights), W's residual statistics when the SDE needs them, and, for a learned mean
-(``sde.mean_model = R``), R's regression branch as the package ``mean/``. It is written into a
+(``sde.mean_model = R``), R's regression branch as the package ``mean/``; a distilled student's
+teacher (folder, name and step: ``runs.Run.teacher``) is recorded in ``export.json``. It is written into a
 hidden sibling folder (``.NAME.partial``) and renamed into place; a refused or failed export
 (the float16 check, an error, Ctrl-C) removes it, so nothing that counts as a package is left
 (a process killed outright may leave the hidden folder: ``pretrained.available`` and
@@ -133,6 +134,9 @@ def _write_package(config: Any, workdir: Path, tmp: Path) -> dict[str, Any]:
     """The package in ``tmp``: weights, config, statistics, the learned mean; its record."""
     cfg = config.export
     record = _export_run(config, workdir, tmp, cfg.dtype)
+    teacher = runs.Run.open(workdir).teacher()  # A student names what it was distilled from.
+    if teacher is not None:
+        record['teacher'] = teacher
     mean_step = _export_stats(config, workdir, tmp)
     if config.sde.get('mean_model', ''):
         source = Path(config.sde.mean_model)

@@ -30,9 +30,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import datasets
+import distillation
 import ode
 import sampling
-from models.wrappers import PredictFn, make_predict_fn, make_regress_fn
+from models.wrappers import PredictFn, make_predict_fn, make_regress_fn, make_score_fn
 from sde_lib import SDE, batch_mul
 from utils.registry import Registry
 
@@ -395,17 +396,41 @@ def _image_losses(config: Any, base: dict[str, tuple[float, PerImageLoss]]) -> I
     return {**base, 'identity': (weight, identity_distance(embed))}
 
 
-def _quality_loss(config: Any, sde: SDE, predict_model: PredictModel) -> LossAndMetricsFn:
+def _vgg_loss(weight: float) -> dict[str, tuple[float, PerImageLoss]]:
+    """``{'quality': (weight, VGG16 feature L1)}`` (ECDP's image-quality loss); {} at 0."""
+    if weight == 0:
+        return {}
     from evaluation.lpips import make_vgg_features
 
     vgg, vgg_params = make_vgg_features()
-    features = lambda images: vgg(vgg_params, images)
+    return {'quality': (weight, feature_l1(lambda images: vgg(vgg_params, images)))}
+
+
+def _quality_loss(config: Any, sde: SDE, predict_model: PredictModel) -> LossAndMetricsFn:
     return get_quality_loss_and_metrics_fn(
         sde,
         predict_model,
         config.training,
-        _image_losses(config, {'quality': (config.training.quality_weight, feature_l1(features))}),
+        _image_losses(config, _vgg_loss(config.training.quality_weight)),
         datasets.get_data_inverse_scaler(config.data.centered),
+    )
+
+
+def _distill_loss(
+    config: Any, sde: SDE, model: nn.Module, predict_model: PredictModel, teacher_params: Any
+) -> LossAndMetricsFn:
+    """The student's terms (``distillation.make_loss_fn``) against the frozen teacher."""
+    if teacher_params is None:
+        raise ValueError("config.training.distill_weight > 0 needs the teacher's parameters")
+    inverse = datasets.get_data_inverse_scaler(config.data.centered)
+    return distillation.make_loss_fn(
+        sde,
+        lambda p, key: lambda u, t, c: predict_model(p, key)(u, t, c)['score'],
+        make_score_fn(model, teacher_params, sde, config.score),
+        config,
+        _image_losses(config, _vgg_loss(config.training.distill_quality_weight)),
+        weighted_image_losses,
+        lambda x: jnp.clip(inverse(x), 0.0, 1.0),
     )
 
 
@@ -424,13 +449,20 @@ def _without_metrics(loss_fn: LossFn) -> LossAndMetricsFn:
 
 
 def make_loss_fn(
-    config: Any, sde: SDE, model: nn.Module, train: bool = True, with_metrics: bool = False
+    config: Any,
+    sde: SDE,
+    model: nn.Module,
+    train: bool = True,
+    with_metrics: bool = False,
+    teacher_params: Any = None,
 ) -> LossFn | LossAndMetricsFn:
     """The weighted sum of the terms whose weight is not 0: ``diffusion_weight`` x the loss
     named by ``config.training.loss``, ``quality_weight`` x ECDP's image-quality loss through
-    the ODE, ``regression_weight`` x the L1 of the LR encoder's regression; ``identity_weight``
-    x ``1 - cos(f(image), f(HR))`` on the image each of the last two makes (the ODE's sample,
-    the regression estimate; the terms weigh their own losses).
+    the ODE, ``regression_weight`` x the L1 of the LR encoder's regression, ``distill_weight``
+    x a student's distillation from the frozen ``teacher_params`` (``distillation.py``);
+    ``identity_weight`` x ``1 - cos(f(image), f(HR))`` on the image each of the last three
+    makes (the ODE's sample, the regression estimate, the student's one-step sample; the terms
+    weigh their own losses).
 
     ``with_metrics``: ``(loss, metrics)``, the terms' own metrics (the quality loss's
     unfinished solves), for :func:`make_train_step` with ``has_aux``."""
@@ -443,16 +475,19 @@ def make_loss_fn(
         ),
         'quality': lambda: (1.0, _quality_loss(config, sde, predict_model)),
         'regression': lambda: (1.0, _regression_loss(config, model)),
+        'distill': lambda: (1.0, _distill_loss(config, sde, model, predict_model, teacher_params)),
     }
     terms = {name: build() for name, build in builders.items() if tcfg[f'{name}_weight'] != 0}
     if not terms:
         raise ValueError(
-            'config.training: diffusion_weight, quality_weight and regression_weight are all 0'
+            'config.training: diffusion_weight, quality_weight, regression_weight and '
+            'distill_weight are all 0'
         )
-    if tcfg.identity_weight != 0 and not {'quality', 'regression'} & terms.keys():
+    if tcfg.identity_weight != 0 and not {'quality', 'regression', 'distill'} & terms.keys():
         raise ValueError(
             'config.training.identity_weight > 0 needs a term that makes an image to judge: '
-            'quality_weight > 0 (the ODE sample) or regression_weight > 0 (mu(y))'
+            'quality_weight > 0 (the ODE sample), regression_weight > 0 (mu(y)) or '
+            'distill_weight > 0 (a student)'
         )
 
     def loss_and_metrics(params, batch, key):

@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, summaries and outputs.')
 flags.DEFINE_string(
-    'mode', 'train', 'What to run: train, sr, eval, stats, export or train_classifier.'
+    'mode', 'train', 'What to run: train, sr, eval, stats, export, distill or train_classifier.'
 )
 flags.DEFINE_string(
     'coordinator_address',

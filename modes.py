@@ -16,6 +16,15 @@ def run_train(config: Any, workdir: str | Path) -> None:
     train.train(config, workdir)
 
 
+@MODES.register('distill')
+def run_distill(config: Any, workdir: str | Path) -> None:
+    """Trains a one-step student of ``training.distill_teacher`` (``distillation.py``)."""
+    import distillation
+
+    distillation.prepare(config, workdir)
+    train.train(config, workdir)
+
+
 @MODES.register('sr')
 def run_sr(config: Any, workdir: str | Path) -> None:
     import sr  # Written alongside; imported on use so that a mode's import cost is its own.

@@ -10,7 +10,10 @@ file                        run        package   written by
 ``config_history.jsonl``    yes                  train (each start and its allowed changes)
 ``checkpoints/<step>``      yes                  train (orbax, ``utils.checkpoint``)
 ``checkpoints.rejected/``   yes                  train (unreadable checkpoints set aside)
-``residual_stats.json``     ECDP       ECDP      ``--mode stats`` (or ``sde.stats_file``)
+``residual_stats.json``     ECDP       ECDP      ``--mode stats`` (or ``sde.stats_file``; a
+                                                 student: its teacher's, ``--mode distill``)
+``distill_teacher.json``    student              ``--mode distill`` (the teacher and its step;
+                                                 a package: ``export.json['teacher']``)
 ``ema_params.msgpack``                 yes       export (EMA weights, float16 by default)
 ``export.json``                        yes       export (marks the folder as a package)
 ``mean/``                              learned   export (the mean run's regression, a package)
@@ -51,6 +54,7 @@ STATS_FILE = 'residual_stats.json'
 WEIGHTS_FILE = 'ema_params.msgpack'
 EXPORT_FILE = 'export.json'
 MEAN_DIR = 'mean'
+TEACHER_FILE = 'distill_teacher.json'
 CARD_FILE = 'MODEL_CARD.md'
 #: Where sr and eval write for a package (it is read-only): in the working directory, as
 #: GFPGAN's 'results'.
@@ -129,6 +133,18 @@ MIGRATIONS = {
     'training.quality_unroll': Migration(False, 'before it existed, the solve was not unrolled'),
     'sampling.temperature': Migration(1.0, 'before it existed, the prior was not tempered'),
     'training.identity_weight': Migration(0.0, 'before it existed, there was no identity loss'),
+    **{
+        f'training.{name}': Migration(value, 'before it existed, nothing was distilled')
+        for name, value in (
+            ('distill_weight', 0.0),
+            ('distill_teacher', ''),
+            ('distill_teacher_steps', 20),
+            ('distill_levels', 1),
+            ('distill_temperature', (1.0, 1.0)),
+            ('distill_gt_weight', 0.0),
+            ('distill_quality_weight', 0.0),
+        )
+    },
     'training.quality_max_unfinished': Migration(
         1.0, 'before it existed, unfinished quality-loss solves never stopped training'
     ),
@@ -355,6 +371,19 @@ class Run:
     def export_record(self) -> dict[str, Any]:
         """The package's ``export.json``."""
         return read_json(self.folder / EXPORT_FILE, 'export record')
+
+    def teacher(self) -> dict[str, Any] | None:
+        """What a distilled student was distilled from, ``{'teacher': folder, 'step': n}``
+        (pinned at the student's first start); None for a model that is not a student (or a
+        student not started yet)."""
+        if self.is_package:
+            return self.export_record().get('teacher')
+        path = self.folder / TEACHER_FILE
+        return read_json(path, 'distillation teacher record') if path.is_file() else None
+
+    def write_teacher(self, record: dict[str, Any]) -> None:
+        """Pins the teacher of a student run (``distillation.load_teacher``)."""
+        write_json(self.folder / TEACHER_FILE, record)
 
     @property
     def scopes(self) -> tuple[str, ...]:

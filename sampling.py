@@ -26,6 +26,9 @@ sample (the Langevin step size uses per-sample norms, the ODE runs per sample un
 * ``heun``/``dpm2m`` (``eta`` > 0: its SDE variant): K + 1 points, K steps from ``ts[0]`` to
   ``ts[-1] = eps``.
 * ``ode``: only the ends are used; the adaptive solver chooses its own steps.
+* ``student``: K + 1 points; the student is evaluated at the K levels ``ts[:-1]`` (one step:
+  at ``T`` only). Uniform schedules of K and 2K steps are nested, so the levels of a 1-, 2- and
+  4-step student are points of the grid its teacher was distilled on (``distillation.py``).
 
 The few-step solvers work in the scaled variable ``u_hat = u / alpha(t)`` against
 ``sigma(t) = std(t) / alpha(t)`` (EDM), where ``mean = alpha(t) u_0`` and ``std(t)`` come from
@@ -544,6 +547,32 @@ def sample_heun(
     return _scaled_finish(denoiser, sde, x_hat, ts[-1], nfe, noise_removal)
 
 
+def _dpm2m_scan(denoiser, x_hat, ts, sigmas, eta, keys):
+    """The DPM-Solver++(2M) steps over the grid ``ts`` (either direction: on an increasing grid
+    the same exponential integrator inverts the ODE, DDIM inversion's second-order form); the
+    final ``x_hat`` and the ``x_hat`` after every step [K, B, ...]."""
+
+    def step(carry, inputs):
+        x_hat, d_prev, h_prev = carry
+        n, t, s, s_next = inputs
+        d = denoiser(x_hat, t)
+        h = jnp.log(s) - jnp.log(s_next)
+        g = eta * h
+        c = jnp.where(n == 0, 0.0, 0.5 * h / jnp.where(n == 0, 1.0, h_prev))
+        d2 = (1.0 + c) * d - c * d_prev
+        x_hat = (s_next / s) * jnp.exp(-g) * x_hat - jnp.expm1(-h - g) * d2
+        if eta:
+            noise = per_sample_normal(fold_keys(keys, n), x_hat)
+            x_hat = x_hat + s_next * jnp.sqrt(-jnp.expm1(-2.0 * g)) * noise
+        return (x_hat, d, h), x_hat
+
+    steps = ts.shape[0] - 1
+    inputs = (jnp.arange(steps), ts[:-1], sigmas[:-1], sigmas[1:])
+    init = (x_hat, jnp.zeros_like(x_hat), jnp.ones((), x_hat.dtype))
+    (x_hat, _, _), path = lax.scan(step, init, inputs)
+    return x_hat, path
+
+
 @SAMPLERS.register('dpm2m')
 def sample_dpm2m(
     keys: jax.Array,
@@ -568,33 +597,61 @@ def sample_dpm2m(
     """
     denoiser = _scaled_denoiser(score_fn, sde, cond, projection)
     ts, sigmas, x_hat = _scaled_start(sde, x_T, ts)
+    x_hat, _ = _dpm2m_scan(denoiser, x_hat, ts, sigmas, eta, keys)
+    return _scaled_finish(denoiser, sde, x_hat, ts[-1], ts.shape[0] - 1, noise_removal)
 
-    def step(carry, inputs):
-        x_hat, d_prev, h_prev = carry
-        n, t, s, s_next = inputs
-        d = denoiser(x_hat, t)
-        h = jnp.log(s) - jnp.log(s_next)
-        g = eta * h
-        c = jnp.where(n == 0, 0.0, 0.5 * h / jnp.where(n == 0, 1.0, h_prev))
-        d2 = (1.0 + c) * d - c * d_prev
-        x_hat = (s_next / s) * jnp.exp(-g) * x_hat - jnp.expm1(-h - g) * d2
-        if eta:
-            noise = per_sample_normal(fold_keys(keys, n), x_hat)
-            x_hat = x_hat + s_next * jnp.sqrt(-jnp.expm1(-2.0 * g)) * noise
-        return (x_hat, d, h), None
+
+def dpm2m_trajectory(
+    score_fn: ScoreFn, sde: SDE, u_start: jax.Array, ts: Any, cond: Cond, noise_removal: bool
+) -> tuple[jax.Array, jax.Array]:
+    """Deterministic DPM-Solver++(2M) from ``u_start`` at ``ts[0]`` along ``ts``: its output
+    (as :func:`sample_dpm2m` gives it, with ``noise_removal``) and the state ``u`` at every
+    point of ``ts`` [len(ts), B, ...] (``ts[0]``: ``u_start``). On an increasing grid it runs
+    the ODE forwards, from data to noise (then use ``noise_removal=False``): the inversion of
+    the same solver. What a student is distilled from (``distillation.py``)."""
+    denoiser = _scaled_denoiser(score_fn, sde, cond, None)
+    ts, sigmas, x_hat = _scaled_start(sde, u_start, ts)
+    x_end, path = _dpm2m_scan(denoiser, x_hat, ts, sigmas, 0.0, None)
+    alphas = sde.mean_coeff(ts)
+    states = jnp.concatenate([u_start[None], path * alphas[1:].reshape(-1, *[1] * x_hat.ndim)])
+    u_end, _ = _scaled_finish(denoiser, sde, x_end, ts[-1], 0, noise_removal)
+    return u_end, states
+
+
+@SAMPLERS.register('student')
+def sample_student(
+    keys: jax.Array,
+    score_fn: ScoreFn,
+    sde: SDE,
+    x_T: jax.Array,
+    ts: Any,
+    cond: Cond,
+) -> tuple[jax.Array, Stats]:
+    """A distilled student (``distillation.py``): its denoiser at ``ts[0] = T`` maps the prior
+    draw to the sample in one network evaluation. With K = len(ts) - 1 > 1 steps (the levels
+    ``ts[:-1]``), the estimate of step k is re-noised to level k + 1 with fresh noise,
+    ``u = alpha x0 + std z`` (consistency models' multistep sampling, Song et al. 2023,
+    Alg. 1), and denoised there again; K NFE."""
+    ts = jnp.asarray(ts, x_T.dtype)
+    x0 = denoise(score_fn, sde, x_T, _full(x_T, ts[0]), cond)
+
+    def step(x0, inputs):
+        n, t = inputs
+        alpha, std = alpha_std(sde, _full(x0, t))
+        noise = per_sample_normal(fold_keys(keys, n), x0)
+        u = batch_mul(alpha, x0) + batch_mul(std, noise)
+        return denoise(score_fn, sde, u, _full(x0, t), cond), None
 
     steps = ts.shape[0] - 1
-    inputs = (jnp.arange(steps), ts[:-1], sigmas[:-1], sigmas[1:])
-    init = (x_hat, jnp.zeros_like(x_hat), jnp.ones((), x_hat.dtype))
-    (x_hat, _, _), _ = lax.scan(step, init, inputs)
-    return _scaled_finish(denoiser, sde, x_hat, ts[-1], steps, noise_removal)
+    x0, _ = lax.scan(step, x0, (jnp.arange(1, steps), ts[1:-1]))
+    return x0, fixed_stats(steps)
 
 
 # ----------------------------------------------------------------------------- builders
 
 
 def get_sampler(name: str) -> Callable[..., tuple[jax.Array, Stats]]:
-    """The registered ``sample_<name>`` function ('pc', 'ode', 'heun', 'dpm2m')."""
+    """The registered ``sample_<name>`` function ('pc', 'ode', 'heun', 'dpm2m', 'student')."""
     return SAMPLERS.get(name)
 
 
@@ -611,7 +668,7 @@ def _check_discrete_predictor(config: Any, sde: SDE, num_steps: int) -> None:
 
 def time_steps(config: Any, sde: SDE) -> np.ndarray:
     """The time grid of ``config.method`` from ``config.schedule`` (see the module docstring)."""
-    num_steps = config.num_steps or sde.N
+    num_steps = config.num_steps or (1 if config.method == 'student' else sde.N)
     _check_discrete_predictor(config, sde, num_steps)
     intervals = {'pc': num_steps - 1, 'ode': 1}.get(config.method, num_steps)
     if intervals < 1:
@@ -627,7 +684,8 @@ def fresh_noise(config: Any) -> str | None:
     Such noise replaces the prior draw's: it is what ``config.temperature`` would have to scale,
     and it does not, so ``check_temperature`` refuses a temperature there. PC's predictors and
     correctors other than 'none' all inject noise, and so does its ILVR (the LR target is
-    perturbed to each noise level); DPM-Solver++(2M) does when ``eta`` is not 0.
+    perturbed to each noise level); DPM-Solver++(2M) does when ``eta`` is not 0, and a
+    student with more than one step (re-noised between its steps).
     """
     if config.method == 'pc':
         parts = [f'{k}={config[k]!r}' for k in ('predictor', 'corrector') if config[k] != 'none']
@@ -636,6 +694,8 @@ def fresh_noise(config: Any) -> str | None:
         return ', '.join(parts) or None
     if config.method == 'dpm2m' and config.eta != 0:
         return f'eta={config.eta}'
+    if config.method == 'student' and (config.num_steps or 1) > 1:
+        return f'num_steps={config.num_steps}: re-noised between steps'
     return None
 
 

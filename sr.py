@@ -348,12 +348,7 @@ def for_uncertainty(config: Any) -> Any:
 
 def _make_sampler(exp: experiment.Experiment, guide: guidance_lib.Guidance | None) -> Callable:
     """``exp.make_sampler``, guided by ``guide`` (``config.guidance``) when there is one."""
-    config = exp.config
-    if guide is None:
-        return exp.make_sampler(config.sampling)
-    return sampling.make_sampler(
-        config.sampling, exp.sde, exp.model, config.score, config.data, exp.hr_shape,
-        mesh=exp.mesh, guidance=guide)  # fmt: skip
+    return exp.make_sampler(exp.config.sampling, guide)
 
 
 def _compiled_sampler(

@@ -37,6 +37,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import datasets
+import distillation
 import experiment
 import losses
 import mean_model
@@ -88,11 +89,15 @@ def initial_state_from(
     return init(params)
 
 
-def parallel_train_step(exp: experiment.Experiment) -> Callable:
-    """The configured train step, jitted data-parallel over the experiment's mesh."""
+def parallel_train_step(exp: experiment.Experiment, teacher_params: Any = None) -> Callable:
+    """The configured train step, jitted data-parallel over the experiment's mesh (a
+    student's with its frozen ``teacher_params``)."""
     config = exp.config
+    loss_fn = losses.make_loss_fn(
+        config, exp.sde, exp.model, train=True, with_metrics=True, teacher_params=teacher_params
+    )
     step = losses.make_train_step(
-        losses.make_loss_fn(config, exp.sde, exp.model, train=True, with_metrics=True),
+        loss_fn,
         losses.make_optimizer(config.optim),
         config.optim.ema_rate,
         losses.learning_rate_schedule(config.optim),
@@ -252,7 +257,8 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
         process_count=jax.process_count(),
         start_step=start,
     )
-    train_step = parallel_train_step(exp)
+    teacher = distillation.load_teacher(exp, workdir)[0] if tcfg.distill_weight else None
+    train_step = parallel_train_step(exp, teacher)
     mean = mean_model.load(config, exp.mesh.devices.flatten(), workdir)
     snapshot = _snapshot_fn(exp, workdir, writer, state, mean) if tcfg.snapshot_freq > 0 else None
     train_step = train_step.lower(state, _batch_specs(exp, mean), step_key).compile()

@@ -232,8 +232,9 @@ def get_config() -> ml_collections.ConfigDict:
     # stage: see configs/ecdp/demo.py:finetune.
     training.quality_weight = 0.0
     # Identity loss 1 - cos(f(image), f(HR)), f the frozen JAX SFace (models/sface.py), on the
-    # image of each term that makes one: the ODE sample (quality_weight > 0) and the regression
-    # estimate (regression_weight > 0). 0: off (the step is then today's, bit for bit).
+    # image of each term that makes one: the ODE sample (quality_weight > 0), the regression
+    # estimate (regression_weight > 0) and a student's one-step sample (distill_weight > 0).
+    # 0: off (the step is then today's, bit for bit).
     training.identity_weight = 0.0
     training.quality_solver = 'dopri5'  # 'dopri5' | 'tsit5' | 'bosh3' | 'heun' | 'euler'.
     training.quality_fixed_steps = 0  # > 0: that many equal steps (0: adaptive, quality_tol).
@@ -251,6 +252,23 @@ def get_config() -> ml_collections.ConfigDict:
     # adjoint options do not apply); XLA on CPU runs the backward pass of a loop 15x slower.
     training.quality_unroll = False
     training.quality_t_end = 1e-3  # End time of the generating ODE.
+    # Distillation into a one-step student (--mode distill, distillation.py; configs/student.py
+    # makes the config from a teacher). 0: off. The student's denoiser at T against the
+    # teacher's DPM-Solver++(2M) sample from the same prior draw (squared error, state frame).
+    training.distill_weight = 0.0
+    training.distill_teacher = ''  # The teacher: a run or package (same model, SDE, data).
+    training.distill_teacher_steps = 20  # Steps of the teacher's solve (sampling.schedule).
+    # Levels the student is trained at: 1 (one step), or L > 1 for 1..L-step sampling at the
+    # divisors of L (points of the teacher's grid: L must divide distill_teacher_steps).
+    training.distill_levels = 1
+    # Range of prior temperatures (tau ~ U[lo, hi] per draw) the student is trained at.
+    training.distill_temperature = (1.0, 1.0)
+    # SinSR's consistency-preserving term: the student maps the teacher's ODE inversion of a
+    # real HR face back to that face (0: off). It costs a second teacher solve per face.
+    training.distill_gt_weight = 0.0
+    # ECDP's VGG image-quality loss on the student's one-step sample (0: off); the identity
+    # loss (identity_weight) applies to that sample too.
+    training.distill_quality_weight = 0.0
     # A workdir whose latest EMA parameters start this run (fine-tuning; '' = from scratch).
     # Used only when this run's workdir has no checkpoint yet.
     training.init_from = ''

@@ -539,12 +539,9 @@ def compile_sampler(
 
     cond = {'lr_up': spec(b, h, w, c), 'lr': spec(b, h // f, w // f, c)}
     cond.update({k: spec(b, h, w, c) for k in model.mean.keys})
-    fn, params = exp.make_sampler(config.sampling), model.params
+    guide = model.guided.guide if guided else None
+    fn, params = exp.make_sampler(config.sampling, guide), model.params
     if guided:
-        guide = model.guided.guide
-        fn = sampling.make_sampler(
-            config.sampling, exp.sde, exp.model, config.score, config.data, exp.hr_shape,
-            mesh=exp.mesh, guidance=guide)  # fmt: skip
         params = guidance_lib.sampler_params(model.params, model.guided.variables)
         cond[guidance_lib.ATTRIBUTES] = spec(b, len(guide.attributes), dtype=np.int32)
     return fn.lower(params, key, cond, spec(b, dtype=np.int32)).compile()
