@@ -6,13 +6,14 @@
 The package gets the EMA weights of W's latest checkpoint (``export.dtype``, float16 by
 default: half the size), the config as given (so the sampler settings chosen here travel with
 the weights), W's residual statistics when the SDE needs them, and, for a learned mean
-(``sde.mean_model = R``), R's regression branch as the package ``mean/``; a distilled student's
-teacher (folder, name and step: ``runs.Run.teacher``) is recorded in ``export.json``. It is written into a
-hidden sibling folder (``.NAME.partial``) and renamed into place; a refused or failed export
-(the float16 check, an error, Ctrl-C) removes it, so nothing that counts as a package is left
-(a process killed outright may leave the hidden folder: ``pretrained.available`` and
-``--sr.model`` never take a hidden name, and the next export removes it). The output must be a
-new folder or a package: a run folder, or any other folder, is refused, naming it.
+(``sde.mean_model = R``), R's regression branch as the package ``mean/``; a distilled
+student's teacher (folder, name and step: ``runs.Run.teacher``) is recorded in ``export.json``.
+It is written into a hidden sibling folder (``.NAME.partial``) and renamed into place; a
+refused or failed export (the float16 check, an error, Ctrl-C) removes it, so nothing that
+counts as a package is left (a process killed outright may leave the hidden folder:
+``pretrained.available`` and ``--sr.model`` never take a hidden name, and the next export
+removes it). The output must be a new folder or a package: a run folder, or any other folder,
+is refused, naming it.
 
 The float16 check (``export.check_images`` faces of the eval split) super-resolves the same
 faces with the run and with the written package and records the largest output difference and
