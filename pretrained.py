@@ -18,7 +18,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / 'pretrained'
 CONFIG_FILE = Path(__file__).resolve().parent / 'configs' / 'pretrained.py'
 #: The default of ``--mode sr`` without a config: the best model trained here (its card says
 #: what it is and how it measures).
-DEFAULT_MODEL = 'ecdp_x4'
+DEFAULT_MODEL = 'ecdp_x4_student'
 MODEL_FLAG = '--sr.model'
 
 

@@ -16,8 +16,9 @@ another sampler is distilled from 20 logSNR steps), the student's squared error 
 prior temperatures drawn from [0.5, 1] (the shipped models sample at 0.7). Stages, joined with
 commas:
 
-* ``identity``: also ECDP's VGG loss and the identity loss on the one-step sample ("beyond the
-  teacher"; their weights as in configs/ecdp/demo.py).
+* ``identity``: also ECDP's VGG loss (weight 0.25) and the identity loss (0.1, as
+  configs/ecdp/demo.py) on the one-step sample ("beyond the teacher"), 150 steps from a
+  distilled student: ``--config.training.init_from=S``.
 * ``one``: one level only (the one-step student, no 2- or 4-step sampling), cheaper.
 * ``smoke``: a few steps of batch 2 (tests).
 """
@@ -31,6 +32,7 @@ from configs.ecdp import demo
 STAGES = ('identity', 'one', 'smoke')
 TEACHER_STEPS = 20  # A teacher sampling otherwise is distilled from this many dpm2m steps.
 LEVELS = 4  # The 1-, 2- and 4-step students.
+QUALITY_WEIGHT = 0.25  # VGG on the one-step sample in the 'identity' stage (see there).
 
 
 def teacher_folder(name: str) -> Path:
@@ -80,7 +82,14 @@ def get_config(arg: str = ''):
     config.optim.update(lr=1e-4, warmup=20, ema_rate=0.99)
     sampling.update(method='student', num_steps=1, eta=0.0, projection='none')
     if 'identity' in stages:
-        config.training.update(distill_quality_weight=1.0, identity_weight=demo.IDENTITY_WEIGHT)
+        # Measured at the start from the distilled ecdp_x4 student: distill terms 0.012 (T),
+        # 0.005 (levels), 0.03 (real faces); VGG 0.12, 1 - cos 0.55. These weights make the
+        # image terms (0.03 VGG, 0.055 identity) about the size of the distillation's.
+        config.training.update(
+            distill_quality_weight=QUALITY_WEIGHT,
+            identity_weight=demo.IDENTITY_WEIGHT,
+            n_iters=150,
+        )
     if 'smoke' in stages:
         config.training.update(
             batch_size=2, n_iters=4, log_freq=2, checkpoint_freq=2, snapshot_freq=0
