@@ -31,7 +31,22 @@ flags.DEFINE_string(
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host).')
+flags.DEFINE_bool(
+    'verbose', False, 'Show the traceback of an error in the input too (files, flags, values).'
+)
 flags.mark_flags_as_required(['config', 'workdir'])
+
+# What the code raises for a user's input (a missing or bad file, a bad flag or config value):
+# printed as one line, ``error: <what and where>``, exit status 2 (``--verbose``: traceback).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERROR_STATUS = 2
+
+
+def user_error(err: BaseException) -> None:
+    """Prints ``err`` as one line on stderr and exits with :data:`USER_ERROR_STATUS`."""
+    message = ' '.join(str(err).split()) or type(err).__name__
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(USER_ERROR_STATUS)
 
 
 def expand_sr_flags(argv: list[str]) -> list[str]:
@@ -61,7 +76,16 @@ def main(argv: list[str]) -> None:
     enable_compilation_cache()
     logging.info('devices: %s', jax.devices())
     try:
-        modes.MODES.get(FLAGS.mode)(config, FLAGS.workdir)
+        mode = modes.MODES.get(FLAGS.mode)
+    except KeyError as err:  # An unknown --mode: its message lists the known ones.
+        user_error(ValueError(str(err).strip('"')))
+    try:
+        mode(config, FLAGS.workdir)
+    except USER_ERRORS as err:
+        if FLAGS.verbose:
+            raise
+        logging.shutdown()
+        user_error(err)
     except Preempted as stop:  # XLA still runs abandoned work: a normal exit would abort.
         logging.warning('preempted: %s; exiting now', stop)
         logging.shutdown()
@@ -71,5 +95,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
     # A shipped model for --mode sr without --config; config_flags reads sys.argv for overrides.
-    sys.argv[:] = expand_sr_flags(pretrained.main_flags(sys.argv))
+    try:
+        sys.argv[:] = expand_sr_flags(pretrained.main_flags(sys.argv))
+    except ValueError as err:  # A bad --sr.model (nothing is loaded yet).
+        user_error(err)
     app.run(main)
