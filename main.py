@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -42,7 +43,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 USER_ERROR_STATUS = 2
 
 
-def user_error(err: BaseException) -> None:
+def user_error(err: BaseException) -> NoReturn:
     """Prints ``err`` as one line on stderr and exits with :data:`USER_ERROR_STATUS`."""
     message = ' '.join(str(err).split()) or type(err).__name__
     print(f'error: {message}', file=sys.stderr)

@@ -373,7 +373,8 @@ class Run:
         return read_json(self.folder / EXPORT_FILE, 'export record')
 
     def teacher(self) -> dict[str, Any] | None:
-        """What a distilled student was distilled from, ``{'teacher': folder, 'step': n}``
+        """What a distilled student was distilled from, ``{'teacher': folder, 'name': its
+        folder's name, 'step': n}``
         (pinned at the student's first start); None for a model that is not a student (or a
         student not started yet)."""
         if self.is_package:

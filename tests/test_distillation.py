@@ -320,3 +320,21 @@ def test_a_student_package_records_its_teacher_and_super_resolves_in_one_evaluat
     metrics = evaluation_run.run(packaged, tmp_path / 'pkg')
     sr_stats = metrics['methods']['sr']
     assert packaged.sampling.method == 'student' and sr_stats['nfe'] == 1, sr_stats
+
+
+def test_a_student_folder_with_other_statistics_or_a_bad_temperature_range_is_refused(
+    distilled, tmp_path
+):
+    """Before anything trains: statistics that are not the teacher's are refused naming the
+    file (the student must work in its teacher's frame), and so is an inverted range."""
+    teacher, _ = distilled
+    config = _student_config(teacher, 4)
+    stats = runs.Run.open(teacher).read_stats(config)
+    runs.Run.open(tmp_path).write_stats(
+        config, {**stats, 'residual_var': 2 * stats['residual_var']}
+    )
+    with pytest.raises(ValueError, match=f"{tmp_path}.*differs from the teacher's"):
+        distillation.prepare(config, tmp_path)
+    config.training.distill_temperature = (1.0, 0.5)
+    with pytest.raises(ValueError, match=r'distill_temperature=\(1\.0, 0\.5\): not a range'):
+        distillation.prepare(config, tmp_path / 'other')
