@@ -17,31 +17,36 @@ GFPGAN / CodeFormer style. Each input photo (any input that is not an aligned cr
    are resizes of HR crops.
 3. **SR** of every face crop, batched with the other inputs (``sr.py``); the aligned SR crops
    are written as ``<photo>_face<kk>[_s<k>].png``.
-4. **Paste-back** (``faces.paste``): the photo is upscaled by ``sr.upscale`` (bicubic; 0 = the
-   model's factor) and each SR crop is warped back through the inverse transform with a
-   feathered mask (``sr.feather`` and ``sr.margin``, fractions of the crop side): written as
-   ``<photo>.png`` (``<photo>_s<k>.png`` per sample with ``sr.num_samples > 1``, and
-   ``<photo>_mean.png``, the posterior means pasted, with ``sr.uncertainty``).
+4. **Paste-back** (``faces.paste``): the photo is upscaled by :func:`paste_scale` (bicubic)
+   and each SR crop is warped back through the inverse transform with a feathered mask
+   (``sr.feather`` and ``sr.margin``, fractions of the crop side), band by band (memory: the
+   photo and one band, at any upscale): written as ``<photo>.png`` (``<photo>_s<k>.png`` per
+   sample with ``sr.num_samples > 1``, and ``<photo>_mean.png``, the posterior means pasted,
+   with ``sr.uncertainty``); nothing with ``sr.crops_only``.
 
+A face's noise comes from :func:`face_key` (the photo's name and the face's rounded box), not
+from its index among the faces. Frames of videos are photos too (``frames.py``, ``sr.py``).
 The manifest's ``photos`` lists every photo with its outputs and faces (box, landmarks,
-detector score, source ``yunet`` or ``given``, and the face's SR item).
+detector score, source ``yunet`` or ``given``, noise key, and the face's SR item).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+import frames as frames_lib
 from faces.align import crop_matrix, resize_matrix, to_3x3, warp_face
 from faces.detect import Detection, YuNetDetector
-from faces.paste import paste_faces, upscale_photo
-from faces.wild import find_faces, read_face_csv
-from utils.images import save_png
+from faces.paste import pasted_bands
+from faces.wild import FaceList, FaceListError, find_faces, read_face_csv
+from utils.images import save_png_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,15 +55,41 @@ class Photo:
 
     name: str  # Output name (relative to the output folder, no extension).
     source: str
-    image: np.ndarray  # uint8 [H, W, C].
+    image: np.ndarray | None  # uint8 [H, W, C]; None for a video frame (read again: reread).
     faces: list[Detection]
     matrices: list[np.ndarray]  # Per face: photo pixels -> LR crop pixels, [2, 3].
     lr_size: int  # The LR crop side.
+    face_keys: list[str]  # Per face: the stable key of its noise (face_key).
+    shape: tuple[int, ...] = ()  # The image's shape.
+    frame: int | None = None  # Its index in a video or animated image (frames.py).
+    reread: Callable[[], np.ndarray] | None = None  # The pixels again, when image is None.
+
+    def pixels(self) -> np.ndarray:
+        """The photo's uint8 pixels (a frame is decoded again)."""
+        return self.image if self.image is not None else self.reread()
+
+    def without_pixels(self, reread: Callable[[], np.ndarray]) -> Photo:
+        """This photo holding no pixels: ``reread`` gives them again (frames of a video)."""
+        return dataclasses.replace(self, image=None, reread=reread)
 
     @property
     def face_names(self) -> list[str]:
         """The SR items of its faces (``<name>_face<kk>``)."""
         return [f'{self.name}_face{k:02d}' for k in range(len(self.faces))]
+
+
+def face_key(name: str, box: np.ndarray, grid: float) -> str:
+    """The stable key of a face's noise: the photo's name and its box rounded to ``grid``
+    photo pixels (centre and size, ``sr.noise_key_grid``), e.g. ``'street/a@12,40,3'``.
+
+    Not the face's index among the detections: the same face keeps its SR when another face
+    is found or missed, listed or not, or found in another order. A face found again with a
+    box moved by less than about ``grid / 2`` usually keeps its key (not when its centre sits
+    on a cell boundary).
+    """
+    x, y, w, h = (float(v) for v in box)
+    cells = np.round(np.array([x + w / 2, y + h / 2, max(w, h)]) / grid).astype(int)
+    return f'{name}@' + ','.join(str(c) for c in cells)
 
 
 def is_photo(image: np.ndarray, lr_size: int) -> bool:
@@ -88,12 +119,19 @@ class FaceFinder:
     def __init__(self, cfg: Any, hr_size: int, lr_size: int):
         self.cfg, self.hr_size, self.lr_size = cfg, hr_size, lr_size
         self.detector = YuNetDetector()
-        self.given = read_face_csv(cfg.faces_csv) if cfg.faces_csv else {}
+        self.given = read_face_csv(cfg.faces_csv) if cfg.faces_csv else FaceList('', {}, {})
 
-    def __call__(self, name: str, source: str, image: np.ndarray) -> Photo:
-        """The faces of one photo (``name``: its path relative to the input folder)."""
+    def __call__(
+        self, name: str, source: str, image: np.ndarray, frame: int | None = None
+    ) -> Photo:
+        """The faces of one photo (``name``: its path relative to the input folder, without
+        extension; ``frame``: its index in a video, whose path is ``source``)."""
         cfg = self.cfg
-        given = self.given.get(name + Path(source).suffix) or self.given.get(Path(source).name)
+        key, given = self.listed_key(name, source, frame), None
+        if key is not None:
+            self.given.outside(key, *image.shape[:2])
+            given = self.given[key]
+        source = source if frame is None else f'{source}#frame{frame}'
         found = find_faces(image, self.detector, cfg.only_center, cfg.min_face, given,
                            cfg.detect_scale)  # fmt: skip
         if not found:
@@ -108,12 +146,47 @@ class FaceFinder:
                     '%s face %d is shrunk %.1fx into the %dx%d LR crop: SR restores less detail '
                     'than the photo already has (the models are for faces at most about the LR '
                     'size)', source, k, shrink, self.lr_size, self.lr_size)  # fmt: skip
-        return Photo(name, source, image, found, matrices, self.lr_size)
+        keys = [face_key(name, f.box, cfg.noise_key_grid) for f in found]
+        return Photo(name, source, image, found, matrices, self.lr_size, keys, image.shape, frame)
+
+    def listed_key(self, name: str, source: str, frame: int | None) -> str | None:
+        """The name under which the CSV lists a photo's faces (:func:`listed_names`), if any."""
+        return next((k for k in listed_names(name, source, frame) if k in self.given), None)
+
+    def check_names(self, files: Sequence[Path], root: Path) -> None:
+        """Refuses (:class:`~faces.wild.FaceListError`, file and line) a CSV row whose name
+        matches none of the input ``files`` (under ``root``): a typo, a path, no extension."""
+        known, videos = set(), set()
+        for path in files if self.given else ():
+            name = path.relative_to(root).with_suffix('').as_posix()
+            names = listed_names(name, str(path), None)
+            (videos if frames_lib.has_frames(path) else known).update(names)
+        for name in self.given:
+            video, _, frame = name.rpartition('#')
+            if name in known or (video in videos and frame.isdigit()):
+                continue
+            example = sorted(known)[:1] or [f'{sorted(videos)[0]}#0']
+            raise FaceListError(
+                f'{self.given.where(name)}: {name!r} names no input photo of sr.input (name a '
+                f'photo by its path under sr.input with extension or its file name, e.g. '
+                f'{example[0]!r}; a frame of a video or animated image as clip.mp4#12)'
+            )
+
+
+def listed_names(name: str, source: str, frame: int | None) -> tuple[str, str]:
+    """The names a faces CSV may use for a photo: its path relative to the input folder with
+    extension, and its file name (frames of a video: ``<video>#<frame>``, e.g. ``clip.mp4#12``;
+    ``name`` is the photo's output name, ``source`` its file)."""
+    relative, base = name + Path(source).suffix, Path(source).name
+    if frame is not None:
+        relative = f'{Path(name).parent.as_posix()}{Path(source).suffix}#{frame}'
+        base = f'{base}#{frame}'
+    return relative, base
 
 
 def lr_crops(photo: Photo) -> np.ndarray:
     """The LR crops of a photo's faces, ``[F, lr, lr, C]`` float32 in [0, 1]."""
-    image, size = photo.image.astype(np.float32) / 255.0, photo.lr_size
+    image, size = photo.pixels().astype(np.float32) / 255.0, photo.lr_size
     crops = [np.clip(warp_face(image, m, size), 0.0, 1.0) for m in photo.matrices]
     return np.stack(crops) if crops else np.zeros((0, size, size, image.shape[-1]), np.float32)
 
@@ -131,40 +204,60 @@ def _read(path: Path) -> np.ndarray:
         return np.asarray(image, np.float32) / 255.0
 
 
+def paste_scale(shape: tuple[int, ...], factor: int, cfg: Any) -> int:
+    """The scale of a photo's pasted output: ``sr.upscale``, or by default (0) the model's
+    ``factor`` reduced until the long side is at most ``sr.upscale_max_side`` (at least 1).
+
+    A person wants the face enlarged in a photo they can still open: a 320x240 frame becomes
+    1280x960 at 4x, while a 4000x3000 photo stays 4000x3000 (the faces then come back at the
+    photo's resolution in the paste, and at the model's in the SR crops).
+    """
+    if cfg.upscale:
+        return int(cfg.upscale)
+    fits = int(cfg.upscale_max_side) // max(shape[:2])
+    return int(max(1, min(factor, fits)))
+
+
 def write_photo(
     out_dir: Path, photo: Photo, items: dict[str, dict], cfg: Any, factor: int
 ) -> dict[str, Any]:
-    """Pastes the photo's SR crops (read back from ``out_dir``) into its upscaled copies;
-    its manifest record."""
-    scale = cfg.upscale or factor
-    outputs = output_names(photo, cfg.num_samples, cfg.uncertainty)
-    if photo.faces:
-        photo_up = upscale_photo(photo.image, scale)
+    """Pastes the photo's SR crops (read back from ``out_dir``) into its upscaled copies,
+    band by band (``faces.paste.pasted_bands``: memory stays that of the photo at any
+    upscale); its manifest record. With ``sr.crops_only`` nothing is pasted."""
+    scale = paste_scale(photo.shape, factor, cfg)
+    outputs = [] if cfg.crops_only else output_names(photo, cfg.num_samples, cfg.uncertainty)
+    if photo.faces and outputs:
         mine = [items[name] for name in photo.face_names]
         sources = [[item['sr'][k] for item in mine] for k in range(cfg.num_samples)]
         if cfg.uncertainty:
             sources.append([item['mean'] for item in mine])
+        h, w, c = photo.shape
+        image = photo.pixels()
         for output, crops in zip(outputs, sources, strict=True):
             images = [_read(out_dir / c) for c in crops]
             side = images[0].shape[0]
-            pasted, _ = paste_faces(
-                photo_up, images, photo.matrices, scale, cfg.feather * side, photo.lr_size,
+            bands = pasted_bands(
+                image, images, photo.matrices, scale, cfg.feather * side, photo.lr_size,
                 cfg.margin * side)  # fmt: skip
-            save_png(pasted, out_dir / output)
+            save_png_rows(bands, (h * scale, w * scale, c), out_dir / output)
     return {
         'input': photo.source,
+        **({'frame': photo.frame} if photo.frame is not None else {}),
         'outputs': outputs if photo.faces else [],
         'scale': scale,
         'faces': [
-            _face_record(f, n, m)
-            for f, n, m in zip(photo.faces, photo.face_names, photo.matrices, strict=True)
+            _face_record(*face)
+            for face in zip(
+                photo.faces, photo.face_names, photo.matrices, photo.face_keys, strict=True
+            )
         ],
     }
 
 
-def _face_record(face: Detection, item: str, matrix: np.ndarray) -> dict[str, Any]:
+def _face_record(face: Detection, item: str, matrix: np.ndarray, key: str) -> dict[str, Any]:
     return {
         'item': item,
+        'noise_key': key,
         'lr_scale': round(lr_scale(matrix), 4),  # LR crop pixels per photo pixel.
         'box': [round(float(v), 2) for v in face.box],
         'landmarks': [[round(float(v), 2) for v in p] for p in face.landmarks],

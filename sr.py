@@ -28,18 +28,24 @@ no manifest. Two inputs mapping to the same output name are refused before anyth
 With ``sr.uncertainty`` (``num_samples >= 2``): per input its posterior mean, per-pixel std
 (array and heat map), a sheet and identity-stability figures (``uncertainty.py``).
 
-Determinism: sample ``k`` of input ``i`` has sample id ``i * num_samples + k`` and draws its
-noise from ``fold_in(PRNGKey(sr.seed), id)`` (see ``sampling``), so outputs depend neither on
-``sr.batch_size`` nor on the device count.
+Videos and animated images are read frame by frame (``sr.frames``, ``frames.py``); every frame
+is a photo, ``<name>/frame<NNNNNN>``.
+
+Determinism: sample ``k`` of input ``i`` has sample id ``i * num_samples + k`` (a face of a
+photo: :func:`keyed_id` of its stable key, ``photos.face_key``) and draws its noise from
+``fold_in(PRNGKey(sr.seed), id)`` (see ``sampling``), so outputs depend neither on
+``sr.batch_size`` nor on the device count, and a face's not on the other faces found.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +59,7 @@ from jax.experimental import multihost_utils
 import datasets
 import degradations
 import experiment
+import frames as frames_lib
 import guidance as guidance_lib
 import mean_model
 import photos as photos_lib
@@ -77,6 +84,30 @@ class Inputs:
     batches: Callable[[int], Iterator[Batch]]  # inputs per batch -> 'lr', 'lr_up' (, 'hr').
     with_hr: bool
     photos: tuple[photos_lib.Photo, ...] = ()  # Photos whose faces are among the inputs.
+    # Per input, the stable key its noise comes from (photos' faces: photos.face_key), or
+    # None: then its index in the inputs (see sample_ids). () = None for every input.
+    keys: tuple[str | None, ...] = ()
+
+    def sample_ids(self, num_samples: int) -> np.ndarray:
+        """``[inputs, num_samples]`` int32 sample ids: sample ``k`` of input ``i`` is
+        ``i * num_samples + k``, or for an input with a key :func:`keyed_id` of
+        ``(key, k)``: a face's SR then depends neither on which other faces were found nor
+        on their order."""
+        keys = self.keys or (None,) * len(self.names)
+        ids = np.arange(len(keys) * num_samples, dtype=np.int64).reshape(len(keys), num_samples)
+        for i, key in enumerate(keys):
+            if key is not None:
+                ids[i] = [keyed_id(key, k) for k in range(num_samples)]
+        return ids.astype(np.int32)
+
+
+def keyed_id(key: str, sample: int) -> int:
+    """A sample id in [0, 2**31) from a stable key: CRC-32 of ``'<key>#<sample>'``.
+
+    Unrelated keys collide with probability 2**-31 per pair, and an index id (< inputs x
+    samples) is hit as rarely: either way only two samples would share their noise.
+    """
+    return zlib.crc32(f'{key}#{sample}'.encode()) & 0x7FFFFFFF
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -138,36 +169,46 @@ def file_inputs(
     data_config: Any,
     max_images: int = 0,
     finder: photos_lib.FaceFinder | None = None,
+    frame_range: frames_lib.FrameRange = frames_lib.ALL_FRAMES,
 ) -> Inputs:
-    """An image file or a folder of them (decoded and fitted now; see the module docstring).
+    """An image or video file or a folder of them (decoded and fitted now; see the module
+    docstring).
 
     With a ``finder`` (``sr.aligned`` false), inputs that are not of the LR size are photos:
-    their faces, aligned into LR crops, are the inputs (``photos.py``).
+    their faces, aligned into LR crops, are the inputs (``photos.py``); so is every frame of a
+    video or animated image in ``frame_range`` (``frames.py``).
     """
-    path = Path(path)
-    if path.is_dir():
-        files, root = datasets.list_images(path), path
-    elif path.is_file():
-        files, root = [path], path.parent
-    else:
-        raise datasets.DataError(f'SR input {path} does not exist')
-    if not files:
-        raise datasets.DataError(f'no image files in {path}')
+    files, root = _input_files(Path(path))
+    if finder is not None:
+        finder.check_names(files, root)
     files = files[:max_images] if max_images else files
     channels, size = int(data_config.num_channels), lr_size(data_config)
-    names, sources, crops, photos = [], [], [], []
+    names, sources, crops, keys, photos = [], [], [], [], []
     for f in files:
-        image, name = datasets.decode_image(f, channels), f.relative_to(root).with_suffix('')
+        name = f.relative_to(root).with_suffix('').as_posix()
+        if frames_lib.has_frames(f):
+            if finder is None:
+                raise datasets.DataError(
+                    f'{f} is a video or an animated image: its frames are photos, not aligned '
+                    'crops (sr.aligned=false)'
+                )
+            photos += _frame_photos(f, name, finder, frame_range)
+            continue
+        image = datasets.decode_image(f, channels)
         if finder is not None and photos_lib.is_photo(image, size):
-            photos.append(finder(name.as_posix(), str(f), image))
+            photo = finder(name, str(f), image)
+            photos.append((photo, photos_lib.lr_crops(photo)))
         else:
-            names.append(name.as_posix())
+            names.append(name)
             sources.append(str(f))
+            keys.append(None)
             crops.append(fit_lr(image, data_config, str(f))[None])
-    for photo in photos:
+    for photo, face_crops in photos:
         names += photo.face_names
         sources += [f'{photo.source}#face{k:02d}' for k in range(len(photo.faces))]
-        crops.append(photos_lib.lr_crops(photo))
+        keys += photo.face_keys
+        crops.append(face_crops)
+    photos = [photo for photo, _ in photos]
     lr = np.concatenate(crops).astype(np.float32)
 
     def batches(per_batch: int) -> Iterator[Batch]:
@@ -175,7 +216,34 @@ def file_inputs(
             chunk = lr[start : start + per_batch]
             yield {'lr': chunk, 'lr_up': upsample_lr(chunk, data_config)}
 
-    return Inputs(names, sources, batches, with_hr=False, photos=tuple(photos))
+    return Inputs(names, sources, batches, False, tuple(photos), tuple(keys))
+
+
+def _input_files(path: Path) -> tuple[list[Path], Path]:
+    """The input files of ``sr.input`` (images and videos, sorted) and their root folder."""
+    if path.is_dir():
+        files = sorted(datasets.list_images(path) + frames_lib.list_videos(path))
+        if not files:
+            raise datasets.DataError(f'no image or video files in {path}')
+        return files, path
+    if path.is_file():
+        return [path], path.parent
+    raise datasets.DataError(f'SR input {path} does not exist')
+
+
+def _frame_photos(
+    path: Path, name: str, finder: photos_lib.FaceFinder, frame_range: frames_lib.FrameRange
+) -> list[tuple[photos_lib.Photo, np.ndarray]]:
+    """The frames of a video or animated image in ``frame_range`` as photos (``<name>/frame
+    <NNNNNN>``) with their faces' LR crops; the pixels are dropped, read again to paste."""
+    reader, found = frames_lib.FrameReader(path), []
+    for index, image in frames_lib.read_frames(path, frame_range):
+        photo = finder(f'{name}/frame{index:06d}', str(path), image, index)
+        reread = functools.partial(reader.frame, index)
+        found.append((photo.without_pixels(reread), photos_lib.lr_crops(photo)))
+    if not found:
+        raise frames_lib.FrameError(f'{path}: no frame in sr.frames {frame_range}')
+    return found
 
 
 def dataset_inputs(config: Any, max_images: int = 0) -> Inputs:
@@ -213,20 +281,25 @@ UNCERTAINTY_OUTPUTS = {'mean': '_mean.png', 'std': '_std.npy', 'std_map': '_std.
 
 
 def plan_outputs(
-    inputs: Inputs, num_samples: int, num_grids: int, with_uncertainty: bool = False
+    inputs: Inputs,
+    num_samples: int,
+    num_grids: int,
+    with_uncertainty: bool = False,
+    pasted: bool = True,
 ) -> tuple[list[dict], list[str]]:
     """Output file names (relative to the output folder) per input, and the grid names.
 
     Raises :class:`datasets.DataError` naming both inputs when two outputs would share a name.
     """
     items = []
-    for name, source in zip(inputs.names, inputs.sources, strict=True):
+    keys = inputs.keys or (None,) * len(inputs.names)
+    for name, source, key in zip(inputs.names, inputs.sources, keys, strict=True):
         srs = (
             [f'{name}.png']
             if num_samples == 1
             else [f'{name}_s{k}.png' for k in range(num_samples)]
         )
-        item = {'input': source, 'sr': srs}
+        item = {'input': source, 'sr': srs, **({'noise_key': key} if key else {})}
         if inputs.with_hr:
             item.update(lr=f'{name}_lr.png', hr=f'{name}_hr.png')
         if with_uncertainty:
@@ -234,8 +307,8 @@ def plan_outputs(
         items.append(item)
     grids = [f'grid_{b:04d}.png' for b in range(num_grids)]
     owners: dict[str, str] = {g: 'a grid' for g in grids}
-    for photo in inputs.photos:  # The pasted photos.
-        if photo.faces:
+    for photo in inputs.photos:  # The pasted photos (none with sr.crops_only).
+        if photo.faces and pasted:
             for out in photos_lib.output_names(photo, num_samples, with_uncertainty):
                 owners[out] = photo.source
     for item in items:
@@ -316,10 +389,26 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- sampling
 
 
-def _validate(cfg: Any) -> None:
-    for name, low in (('num_samples', 1), ('batch_size', 1), ('max_images', 0), ('checkpoint', 0)):
+def _validate(cfg: Any, hr_size: int) -> None:
+    """``sr.*`` values, checked before anything is read or loaded (a one-line error names the
+    option: ``main.py``)."""
+    for name, low in (('num_samples', 1), ('batch_size', 1), ('max_images', 0), ('checkpoint', 0),
+                      ('upscale', 0), ('margin', 0), ('min_face', 0)):  # fmt: skip
         if cfg[name] < low:
             raise ValueError(f'sr.{name} must be >= {low}, got {cfg[name]}')
+    for name in ('feather', 'noise_key_grid', 'detect_scale', 'upscale_max_side'):
+        if cfg[name] <= 0:
+            raise ValueError(f'sr.{name} must be > 0, got {cfg[name]}')
+    if (cfg.feather + cfg.margin) * hr_size > (hr_size - 1) / 2:
+        raise ValueError(
+            f'sr.feather {cfg.feather} + sr.margin {cfg.margin} leave no opaque part of the '
+            f'{hr_size} px SR crop: keep their sum under {(hr_size - 1) / (2 * hr_size):.3f}'
+        )
+    frames_lib.parse_frames(cfg.frames)
+    if cfg.output and Path(cfg.output).exists() and not Path(cfg.output).is_dir():
+        raise ValueError(f'sr.output {cfg.output} is an existing file: give a folder')
+    if cfg.faces_csv and not Path(cfg.faces_csv).is_file():
+        raise ValueError(f'sr.faces_csv {cfg.faces_csv}: no such file')
     if cfg.uncertainty:
         uncertainty.check_num_samples(cfg.num_samples)
         if cfg.std_max <= 0:
@@ -381,20 +470,22 @@ def _compiled_sampler(
 def _sampler_inputs(
     batch: Batch,
     first: int,
-    num_samples: int,
+    ids: np.ndarray,
     rows: int,
     centered: bool,
     targets: np.ndarray | None = None,
 ) -> Batch:
-    """Global sampler rows (input-major, zero-padded to ``rows``): scaled cond and sample ids,
-    and the guidance targets of the batch's inputs (``targets`` of every input) if any."""
+    """Global sampler rows (input-major, zero-padded to ``rows``): scaled cond and sample ids
+    (``ids`` [inputs, num_samples] of every input, :meth:`Inputs.sample_ids`), and the
+    guidance targets of the batch's inputs (``targets`` of every input) if any."""
     scaler = datasets.get_data_scaler(centered)
+    num_samples = ids.shape[1]
     count = len(batch['lr']) * num_samples
 
     def pad(x):
         return np.concatenate([x, np.zeros((rows - count,) + x.shape[1:], x.dtype)])
 
-    ids = np.arange(first * num_samples, first * num_samples + count, dtype=np.int32)
+    ids = ids[first : first + len(batch['lr'])].reshape(-1)
     cond = datasets.model_cond(batch, scaler)
     rows_of = {k: pad(np.repeat(v, num_samples, axis=0)) for k, v in cond.items()}
     rows_of['ids'] = pad(ids)
@@ -424,10 +515,11 @@ def _sample_batches(
     config, num_samples = exp.config, exp.config.sr.num_samples
     key = parallel.replicate(jax.random.PRNGKey(config.sr.seed), exp.mesh)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
+    ids = inputs.sample_ids(num_samples)
     for b, batch in enumerate(inputs.batches(per_batch)):
         batch = {k: np.asarray(v) for k, v in mean(batch).items()}
         local = _local_rows(
-            _sampler_inputs(batch, b * per_batch, num_samples, rows, config.data.centered, targets)
+            _sampler_inputs(batch, b * per_batch, ids, rows, config.data.centered, targets)
         )
         sharded = parallel.shard_batch(local, exp.mesh)
         cond = {k: v for k, v in sharded.items() if k != 'ids'}
@@ -458,7 +550,8 @@ def make_plan(inputs: Inputs, cfg: Any, num_devices: int) -> Plan:
     per_batch = max(1, min(n, cfg.batch_size // cfg.num_samples))
     rows = -(-per_batch * cfg.num_samples // num_devices) * num_devices
     num_grids = -(-n // per_batch) if cfg.grid else 0
-    return Plan(per_batch, rows, *plan_outputs(inputs, cfg.num_samples, num_grids, cfg.uncertainty))
+    outputs = plan_outputs(inputs, cfg.num_samples, num_grids, cfg.uncertainty, not cfg.crops_only)
+    return Plan(per_batch, rows, *outputs)
 
 
 def _sample_and_write(
@@ -541,7 +634,8 @@ def _inputs(config: Any) -> Inputs:
         return dataset_inputs(config, cfg.max_images)
     hr = int(config.data.image_size)
     finder = None if cfg.aligned else photos_lib.FaceFinder(cfg, hr, lr_size(config.data))
-    return file_inputs(cfg.input, config.data, cfg.max_images, finder)
+    frame_range = frames_lib.parse_frames(cfg.frames)
+    return file_inputs(cfg.input, config.data, cfg.max_images, finder, frame_range)
 
 
 def _write_photos(out_dir: Path, inputs: Inputs, plan: Plan, cfg: Any, factor: int) -> dict:
@@ -564,7 +658,7 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
     # ----- Checks: inputs, checkpoint, output names (nothing is written before they pass) -----
     config = for_uncertainty(config)
     cfg = config.sr
-    _validate(cfg)
+    _validate(cfg, int(config.data.image_size))
     workdir = Path(workdir)
     out_dir = Path(cfg.output or runs.Run.open(workdir).output_dir('sr'))
     inputs = _inputs(config)

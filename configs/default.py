@@ -25,7 +25,8 @@ def data_config() -> ml_collections.ConfigDict:
     data.image_size = 128  # HR size (square); must be divisible by downscale.
     data.resize_mode = 'resize'  # 'resize' (squash) or 'center_crop' (square, then resize).
     data.downscale = 8  # LR = HR downscaled by this factor (8 or 16).
-    data.down_kernel = 'bilinear'  # Kernel that makes LR (SDE-SR: antialiased bilinear).
+    # Kernel that makes LR (SDE-SR: antialiased bilinear); 'area' is OpenCV's INTER_AREA.
+    data.down_kernel = 'bilinear'
     data.up_kernel = 'bicubic'  # Kernel that upsamples LR back to HR size (lr_up).
     data.antialias = True  # Antialiased resizing (jax.image.resize) for LR and lr_up.
     data.random_flip = True  # Random horizontal flips of training batches.
@@ -33,6 +34,17 @@ def data_config() -> ml_collections.ConfigDict:
     data.noise_sigma = 0.0  # Gaussian noise std added to LR, [0, 1] units (0: off).
     data.blur_sigma = 0.0  # Gaussian blur std of HR before downscaling, HR pixels (0: off).
     data.jpeg_quality = 0  # JPEG quality 1..100 applied to LR via Pillow (0: off).
+    # Random degradation (GFPGAN/Real-ESRGAN style; datasets.draw_degradation): each image draws
+    # blur, noise and JPEG quality uniformly from the ranges below and its kernel from
+    # down_kernels, from its own generator (deterministic). The fixed blur_sigma, noise_sigma
+    # and jpeg_quality must then be 0. A preset: configs/degradation_presets.py.
+    data.random_degradation = False
+    data.blur_sigma_range = (0.0, 0.0)  # (low, high) of blur_sigma, HR pixels.
+    data.noise_sigma_range = (0.0, 0.0)  # (low, high) of noise_sigma, [0, 1] units.
+    data.jpeg_quality_range = (0, 0)  # (low, high) of jpeg_quality in 1..100, or (0, 0): off.
+    # Kernel specs drawn from: 'bicubic' or 'bicubic:noaa' (no antialiasing), 'area'...
+    # () = down_kernel with antialias. CLI: --config.data.down_kernels=area,bicubic:noaa
+    data.down_kernels = ()
     data.num_channels = 3  # 3 (RGB) or 1 (grayscale: model.out_channels too, see README).
     data.cache_mb = 2048  # Cache decoded uint8 HR images if the dataset fits (0: never).
     # A source whose eval split is its training images (a folder without faces.csv, a
@@ -112,7 +124,17 @@ def sr_config() -> ml_collections.ConfigDict:
     # Photos: CSV of faces per photo (file,x,y,w,h or file,x1,y1,...,x5,y5), for faces too
     # small for the detector; '' = none.
     sr.faces_csv = ''
-    sr.upscale = 0  # Photos: scale of the pasted output (0 = the model's factor).
+    # Photos: whole scale of the pasted output; 0 = the model's factor, reduced until the long
+    # side is at most upscale_max_side (at least 1: a 4000x3000 photo stays that size).
+    sr.upscale = 0
+    sr.upscale_max_side = 4096
+    sr.crops_only = False  # Photos: write the aligned SR crops and the manifest, paste nothing.
+    # Videos and animated images (frames.py): which frames, 'all', 'N' (the first N) or
+    # 'start:stop' (0-based, stop excluded); each is a photo, <input>/frame<NNNNNN>.png.
+    sr.frames = 'all'
+    # Photos: a face's noise comes from the photo's name and its box rounded to this many
+    # pixels (photos.face_key), not its index among the faces found.
+    sr.noise_key_grid = 8.0
     sr.feather = 0.1  # Photos: width of the paste mask's soft edge, fraction of the crop side.
     sr.margin = 0.02  # Photos: the mask's zero border, fraction of the crop side.
     sr.uncertainty = False
@@ -136,6 +158,14 @@ def eval_config() -> ml_collections.ConfigDict:
     cfg.output = ''
     cfg.split = 'test'  # Split evaluated (celeba_id128 'test': 60 identities never trained on).
     cfg.max_images = 0  # Evaluate the first N images of the split (0 = all).
+    # The eval's LR (the model, its checks and statistics keep config.data's): the kernel spec
+    # that makes it, e.g. 'area' or 'bicubic:noaa' (no antialiasing); '' = data.down_kernel
+    # with data.antialias, the model's own.
+    cfg.down_kernel = ''
+    # A fixed degradation of that LR (configs/degradation_presets.py: 'degraded' = blur,
+    # noise and JPEG); '' = the data's fixed fields. An eval's LR is never drawn at random
+    # (data.random_degradation is off for it). Both are part of the output folder's name.
+    cfg.degradation = ''
     cfg.batch_size = 16  # Global batch; 'sr' samples it on the most devices that divide it.
     # What is evaluated, in table order: 'sr' (the model, sampled with config.sampling),
     # 'bicubic' (the upsampled LR) and 'hr' (the HR itself: ceiling of the face metrics).

@@ -16,13 +16,18 @@ crop is warped back through its inverse.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from faces.align import resize_image, resize_matrix, to_3x3, warp_face
 from faces.detect import to_float255
+from utils.images import to_uint8
+
+#: Output rows per band of :func:`pasted_bands`: a 16000 px wide RGB band is then about 50 MB
+#: of float32.
+BAND_ROWS = 256
 
 
 def _to_unit(image: Any) -> np.ndarray:
@@ -50,6 +55,81 @@ def upscale_photo(photo: Any, scale: float) -> np.ndarray:
     if (height, width) == (h, w):
         return image
     return np.clip(resize_image(image, height, width, 'bicubic'), 0.0, 1.0)
+
+
+def pasted_bands(
+    photo: Any,
+    crops: Sequence[Any],
+    matrices: Sequence[np.ndarray],
+    scale: int,
+    feather: float,
+    lr_size: int | None = None,
+    margin: float = 0.0,
+    band_rows: int = BAND_ROWS,
+) -> Iterator[np.ndarray]:
+    """:func:`paste_faces` into :func:`upscale_photo` of ``photo``, made and yielded in bands
+    of ``band_rows`` output rows (uint8 ``[rows, W scale, C]``, top to bottom).
+
+    For photos of any size and upscale: the enlarged photo never exists whole, so memory is
+    the photo (as float) and one band (with :func:`utils.images.save_png_rows`, what is
+    written too). Each band is Pillow's bicubic resize of its own source band (``box``),
+    whose filter reads the rows around the band as the whole-photo resize does, and every face
+    crossing the band is pasted into it (:func:`paste_back` with the band's origin): equal to
+    the whole-photo :func:`paste_faces` up to float rounding (1 level of 8 bits).
+    ``scale``: a whole number >= 1.
+    """
+    from PIL import Image
+
+    if scale != int(scale) or scale < 1:
+        raise ValueError(f'photo scale {scale} is not a whole number >= 1')
+    scale = int(scale)
+    image = _to_unit(photo)
+    h, w, c = image.shape
+    planes = [Image.fromarray(np.ascontiguousarray(image[..., k], np.float32)) for k in range(c)]
+    step = max(1, band_rows // scale) * scale
+    shape = (h * scale, w * scale)
+    regions = [_crop_region(shape, _to_unit(f).shape[0], m, scale, lr_size)
+               for f, m in zip(crops, matrices, strict=True)]  # fmt: skip
+    for top in range(0, h * scale, step):
+        rows = min(step, h * scale - top)
+        if scale == 1:
+            band = image[top : top + rows]
+        else:
+            box = (0.0, top / scale, float(w), (top + rows) / scale)
+            band = np.stack([np.asarray(p.resize((w * scale, rows), Image.Resampling.BICUBIC,
+                                                 box)) for p in planes], -1)  # fmt: skip
+            band = np.clip(band, 0.0, 1.0)
+        for crop, matrix, region in zip(crops, matrices, regions, strict=True):
+            if region is None or region[1][1] <= top or region[0][1] >= top + rows:
+                continue  # The face misses this band.
+            band, _ = paste_back(
+                band, crop, _shifted(matrix, (0, top), scale), scale, feather, lr_size, margin
+            )
+        yield to_uint8(band)
+
+
+def _shifted(matrix: np.ndarray, origin: tuple[float, float], scale: float) -> np.ndarray:
+    """The photo -> LR crop ``matrix`` seen from a part of the upscaled photo whose pixel 0
+    is upscaled pixel ``origin`` (x, y): part pixel ``p`` is photo pixel
+    ``(p + origin + 0.5) / scale - 0.5``, i.e. the part's "photo" is shifted by
+    ``origin / scale``."""
+    shift = np.eye(3)
+    shift[:2, 2] = np.asarray(origin, np.float64) / scale
+    return (to_3x3(matrix) @ shift)[:2]
+
+
+def _crop_region(
+    shape: tuple[int, ...], n: int, matrix: np.ndarray, scale: float, lr_size: int | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pixel box ``(lo, hi)`` (x, y) of the upscaled photo that an ``n`` px crop covers,
+    clipped to the photo; None when it lies outside."""
+    to_up = np.linalg.inv(to_3x3(upscaled_crop_matrix(matrix, scale, n, lr_size)))
+    edge = n - 0.5  # The crop square's corners, outer edges of its corner pixels.
+    corners = np.array([[-0.5, -0.5, 1], [edge, -0.5, 1], [-0.5, edge, 1], [edge, edge, 1]])
+    xy = corners @ to_up[:2].T
+    lo = np.maximum(np.floor(xy.min(0)).astype(int), 0)
+    hi = np.minimum(np.ceil(xy.max(0)).astype(int) + 1, np.asarray(shape[1::-1]))
+    return None if np.any(hi <= lo) else (lo, hi)
 
 
 def feather_mask(size: int, feather: float, margin: float = 0.0) -> np.ndarray:
@@ -112,15 +192,12 @@ def paste_back(
     n = face.shape[0]
     if face.shape[:2] != (n, n) or face.shape[2:] != out.shape[2:]:
         raise ValueError(f'crop {face.shape} is not a square crop of the photo {out.shape}')
-    to_up = np.linalg.inv(to_3x3(upscaled_crop_matrix(matrix, scale, n, lr_size)))
-    edge = n - 0.5  # The crop square's corners, outer edges of its corner pixels.
-    corners = np.array([[-0.5, -0.5, 1], [edge, -0.5, 1], [-0.5, edge, 1], [edge, edge, 1]])
-    xy = corners @ to_up[:2].T
-    lo = np.maximum(np.floor(xy.min(0)).astype(int), 0)
-    hi = np.minimum(np.ceil(xy.max(0)).astype(int) + 1, out.shape[1::-1])
     mask = np.zeros(out.shape[:2], np.float32)
-    if np.any(hi <= lo):
+    region = _crop_region(out.shape, n, matrix, scale, lr_size)
+    if region is None:
         return out, mask  # The crop lies outside the photo.
+    lo, hi = region
+    to_up = np.linalg.inv(to_3x3(upscaled_crop_matrix(matrix, scale, n, lr_size)))
     shift = np.array([[1.0, 0, -lo[0]], [0, 1.0, -lo[1]], [0, 0, 1]])
     rgba = np.concatenate([face, feather_mask(n, feather, margin)[..., None]], axis=-1)
     warped = warp_face(rgba, (shift @ to_up)[:2], (hi[1] - lo[1], hi[0] - lo[0]))

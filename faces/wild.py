@@ -26,16 +26,16 @@ a CSV (:func:`read_face_csv`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from faces.align import resize_matrix
-from faces.detect import SOURCE_GIVEN, Detection, box_iou, select_central, to_float255
-from faces.paste import upscale_photo
+from faces import tiles
+from faces.detect import SOURCE_GIVEN, Detection, box_iou, select_central
 from utils import csvfile
 
 #: Landmarks as fractions of YuNet's box, ``(landmark - (x, y)) / (w, h)``: the per-point
@@ -101,6 +101,8 @@ def find_faces(
 
     * ``detect_scale``: YuNet runs on the photo upscaled by this factor (bicubic), for faces
       too small for it at their size (module doc); coordinates are mapped back to the photo.
+      A photo larger than a tile is detected in tiles plus an overview, so memory stays
+      bounded (:func:`faces.tiles.detect`).
     * ``min_size``: detections whose box is narrower or shorter than this (pixels of the
       photo) are dropped: ``min(w, h) >= min_size`` is kept (YuNet's boxes are about 0.76 as
       wide as tall, so this is the box width).
@@ -112,10 +114,7 @@ def find_faces(
 
     Returns the given faces in their order, then the detections best first.
     """
-    image = to_float255(photo) / 255.0
-    if detect_scale != 1:
-        image = upscale_photo(image, detect_scale)
-    found = [_to_photo(d, detect_scale) for d in detector.detect(image)]
+    found = tiles.detect(photo, detector, detect_scale)
     found = [d for d in found if min(d.box[2], d.box[3]) >= min_size]
     given = list(given or [])
     if given:
@@ -128,29 +127,64 @@ def find_faces(
     return faces
 
 
-def _to_photo(face: Detection, scale: int) -> Detection:
-    """A detection on the photo upscaled by ``scale``, in the photo's pixels."""
-    if scale == 1:
-        return face
-    back = np.linalg.inv(resize_matrix(scale))[:2]
-    corner = back[:, :2] @ face.box[:2] + back[:, 2]
-    landmarks = face.landmarks @ back[:, :2].T + back[:, 2]
-    return Detection(np.r_[corner, face.box[2:] / scale], landmarks, face.score, face.source)
+@dataclasses.dataclass(frozen=True)
+class FaceList:
+    """Faces listed per photo in a CSV (:func:`read_face_csv`), with the lines they came from.
+
+    Reads as a mapping ``{file: [Detection, ...]}``; :meth:`where` names a face's line, so that
+    a row found wrong later (a box outside its photo, a name matching no input) is refused by
+    file and line too.
+    """
+
+    path: str
+    faces: Mapping[str, list[Detection]]
+    lines: Mapping[str, list[int]]
+
+    def __getitem__(self, name: str) -> list[Detection]:
+        return self.faces[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.faces)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.faces
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def get(self, name: str) -> list[Detection] | None:
+        return self.faces.get(name)
+
+    def where(self, name: str, k: int = 0) -> str:
+        """``<file>:<line>`` of face ``k`` listed for ``name``."""
+        return f'{self.path}:{self.lines[name][k]}'
+
+    def outside(self, name: str, height: int, width: int) -> None:
+        """Refuses (:class:`FaceListError`) a box of ``name`` lying wholly outside its
+        ``height`` x ``width`` photo: it would be super-resolved from black and counted."""
+        for k, face in enumerate(self.faces.get(name) or []):
+            x, y, w, h = face.box
+            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                raise FaceListError(
+                    f'{self.where(name, k)}: the box {np.round(face.box, 1).tolist()} of '
+                    f'{name!r} lies outside the {width}x{height} photo'
+                )
 
 
-def read_face_csv(path: str | Path) -> dict[str, list[Detection]]:
+def read_face_csv(path: str | Path) -> FaceList:
     """Faces listed per photo in a CSV: ``{file: [Detection, ...]}`` in file order.
 
     Columns (a header line, names exact): ``file`` (the photo's name as the caller looks it
-    up) and either ``x,y,w,h`` (a face box as YuNet draws it, top-left corner and size in
-    photo pixels; landmarks from :func:`landmarks_from_box`) or ``x1,y1,...,x5,y5`` (five
-    landmarks, image-left eye first as in :class:`~faces.detect.Detection`; the box from
-    :func:`box_from_landmarks`). A photo has one row per face. Faces get ``source='given'`` and
-    score 1. Read by :func:`utils.csvfile.read_csv` (UTF-8, an Excel BOM allowed). A file that
-    is not UTF-8, a missing or unknown column, a short or long row, a missing or non-numeric
-    value, a box without area, or one face listed twice (two rows of a photo whose boxes
-    overlap by more than :data:`SAME_FACE_IOU`, which would be restored and pasted twice)
-    raises :class:`FaceListError` naming the file and line (both lines for a repeat).
+    up) and ``x,y,w,h`` (a face box as YuNet draws it, top-left corner and size in photo
+    pixels; landmarks from :func:`landmarks_from_box`), ``x1,y1,...,x5,y5`` (five landmarks,
+    image-left eye first as in :class:`~faces.detect.Detection`; the box from
+    :func:`box_from_landmarks`), or both (each landmark must lie in its box). A photo has one
+    row per face. Faces get ``source='given'`` and score 1. Read by
+    :func:`utils.csvfile.read_csv` (UTF-8, an Excel BOM allowed). A file that is not UTF-8, a
+    missing or unknown column, a short or long row, a missing or non-numeric value, a box
+    without area, a landmark outside its box, or one face listed twice (two rows of a photo
+    whose boxes overlap by more than :data:`SAME_FACE_IOU`, which would be restored and pasted
+    twice) raises :class:`FaceListError` naming the file and line (both lines for a repeat).
     """
     table = csvfile.read_csv(path, error_type=FaceListError)
     columns = _check_header(table)
@@ -169,24 +203,27 @@ def read_face_csv(path: str | Path) -> dict[str, list[Detection]]:
                 )
         earlier.append(face)
         lines.setdefault(name, []).append(row.line)
-    return faces
+    return FaceList(str(path), faces, lines)
 
 
 def _check_header(table: csvfile.Table) -> tuple[str, ...]:
-    """The value columns of a face list (box or landmarks), or :class:`FaceListError`."""
+    """The value columns of a face list (box, landmarks or both), or :class:`FaceListError`."""
     names, where = list(table.columns), f'{table.path}:{table.header_line}'
-    for columns in (BOX_COLUMNS, LANDMARK_COLUMNS):
-        if set(columns) & set(names):
-            expected = ('file', *columns)
-            missing = [c for c in expected if c not in names]
-            unknown = [c for c in names if c not in expected]
-            if missing or unknown:
-                raise FaceListError(
-                    f'{where}: columns {names}: missing {missing}, unknown or repeated '
-                    f'{unknown or "none"}; expected {",".join(expected)}'
-                )
-            return columns
-    raise FaceListError(f'{where}: columns {names}: expected file,x,y,w,h or file,x1,...,y5')
+    columns = tuple(c for group in (BOX_COLUMNS, LANDMARK_COLUMNS) if set(group) & set(names)
+                    for c in group)  # fmt: skip
+    if not columns:
+        raise FaceListError(
+            f'{where}: columns {names}: expected file,x,y,w,h or file,x1,...,y5 (or both)'
+        )
+    expected = ('file', *columns)
+    missing = [c for c in expected if c not in names]
+    unknown = [c for c in names if c not in expected]
+    if missing or unknown:
+        raise FaceListError(
+            f'{where}: columns {names}: missing {missing}, unknown or repeated '
+            f'{unknown or "none"}; expected {",".join(expected)}'
+        )
+    return columns
 
 
 def _parse_row(row: csvfile.Row, columns: tuple[str, ...]) -> tuple[str, Detection]:
@@ -203,15 +240,29 @@ def _parse_row(row: csvfile.Row, columns: tuple[str, ...]) -> tuple[str, Detecti
             raise row.error(f'column {column!r} is not a number: {text!r}') from None
         if not math.isfinite(values[-1]):
             raise row.error(f'column {column!r} is not finite: {text!r}')
-    if columns == BOX_COLUMNS:
-        box = np.array(values)
-        landmarks = landmarks_from_box(box)
-    else:
-        landmarks = np.array(values).reshape(5, 2)
-        box = box_from_landmarks(landmarks)
+    given = dict(zip(columns, values, strict=True))
+    box = np.array([given[c] for c in BOX_COLUMNS]) if 'x' in given else None
+    landmarks = np.array([given[c] for c in LANDMARK_COLUMNS]).reshape(5, 2) if (
+        'x1' in given) else None  # fmt: skip
+    box = box_from_landmarks(landmarks) if box is None else box
+    landmarks = landmarks_from_box(box) if landmarks is None else landmarks
     if box[2] <= 0 or box[3] <= 0:
         raise row.error(
             f'the face has no area (box {np.round(box, 1).tolist()}; '
             'landmarks must be image-left eye first, eyes above the mouth)'
         )
+    if len(columns) == len(BOX_COLUMNS) + len(LANDMARK_COLUMNS):
+        _check_inside(row, box, landmarks)
     return name, Detection(box, landmarks, 1.0, SOURCE_GIVEN)
+
+
+def _check_inside(row: csvfile.Row, box: np.ndarray, landmarks: np.ndarray) -> None:
+    """Refuses a row whose landmarks do not all lie in its box (swapped or shifted columns)."""
+    inside = (landmarks >= box[:2]) & (landmarks <= box[:2] + box[2:])
+    outside = np.flatnonzero(~inside.all(axis=1))
+    if outside.size:
+        k = int(outside[0])
+        raise row.error(
+            f'landmark {k + 1} ({landmarks[k, 0]:g}, {landmarks[k, 1]:g}) lies outside the box '
+            f'{np.round(box, 1).tolist()}'
+        )

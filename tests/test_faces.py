@@ -338,6 +338,30 @@ def test_read_face_csv_errors_name_file_and_line(tmp_path, text, line, message):
         read_face_csv(path)
 
 
+def test_read_face_csv_with_box_and_landmarks_keeps_both_and_checks_them(tmp_path):
+    """Issue 22: a row may give its box and its landmarks; a landmark outside the box
+    (shifted or swapped columns) is refused naming file, line and landmark."""
+    header = ','.join(f'{a}{i}' for i in range(1, 6) for a in 'xy')
+    box = np.array([10.0, 20.0, 30.0, 40.0])
+    marks = landmarks_from_box(box) + [[1, 0], [0, 1], [0, 0], [-1, 0], [0, -1]]
+    good = ','.join(f'{v:g}' for v in marks.ravel())
+    bad = marks.copy()
+    bad[3] = [5.0, 50.0]  # Left of the box.
+    path = tmp_path / 'both.csv'
+    rows = [f'a.jpg,{",".join(f"{v:g}" for v in box)},{good}']
+    path.write_text('\n'.join([f'file,x,y,w,h,{header}', *rows]) + '\n')
+    (face,) = read_face_csv(path)['a.jpg']
+    np.testing.assert_array_equal(face.box, box)
+    np.testing.assert_allclose(face.landmarks, marks)
+    rows.append(
+        f'b.jpg,{",".join(f"{v:g}" for v in box)},{",".join(f"{v:g}" for v in bad.ravel())}'
+    )
+    path.write_text('\n'.join([f'file,x,y,w,h,{header}', *rows]) + '\n')
+    message = re.escape(f'{path}:3: landmark 4 (5, 50) lies outside the box [10.0, 20.0, 30.0')
+    with pytest.raises(FaceListError, match=message):
+        read_face_csv(path)
+
+
 def test_read_face_csv_refuses_latin1_naming_file_and_line(tmp_path):
     """Issue 19 #9: a face list saved in latin-1 is refused, saying to save it as UTF-8."""
     path = tmp_path / 'faces.csv'

@@ -28,6 +28,7 @@ import main
 import sr
 import train
 from configs import demo
+from faces.wild import FaceListError
 from models import classifiers
 from tests.test_classifiers import random_variables
 from utils.checkpoint import CheckpointError
@@ -569,3 +570,143 @@ def test_photos_faces_found_super_resolved_and_pasted(workdir, celeba_id128, tmp
     config.sr.update(faces_csv=str(listed), output=str(tmp_path / 'out2'))
     (photo,) = _run(config, workdir)['photos']
     assert [f['source'] for f in photo['faces']] == ['given']
+
+
+def test_bad_sr_options_are_refused_before_anything_loads(celeba_id128, tmp_path, monkeypatch):
+    """Each user error names its option, before the model (or a photo) is read."""
+    import experiment
+
+    def no_model(*args, **kwargs):
+        raise AssertionError('the model was built before the options were checked')
+
+    monkeypatch.setattr(experiment, 'build', no_model)
+    existing = tmp_path / 'taken.png'
+    existing.write_bytes(b'x')
+    for fields, message in (
+        ({'feather': 0.0}, 'sr.feather must be > 0'),
+        ({'feather': 0.3, 'margin': 0.2}, 'leave no opaque part of the 32 px SR crop'),
+        ({'output': str(existing)}, f'sr.output {existing} is an existing file'),
+        ({'upscale': -1}, 'sr.upscale must be >= 0'),
+        ({'faces_csv': str(tmp_path / 'none.csv')}, 'sr.faces_csv'),
+        ({'noise_key_grid': 0.0}, 'sr.noise_key_grid must be > 0'),
+        ({'frames': '0'}, 'sr.frames'),
+    ):
+        config = _config(celeba_id128, input=str(tmp_path), aligned=False, **fields)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _run(config, tmp_path)
+
+
+def test_bad_faces_csv_rows_are_refused_by_file_and_line(celeba_id128, tmp_path, monkeypatch):
+    """Issue 22: a row naming no input photo (a typo, a path, no extension) and a box wholly
+    outside its photo are refused naming the CSV's file and line, before the model loads; a
+    row for a frame of an animated image, or for a photo past sr.max_images, is not."""
+    import experiment
+
+    def no_model(*args, **kwargs):
+        raise AssertionError('the model was built before the face list was checked')
+
+    monkeypatch.setattr(experiment, 'build', no_model)
+    inputs = tmp_path / 'in'
+    (inputs / 'sub').mkdir(parents=True)
+    frame = to_uint8(_photo_frame(60, 80))
+    Image.fromarray(frame).save(inputs / 'sub' / 'a.png')
+    Image.fromarray(frame).save(inputs / 'b.png')
+    csv = tmp_path / 'faces.csv'
+    for rows, message in (
+        (['sub/a.png,1,2,20,20', 'a.jpg,1,2,20,20'], ":3: 'a.jpg' names no input photo"),
+        (['in/b.png,1,2,20,20'], ":2: 'in/b.png' names no input photo"),
+        (['b,1,2,20,20'], ":2: 'b' names no input photo"),
+        (
+            ['b.png,1,2,20,20', 'a.png,90,2,20,20'],
+            ":3: the box [90.0, 2.0, 20.0, 20.0] of 'a.png' lies outside the 80x60 photo",
+        ),  # fmt: skip
+        (['sub/a.png,-30,2,20,20'], ':2: the box [-30.0, 2.0, 20.0, 20.0] of'),
+    ):
+        csv.write_text('\n'.join(['file,x,y,w,h', *rows]) + '\n')
+        config = _config(celeba_id128, input=str(inputs), aligned=False, faces_csv=str(csv))
+        with pytest.raises(FaceListError, match=re.escape(f'{csv}') + re.escape(message)):
+            _run(config, tmp_path)
+    # Known names pass the check (the run then stops at the model, as monkeypatched).
+    csv.write_text('file,x,y,w,h\nb.png,1,2,20,20\nsub/a.png,-30,-30,20,20\n')
+    config = _config(celeba_id128, input=str(inputs), aligned=False, faces_csv=str(csv),
+                     max_images=1)  # fmt: skip
+    with pytest.raises(AssertionError, match='the model was built'):
+        _run(config, tmp_path)
+
+
+def test_photo_scale_by_default_keeps_large_photos_openable():
+    from photos import paste_scale
+
+    cfg = demo.get_config('smoke').sr
+    assert paste_scale((240, 320, 3), 4, cfg) == 4  # 1280x960
+    assert paste_scale((1500, 2000, 3), 4, cfg) == 2  # 4000x3000
+    assert paste_scale((3000, 4000, 3), 4, cfg) == 1  # Stays 4000x3000.
+    cfg.upscale = 3
+    assert paste_scale((3000, 4000, 3), 4, cfg) == 3  # Asked for.
+
+
+def test_a_faces_noise_follows_its_box_not_its_index(workdir, celeba_id128, tmp_path):
+    """Face B is the second of two listed faces, then the only one: its noise key, hence
+    its SR, is the same (its index changed); another seed changes it (so the noise
+    matters). The second run writes crops only."""
+    files = sorted((celeba_id128 / 'images').glob('*.png'))[:2]
+    frame = to_uint8(_photo_frame(120, 160))
+    for f, (y, x) in zip(files, ((30, 8), (40, 100)), strict=True):
+        frame[y : y + 48, x : x + 48] = np.asarray(Image.open(f).convert('RGB').resize((48, 48)))
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    Image.fromarray(frame).save(inputs / 'two.png')
+    a, b = 'two.png,14,44,30,38', 'two.png,106,54,30,38'
+    csv = tmp_path / 'faces.csv'
+
+    def run(rows, out, **fields):
+        csv.write_text('\n'.join(['file,x,y,w,h', *rows]) + '\n')
+        config = _config(celeba_id128, input=str(inputs), output=str(tmp_path / out),
+                         aligned=False, faces_csv=str(csv), min_face=1000, **fields)  # fmt: skip
+        (photo,) = _run(config, workdir)['photos']
+        return photo, tmp_path / out
+
+    both, out1 = run([a, b], 'both')
+    alone, out2 = run([b], 'alone', crops_only=True)
+    assert both['faces'][1]['noise_key'] == alone['faces'][0]['noise_key']
+    assert both['faces'][0]['noise_key'] != both['faces'][1]['noise_key']
+    sr_b = _read(out1 / f'{both["faces"][1]["item"]}.png')
+    _assert_png_close(_read(out2 / f'{alone["faces"][0]["item"]}.png'), sr_b, 'face B')
+    reseeded, out3 = run([b], 'seed1', crops_only=True, seed=1)
+    other = _read(out3 / f'{reseeded["faces"][0]["item"]}.png').astype(int)
+    assert np.abs(other - sr_b).mean() > 2
+    # Pasted at the default scale (4: a 640x480 output); crops only: no pasted photo.
+    assert both['scale'] == 4 and _read(out1 / 'two.png').shape == (480, 640, 3)
+    assert alone['outputs'] == [] and not (out2 / 'two.png').exists()
+
+
+def test_frames_of_an_animated_image_are_photos(workdir, celeba_id128, tmp_path):
+    """sr.frames picks frames 1 and 2 of three; each is a photo of its own, its faces keyed by
+    name and frame, pasted into <input>/frame<NNNNNN>.png; as aligned crops it is refused."""
+    from tests.test_frames import write_gif
+
+    face = np.asarray(Image.open(sorted((celeba_id128 / 'images').glob('*.png'))[0])
+                      .convert('RGB').resize((48, 48)))  # fmt: skip
+    clip = []
+    for x in (10, 40, 70):  # The face walks right.
+        frame = to_uint8(_photo_frame(80, 128))
+        frame[16:64, x : x + 48] = face
+        clip.append(frame)
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    write_gif(inputs / 'walk.gif', clip)
+    out = tmp_path / 'out'
+    config = _config(celeba_id128, input=str(inputs), output=str(out), aligned=False,
+                     frames='1:3', crops_only=False)  # fmt: skip
+    manifest = _run(config, workdir)
+    assert [p['frame'] for p in manifest['photos']] == [1, 2]
+    for photo, x in zip(manifest['photos'], (40, 70), strict=True):
+        (face_record,) = photo['faces']
+        assert face_record['noise_key'].startswith(f'walk/frame{photo["frame"]:06d}@')
+        assert abs(face_record['box'][0] - (x + 48 * 0.2)) < 8  # Found where it walked.
+        assert photo['input'] == f'{inputs / "walk.gif"}#frame{photo["frame"]}'
+        assert _read(out / f'walk/frame{photo["frame"]:06d}.png').shape == (320, 512, 3)
+    assert not (out / 'walk' / 'frame000000.png').exists()
+    config.sr.update(aligned=True, output=str(tmp_path / 'out2'))
+    with pytest.raises(datasets.DataError, match='walk.gif is a video or an animated image'):
+        _run(config, workdir)
