@@ -34,12 +34,21 @@ Batches (:func:`get_dataset`) are dicts of numpy arrays, host-local rows of the 
 ``id`` int32 (identity, -1 if unknown), ``mask`` bool (real rows), ``index`` int32 (dataset
 index, -1 for padding). Data are in [0, 1]; training code applies :func:`get_data_scaler`.
 
+LR (:func:`make_lr`): fixed degradations by default (``data.blur_sigma``, ``down_kernel``,
+``noise_sigma``, ``jpeg_quality``: the same for every image). With
+``data.random_degradation`` each image draws its own instead (:func:`draw_degradation`):
+blur, noise and JPEG quality uniform in ``data.*_range``, the kernel from ``data.down_kernels``
+(kernel specs such as ``'bicubic:noaa'``, see :mod:`degradations`), as GFPGAN, CodeFormer and
+Real-ESRGAN train; ``configs/degradation_presets.py`` holds the ranges used here and why.
+
 Determinism: the training stream is the concatenation of per-epoch permutations drawn from
 ``(seed, epoch)``; the global batch at step ``s`` is positions ``[s*B, (s+1)*B)`` of that
-stream, so it is a pure function of ``(seed, s)`` and ``start_step`` resumes exactly. Flips
-and degradation noise of a row depend only on ``(seed, stream position)``, hence neither on
-the host count nor on where the iterator started. Evaluation reads the dataset in order,
-every image once, the last global batch padded (``mask`` False). ``seed`` must be >= 0.
+stream, so it is a pure function of ``(seed, s)`` and ``start_step`` resumes exactly. Flips,
+degradation noise and randomly drawn degradations of a row depend only on ``(seed, stream
+position)``, hence neither on the host count nor on where the iterator started (randomly
+degraded rows are even made one image at a time, so their LR is the same bits in any batch).
+Evaluation reads the dataset in order, every image once, the last global batch padded
+(``mask`` False). ``seed`` must be >= 0.
 """
 
 from __future__ import annotations
@@ -96,15 +105,70 @@ def validate_data_config(data_config: Any) -> None:
         )
     if c.resize_mode not in RESIZE_MODES:
         raise ValueError(f'data.resize_mode {c.resize_mode!r} not in {RESIZE_MODES}')
-    for name in ('down_kernel', 'up_kernel'):
-        if c[name] not in degradations.RESIZE_METHODS:
-            raise ValueError(f'data.{name} {c[name]!r} not in {degradations.RESIZE_METHODS}')
+    if c.down_kernel not in degradations.DOWN_KERNELS:
+        raise ValueError(f'data.down_kernel {c.down_kernel!r} not in {degradations.DOWN_KERNELS}')
+    if c.up_kernel not in degradations.RESIZE_METHODS:
+        raise ValueError(f'data.up_kernel {c.up_kernel!r} not in {degradations.RESIZE_METHODS}')
     if c.num_channels not in (1, 3):
         raise ValueError(f'data.num_channels must be 1 or 3, got {c.num_channels}')
     if c.noise_sigma < 0 or c.blur_sigma < 0 or not 0 <= c.jpeg_quality <= 100:
         raise ValueError('data.noise_sigma/blur_sigma must be >= 0, jpeg_quality in 0..100')
+    _validate_random_degradation(c)
     if not isinstance(c.pairs_per_fold, int) or c.pairs_per_fold < 0:
         raise ValueError(f'data.pairs_per_fold must be an integer >= 0, got {c.pairs_per_fold!r}')
+
+
+#: The ``config.data`` fields of random degradation (:func:`draw_degradation`).
+RANDOM_DEGRADATION_FIELDS = (
+    'random_degradation',
+    'blur_sigma_range',
+    'noise_sigma_range',
+    'jpeg_quality_range',
+    'down_kernels',
+)
+# Each drawn setting's fixed field, the range it is drawn from, and the bounds of that range.
+_RANGES = (
+    ('blur_sigma', 'blur_sigma_range', 0.0, float('inf')),
+    ('noise_sigma', 'noise_sigma_range', 0.0, float('inf')),
+    ('jpeg_quality', 'jpeg_quality_range', 1, 100),
+)
+
+
+def _check_range(c: Any, name: str, low: float, high: float) -> None:
+    """``data.<name>`` must be ``(lo, hi)``, ``low <= lo <= hi <= high`` (integers if
+    ``low`` is one); a JPEG range may also be ``(0, 0)`` (off)."""
+    value = c[name]
+    integer = isinstance(low, int)
+    kinds = (int,) if integer else (int, float)
+    pair = isinstance(value, tuple | list) and len(value) == 2
+    pair = pair and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+    off = pair and integer and tuple(value) == (0, 0)
+    if not off and not (pair and low <= value[0] <= value[1] <= high):
+        bounds = f'{low} <= low <= high' + (f' <= {high}' if high < float('inf') else '')
+        what = 'integers ' if integer else ''
+        extra = ', or (0, 0): off' if integer else ''
+        raise ValueError(f'data.{name} must be {what}(low, high), {bounds}{extra}; got {value!r}')
+
+
+def _validate_random_degradation(c: Any) -> None:
+    """The ranges and kernel specs must be valid (checked even while random degradation is
+    off, so that a bad value never waits to be switched on); while it is on, the fixed
+    blur/noise/JPEG fields must be off: a config must not give two values for one thing."""
+    if not isinstance(c.random_degradation, bool):
+        raise ValueError(
+            f'data.random_degradation must be True or False, got {c.random_degradation!r}'
+        )
+    for fixed, name, low, high in _RANGES:
+        _check_range(c, name, low, high)
+        if c.random_degradation and c[fixed]:
+            raise ValueError(
+                f'data.{fixed}={c[fixed]!r} is fixed while data.random_degradation draws it from '
+                f'data.{name}: set {fixed} to 0 or random_degradation to False'
+            )
+    try:
+        lr_kernels(c)
+    except ValueError as err:
+        raise ValueError(f'data.down_kernels={tuple(c.down_kernels)!r}: {err}') from None
 
 
 def check_held_out(data_config: Any, split: str) -> None:
@@ -519,27 +583,85 @@ def _row_generators(key_or_seed: Any, rows: int) -> list[np.random.Generator]:
     raise TypeError(f'expected an int, Generator, jax key or int array, got {type(key_or_seed)}')
 
 
+def lr_kernels(data_config: Any) -> list[tuple[str, bool]]:
+    """The ``(kernel, antialias)`` choices of random degradation: ``data.down_kernels`` (kernel
+    specs; items may hold commas, as ``--config.data.down_kernels=area,bicubic`` gives them),
+    or ``data.down_kernel`` with ``data.antialias`` when it is empty."""
+    specs = [s.strip() for item in data_config.down_kernels for s in str(item).split(',')]
+    specs = [s for s in specs if s]
+    if not specs:
+        return [(data_config.down_kernel, bool(data_config.antialias))]
+    return [degradations.parse_kernel(spec) for spec in specs]
+
+
+def fixed_degradation(data_config: Any) -> degradations.Degradation:
+    """Every image's degradation without ``data.random_degradation``: the fixed fields."""
+    c = data_config
+    return degradations.Degradation(
+        c.down_kernel, bool(c.antialias), float(c.blur_sigma), float(c.noise_sigma),
+        int(c.jpeg_quality))  # fmt: skip
+
+
+def draw_degradation(
+    data_config: Any, rng: np.random.Generator, kernels: list[tuple[str, bool]] | None = None
+) -> degradations.Degradation:
+    """One image's random degradation from its own generator (``kernels``:
+    :func:`lr_kernels`, computed once per batch by the caller)."""
+    c = data_config
+    return degradations.draw_degradation(
+        rng,
+        lr_kernels(c) if kernels is None else kernels,
+        tuple(c.blur_sigma_range),
+        tuple(c.noise_sigma_range),
+        tuple(c.jpeg_quality_range),
+    )
+
+
+def _degrade(
+    batch: np.ndarray,
+    factor: int,
+    setting: degradations.Degradation,
+    rngs: list[np.random.Generator] | None,
+) -> np.ndarray:
+    """Blur -> downscale -> noise (``rngs``: one per row) -> clip -> JPEG, one setting for
+    every row of ``batch``."""
+    blurred = degradations.gaussian_blur(batch, setting.blur_sigma)
+    blurred = jax.device_put(blurred, _cpu_device())
+    lr = np.asarray(_downscale(blurred, factor, setting.kernel, setting.antialias))
+    if setting.noise_sigma > 0:
+        lr = degradations.add_gaussian_noise(lr, setting.noise_sigma, rngs)
+    return degradations.jpeg_compress(np.clip(lr, 0.0, 1.0), setting.jpeg_quality)
+
+
 def make_lr(hr: np.ndarray, data_config: Any, key_or_seed: Any) -> tuple[np.ndarray, np.ndarray]:
     """LR and upsampled LR from HR in [0, 1]: the one place LR images are made.
 
     ``hr``: ``[b, H, W, C]`` or ``[H, W, C]``. Steps: Gaussian blur of HR (``blur_sigma``) ->
     ``down_kernel`` downscale by ``downscale`` -> Gaussian noise (``noise_sigma``) -> clip to
     [0, 1] -> JPEG (``jpeg_quality``) = ``lr``; ``lr_up`` = ``up_kernel`` upscale of ``lr``,
-    clipped to [0, 1]. ``key_or_seed`` (noise only): an int, a numpy Generator, a jax PRNG key,
-    or an integer numpy array with one row of entropy per image (row i's noise then depends
-    only on row i's entropy). Resizing runs jitted on the host CPU.
+    clipped to [0, 1]. With ``random_degradation`` each row draws its blur, kernel, noise and
+    JPEG quality (:func:`draw_degradation`) from its own generator, then its noise from the
+    same generator, and is made alone. ``key_or_seed`` (noise and draws): an int, a numpy
+    Generator, a jax PRNG key, or an integer numpy array with one row of entropy per image (row
+    i's LR then depends only on row i's entropy). Resizing runs jitted on the host CPU.
     """
     hr = np.asarray(hr, np.float32)
     single = hr.ndim == 3
     batch = hr[None] if single else hr
     factor, antialias = int(data_config.downscale), bool(data_config.antialias)
-    blurred = degradations.gaussian_blur(batch, float(data_config.blur_sigma))
-    blurred = jax.device_put(blurred, _cpu_device())
-    lr = np.asarray(_downscale(blurred, factor, data_config.down_kernel, antialias))
-    if data_config.noise_sigma > 0:
-        rngs = _row_generators(key_or_seed, len(lr))
-        lr = degradations.add_gaussian_noise(lr, float(data_config.noise_sigma), rngs)
-    lr = degradations.jpeg_compress(np.clip(lr, 0.0, 1.0), int(data_config.jpeg_quality))
+    if data_config.random_degradation:
+        kernels = lr_kernels(data_config)
+        rows = zip(batch, _row_generators(key_or_seed, len(batch)), strict=True)
+        lr = np.concatenate(
+            [
+                _degrade(image[None], factor, draw_degradation(data_config, rng, kernels), [rng])
+                for image, rng in rows
+            ]
+        )
+    else:
+        setting = fixed_degradation(data_config)
+        rngs = _row_generators(key_or_seed, len(batch)) if setting.noise_sigma > 0 else None
+        lr = _degrade(batch, factor, setting, rngs)
     lr_dev = jax.device_put(lr, _cpu_device())
     lr_up = np.clip(np.asarray(_upscale(lr_dev, factor, data_config.up_kernel, antialias)), 0, 1)
     return (lr[0], lr_up[0]) if single else (lr, lr_up)

@@ -116,6 +116,11 @@ STATS_DATA_FIELDS = (
     'noise_sigma',
     'blur_sigma',
     'jpeg_quality',
+    'random_degradation',
+    'blur_sigma_range',
+    'noise_sigma_range',
+    'jpeg_quality_range',
+    'down_kernels',
     'num_channels',
 )
 
@@ -148,6 +153,16 @@ MIGRATIONS = {
     'training.quality_max_unfinished': Migration(
         1.0, 'before it existed, unfinished quality-loss solves never stopped training'
     ),
+    **{
+        f'data.{name}': Migration(value, 'before it existed, LR was not randomly degraded')
+        for name, value in (
+            ('random_degradation', False),
+            ('blur_sigma_range', (0.0, 0.0)),
+            ('noise_sigma_range', (0.0, 0.0)),
+            ('jpeg_quality_range', (0, 0)),
+            ('down_kernels', ()),
+        )
+    },
 }
 
 
@@ -504,10 +519,11 @@ class Run:
             float(stats['residual_var'])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f'{path}: not a residual statistics file ({err!r})') from None
+        recorded = {k: _recorded_data(recorded, k) for k in STATS_DATA_FIELDS}
         differ = [
-            f'data.{k} (stats: {recorded.get(k)!r}, config: {config.data[k]!r})'
+            f'data.{k} (stats: {recorded[k]!r}, config: {config.data[k]!r})'
             for k in STATS_DATA_FIELDS
-            if _listed(recorded.get(k)) != _listed(config.data[k])
+            if _listed(recorded[k]) != _listed(config.data[k])
         ]
         recorded_mean = Run(path.parent).resolve(stats.get('mean_model', ''))
         mean = config.sde.get('mean_model', '')
@@ -516,6 +532,14 @@ class Run:
         if differ:
             raise ValueError(f'{path} was made with other settings: ' + '; '.join(differ))
         return {**stats, 'mean_model': recorded_mean}
+
+
+def _recorded_data(recorded: dict, name: str) -> Any:
+    """A data field of a statistics record; one written before the field existed has what
+    the older code did (:data:`MIGRATIONS`)."""
+    if name in recorded or f'data.{name}' not in MIGRATIONS:
+        return recorded.get(name)
+    return MIGRATIONS[f'data.{name}'].value
 
 
 def _listed(value: Any) -> Any:

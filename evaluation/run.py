@@ -21,6 +21,15 @@
 Cost: each sampled method records its NFE and ``seconds`` per image (the wall time of its
 batch, sampling and gathering, divided by ``eval.batch_size``; compilation is done before).
 
+LR (``eval.down_kernel``, ``eval.degradation``): by default the model's own, made as
+``config.data`` says; ``--config.eval.down_kernel=area`` (or ``bicubic:noaa``...) makes it with
+another kernel, ``--config.eval.degradation=degraded`` adds the fixed blur, noise and JPEG of
+``configs/degradation_presets.py``. The model, its config checks and statistics keep
+``config.data`` (``--config.data.down_kernel`` would be refused as a different model); the
+LR's own settings go into ``settings.json`` (``data``), the folder name (``-lr_area``,
+``-degraded``) and the consistency metric (the LR's kernel). An eval's LR is never random:
+``data.random_degradation`` is switched off for it (``bench/kernels.py`` reports every kernel).
+
 LFW pairs (``--config.data.source=lfw_pairs --config.data.path=../shared/data/lfw_pairs``):
 the split ``test`` is the sorted unique images of the View-2 pairs, aligned into the training
 crop geometry (celeba_id128's, :class:`faces.lfw.LFWAligner`), with LR made from them as
@@ -83,12 +92,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import datasets
+import degradations
 import experiment
 import guidance as guidance_lib
 import mean_model
 import runs
 import sampling
 import uncertainty
+from configs import degradation_presets
 from degradations import resize
 from evaluation import image_metrics as im
 from evaluation import judge as judge_lib
@@ -194,16 +205,39 @@ def sampler_tag(s: Any) -> str:
     return '-'.join(parts)
 
 
+def lr_config(config: Any) -> Any:
+    """A copy of ``config`` whose ``data`` makes the eval's LR (module doc): ``eval.down_kernel``
+    and ``eval.degradation`` applied, random degradation off."""
+    ecfg, point = config.eval, copy.deepcopy(config)
+    point.data.random_degradation = False
+    if ecfg.down_kernel:
+        try:
+            point.data.down_kernel, point.data.antialias = degradations.parse_kernel(
+                ecfg.down_kernel
+            )
+        except ValueError as err:
+            raise ValueError(f'config.eval.down_kernel: {err}') from None
+    point.data.update(degradation_presets.eval_degradation(ecfg.degradation))
+    return point
+
+
+def lr_tag(ecfg: Any) -> str:
+    """The eval name's part for a non-default LR: ``-lr_<kernel>[_noaa]``, ``-<degradation>``."""
+    kernel = f'-lr_{ecfg.down_kernel.replace(":", "_")}' if ecfg.down_kernel else ''
+    return kernel + (f'-{ecfg.degradation}' if ecfg.degradation else '')
+
+
 def eval_name(config: Any, methods: Sequence[str], step: int | None) -> str:
     """``<dataset>-<split>-x<factor>-`` then the sampler and checkpoint, or ``baselines``.
 
-    A subset of pairs (``data.pairs_per_fold`` N > 0) adds ``-pairsN`` to the dataset.
+    A subset of pairs (``data.pairs_per_fold`` N > 0) adds ``-pairsN`` to the dataset, an LR
+    other than the model's own its :func:`lr_tag` after the factor.
     """
     data = config.data
     subset = f'-pairs{data.pairs_per_fold}' if data.pairs_per_fold else ''
     base = (
         f'{Path(data.path).name or data.source}{subset}-{datasets.split_name(config.eval.split)}'
-        f'-x{data.downscale}'
+        f'-x{data.downscale}{lr_tag(config.eval)}'
     )
     if not set(SAMPLED) & set(methods):
         return f'{base}-baselines'
@@ -226,10 +260,15 @@ def eval_settings(
     mean: mean_model.MeanModel,
 ) -> dict[str, Any]:
     """What the per-image values depend on (JSON types), stored as ``settings.json``: among
-    them the learned mean's folder and step, and the dtype networks compute in."""
+    them the learned mean's folder and step, and the dtype networks compute in. ``config``:
+    :func:`lr_config`'s, whose ``data`` is the LR's (random degradation off, so its fields,
+    which do not change it, are left out: folders made before they existed still match)."""
     ecfg = config.eval
+    data = config.data.to_dict()
+    if not data.get('random_degradation', False):
+        data = {k: v for k, v in data.items() if k not in datasets.RANDOM_DEGRADATION_FIELDS}
     settings = {
-        'data': config.data.to_dict(),
+        'data': data,
         'split': datasets.split_name(ecfg.split),
         'lpips': ecfg.lpips,
         # 'sface,dlib' ('sface' alone as every folder before several recognisers holds it).
@@ -818,7 +857,8 @@ def evaluate(
     name = name or ecfg.name or eval_name(config, methods, step)
     out = eval_root(config, workdir) / name
     mean = load_mean(config, workdir, methods, model)
-    settings = eval_settings(config, methods, step, mean)
+    lr = lr_config(config)  # The batches, metrics and report: the eval's LR.
+    settings = eval_settings(lr, methods, step, mean)
     check_settings(out, settings, write=chief)
     records = load_records(out / RECORDS)
     size = datasets.dataset_size(config.data, ecfg.split)
@@ -831,7 +871,7 @@ def evaluate(
     hosts = jax.process_count() if sample_fns else 1  # Baselines: chief alone.
     batch_size = ecfg.batch_size
     start, stop = (todo[0] // batch_size, -(-limit // batch_size)) if todo else (0, 0)
-    data = eval_batches(config, start, hosts) if todo else iter(())
+    data = eval_batches(lr, start, hosts) if todo else iter(())
     progress = Progress(limit, limit - len(todo), 'images')
     logging.info('eval %s: %d of %d images to do (%s)', name, len(todo), limit, ', '.join(methods))
 
@@ -847,7 +887,7 @@ def evaluate(
         if batch_step == 0:  # Before the records: a recorded first batch implies a grid.
             sr = next((outputs[m] for m in ('sr', 'srdg') if m in outputs), None)
             write_grid(out / 'grid.png', batch, sr, rows, ecfg.grid_images)
-        new = batch_records(batch, outputs, rows, fns, config, cost)
+        new = batch_records(batch, outputs, rows, fns, lr, cost)
         add_posterior_figures(new, batch, rows, sampled, fns.embedders)
         merge_records(records, new)
         save_records(out / RECORDS, records)
@@ -858,7 +898,7 @@ def evaluate(
     if not chief:
         return {}
     kept = recorded(records, limit, methods, out / RECORDS)
-    return write_report(out, name, kept, methods, settings, config, pairs)
+    return write_report(out, name, kept, methods, settings, lr, pairs)
 
 
 # ----------------------------------------------------------------------------- sweep

@@ -131,6 +131,17 @@ def test_residual_stats_match_numpy_and_refuse_other_data(tmp_path):
     config.data.downscale = 2
     with pytest.raises(ValueError, match=r'data\.downscale'):
         run.read_stats(config)
+    config.data.downscale = 4
+    # Statistics of clean LR are not those of randomly degraded LR; a record written before
+    # the degradation fields existed reads as clean (runs.MIGRATIONS).
+    config.data.update(random_degradation=True, down_kernels=('area',))
+    with pytest.raises(ValueError, match=r'data\.random_degradation.*data\.down_kernels'):
+        run.read_stats(config)
+    config.data.update(random_degradation=False, down_kernels=())
+    record = json.loads(path.read_text())
+    del record['data']['random_degradation'], record['data']['down_kernels']
+    path.write_text(json.dumps(record))
+    assert run.read_stats(config)['residual_var'] == stats['residual_var']
     path.write_text('{"residual_var": 0.1}')
     with pytest.raises(ValueError, match='not a residual statistics file'):
         run.read_stats(config)

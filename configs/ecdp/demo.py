@@ -41,13 +41,18 @@ On the shared 2-core VM the L1 stage (3000 steps, batch 16) took 22 min and the 
 mean: pass ``--config.sde.mean_model=R`` and copy W's ``residual_stats.json``, or rerun
 ``--mode stats``).
 
+``degraded`` trains on real-world LR instead of clean LR: each face its own random blur, noise,
+JPEG quality and downscaling kernel (``configs/degradation_presets.py``: the ranges and why);
+joined to any stage (``encoder_degraded``...). Run ``--mode stats`` with it: sigma^2 is then the
+degraded data's.
+
 ``get_config('smoke')`` shrinks everything for a seconds-long run (tests); ``smoke_regress``
 and ``smoke_encoder`` are the two stages at that size.
 """
 
-from configs import default, presets
+from configs import default, degradation_presets, presets
 
-STAGES = ('smoke', 'regress', 'encoder', 'finetune', 'identity')
+STAGES = ('smoke', 'regress', 'encoder', 'finetune', 'identity', 'degraded')
 # The identity loss's weight in the 'identity' stage: 1 - cos is about 0.5 for mu(y) against
 # its HR face, the L1 of mu(y) about 0.07 (model range), so 0.1 makes them comparable.
 IDENTITY_WEIGHT = 0.1
@@ -104,6 +109,8 @@ def get_config(arg: str = ''):
         if 'regress' in parts:
             config.training.update(n_iters=600, checkpoint_freq=100)
             config.optim.update(lr=1e-4, warmup=1)
+    if 'degraded' in parts:
+        degradation_presets.apply_random_degradation(config.data)
     if 'smoke' in parts:
         presets.apply_ecdp_smoke(config)
         if config.model.lr_encoder_nf:
