@@ -45,6 +45,7 @@ import frames as frames_lib
 from faces.align import crop_matrix, resize_matrix, to_3x3, warp_face
 from faces.detect import Detection, YuNetDetector
 from faces.paste import pasted_bands
+from faces.roll import refine_faces
 from faces.wild import FaceList, FaceListError, find_faces, read_face_csv
 from utils.images import save_png_rows
 
@@ -134,6 +135,8 @@ class FaceFinder:
         source = source if frame is None else f'{source}#frame{frame}'
         found = find_faces(image, self.detector, cfg.only_center, cfg.min_face, given,
                            cfg.detect_scale)  # fmt: skip
+        if cfg.roll_search:  # Landmarks that carry a small face's roll (faces/roll.py).
+            found = refine_faces(image, self.detector, found)
         if not found:
             logging.warning(
                 '%s: no face found (min_face %s, detect_scale %s); nothing to super-resolve',

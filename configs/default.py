@@ -121,6 +121,7 @@ def sr_config() -> ml_collections.ConfigDict:
     # Photos: detect on the photo upscaled by this: YuNet finds 90% of faces from a 12 px box at
     # 2 (19 px at 1) with half the landmark error (bench/results/small_faces.md); cost x4.
     sr.detect_scale = 2
+    sr.roll_search = True  # Photos: find each face's roll on rotated upscaled views (faces/roll).
     # Photos: CSV of faces per photo (file,x,y,w,h or file,x1,y1,...,x5,y5), for faces too
     # small for the detector; '' = none.
     sr.faces_csv = ''
