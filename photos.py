@@ -16,7 +16,9 @@ GFPGAN / CodeFormer style. Each input photo (any input that is not an aligned cr
    the HR geometry keeps the LR crop's pixel grid exactly that of training, whose LR images
    are resizes of HR crops.
 3. **SR** of every face crop, batched with the other inputs (``sr.py``); the aligned SR crops
-   are written as ``<photo>_face<kk>[_s<k>].png``.
+   are written as ``<photo>_face<kk>[_s<k>].png``. A face the model would shrink more than
+   ``sr.max_shrink`` into its LR crop is not super-resolved (SR of it comes out softer than
+   the photo): it stays the photo's bicubic enlargement (:meth:`FaceFinder.method`).
 4. **Paste-back** (``faces.paste``): the photo is upscaled by :func:`paste_scale` (bicubic)
    and each SR crop is warped back through the inverse transform with a feathered mask
    (``sr.feather`` and ``sr.margin``, fractions of the crop side), band by band (memory: the
@@ -27,7 +29,8 @@ GFPGAN / CodeFormer style. Each input photo (any input that is not an aligned cr
 A face's noise comes from :func:`face_key` (the photo's name and the face's rounded box), not
 from its index among the faces. Frames of videos are photos too (``frames.py``, ``sr.py``).
 The manifest's ``photos`` lists every photo with its outputs and faces (box, landmarks,
-detector score, source ``yunet`` or ``given``, noise key, and the face's SR item).
+detector score, source ``yunet`` or ``given``, noise key, method ``sr`` or ``resize`` and why,
+and the face's SR item).
 """
 
 from __future__ import annotations
@@ -64,6 +67,12 @@ class Photo:
     shape: tuple[int, ...] = ()  # The image's shape.
     frame: int | None = None  # Its index in a video or animated image (frames.py).
     reread: Callable[[], np.ndarray] | None = None  # The pixels again, when image is None.
+    methods: tuple[str, ...] = ()  # Per face: SR or RESIZE (FaceFinder.method).
+    reasons: tuple[str, ...] = ()  # Per face: why that method.
+
+    def __post_init__(self):
+        if len(self.methods) != len(self.faces) or len(self.reasons) != len(self.faces):
+            raise ValueError(f'{self.source}: a method and a reason per face are needed')
 
     def pixels(self) -> np.ndarray:
         """The photo's uint8 pixels (a frame is decoded again)."""
@@ -75,8 +84,13 @@ class Photo:
 
     @property
     def face_names(self) -> list[str]:
-        """The SR items of its faces (``<name>_face<kk>``)."""
+        """The SR items of its faces (``<name>_face<kk>``), numbered over all its faces."""
         return [f'{self.name}_face{k:02d}' for k in range(len(self.faces))]
+
+    @property
+    def restored(self) -> list[int]:
+        """The indices of the faces the model super-resolves (method SR)."""
+        return [k for k, method in enumerate(self.methods) if method == SR]
 
 
 def face_key(name: str, box: np.ndarray, grid: float) -> str:
@@ -110,8 +124,11 @@ def lr_matrix(landmarks: np.ndarray, hr_size: int, lr_size: int) -> np.ndarray:
 
 
 #: Below this LR scale (a face more than twice the LR crop's size) a warning says that SR
-#: discards more of the face than it restores.
+#: discards more of the face than it restores (when ``sr.max_shrink`` lets such faces through).
 MIN_LR_SCALE = 0.5
+#: How a photo's face is restored: by the model, or pasted back by plain resizing (the
+#: photo's own bicubic enlargement) when the model would shrink it (``sr.max_shrink``).
+SR, RESIZE = 'sr', 'resize'
 
 
 class FaceFinder:
@@ -142,15 +159,28 @@ class FaceFinder:
                 '%s: no face found (min_face %s, detect_scale %s); nothing to super-resolve',
                 source, cfg.min_face, cfg.detect_scale)  # fmt: skip
         matrices = [lr_matrix(f.landmarks, self.hr_size, self.lr_size) for f in found]
-        for k, matrix in enumerate(matrices):
-            if lr_scale(matrix) < MIN_LR_SCALE:
-                shrink = 1 / lr_scale(matrix)
-                logging.warning(
-                    '%s face %d is shrunk %.1fx into the %dx%d LR crop: SR restores less detail '
-                    'than the photo already has (the models are for faces at most about the LR '
-                    'size)', source, k, shrink, self.lr_size, self.lr_size)  # fmt: skip
+        methods, reasons = zip(*(self.method(m, source, k) for k, m in enumerate(matrices)),
+                               strict=True) if found else ((), ())  # fmt: skip
         keys = [face_key(name, f.box, cfg.noise_key_grid) for f in found]
-        return Photo(name, source, image, found, matrices, self.lr_size, keys, image.shape, frame)
+        return Photo(name, source, image, found, matrices, self.lr_size, keys, image.shape, frame,
+                     methods=methods, reasons=reasons)  # fmt: skip
+
+    def method(self, matrix: np.ndarray, source: str, k: int) -> tuple[str, str]:
+        """How face ``k`` (photo -> LR ``matrix``) is restored, and why: by the model unless
+        it would shrink the face more than ``sr.max_shrink`` into the LR crop, where SR comes
+        out softer than the photo itself; such a face is pasted back by plain resizing."""
+        shrink, size, limit = 1 / lr_scale(matrix), self.lr_size, float(self.cfg.max_shrink)
+        why = f'the face is {shrink:.2f}x the {size}x{size} LR crop'
+        if limit and shrink > limit:
+            logging.info('%s face %d: %s (> sr.max_shrink %g): pasted by plain resizing, '
+                         'not super-resolved', source, k, why, limit)  # fmt: skip
+            return RESIZE, f'{why}, more than sr.max_shrink {limit:g}'
+        if shrink > 1 / MIN_LR_SCALE:
+            logging.warning(
+                '%s face %d is shrunk %.1fx into the %dx%d LR crop: SR restores less detail '
+                'than the photo already has (the models are for faces at most about the LR '
+                'size)', source, k, shrink, size, size)  # fmt: skip
+        return SR, f'{why}, at most sr.max_shrink {limit:g}' if limit else f'{why}'
 
     def listed_key(self, name: str, source: str, frame: int | None) -> str | None:
         """The name under which the CSV lists a photo's faces (:func:`listed_names`), if any."""
@@ -188,9 +218,11 @@ def listed_names(name: str, source: str, frame: int | None) -> tuple[str, str]:
 
 
 def lr_crops(photo: Photo) -> np.ndarray:
-    """The LR crops of a photo's faces, ``[F, lr, lr, C]`` float32 in [0, 1]."""
+    """The LR crops of a photo's restored faces (:attr:`Photo.restored`), ``[F, lr, lr, C]``
+    float32 in [0, 1]."""
     image, size = photo.pixels().astype(np.float32) / 255.0, photo.lr_size
-    crops = [np.clip(warp_face(image, m, size), 0.0, 1.0) for m in photo.matrices]
+    matrices = [photo.matrices[k] for k in photo.restored]
+    crops = [np.clip(warp_face(image, m, size), 0.0, 1.0) for m in matrices]
     return np.stack(crops) if crops else np.zeros((0, size, size, image.shape[-1]), np.float32)
 
 
@@ -229,8 +261,9 @@ def write_photo(
     upscale); its manifest record. With ``sr.crops_only`` nothing is pasted."""
     scale = paste_scale(photo.shape, factor, cfg)
     outputs = [] if cfg.crops_only else output_names(photo, cfg.num_samples, cfg.uncertainty)
-    if photo.faces and outputs:
-        mine = [items[name] for name in photo.face_names]
+    if photo.faces and outputs:  # Faces pasted by plain resizing are the upscaled photo's.
+        mine = [items[photo.face_names[k]] for k in photo.restored]
+        matrices = [photo.matrices[k] for k in photo.restored]
         sources = [[item['sr'][k] for item in mine] for k in range(cfg.num_samples)]
         if cfg.uncertainty:
             sources.append([item['mean'] for item in mine])
@@ -238,9 +271,9 @@ def write_photo(
         image = photo.pixels()
         for output, crops in zip(outputs, sources, strict=True):
             images = [_read(out_dir / c) for c in crops]
-            side = images[0].shape[0]
+            side = images[0].shape[0] if images else 0
             bands = pasted_bands(
-                image, images, photo.matrices, scale, cfg.feather * side, photo.lr_size,
+                image, images, matrices, scale, cfg.feather * side, photo.lr_size,
                 cfg.margin * side)  # fmt: skip
             save_png_rows(bands, (h * scale, w * scale, c), out_dir / output)
     return {
@@ -248,19 +281,19 @@ def write_photo(
         **({'frame': photo.frame} if photo.frame is not None else {}),
         'outputs': outputs if photo.faces else [],
         'scale': scale,
-        'faces': [
-            _face_record(*face)
-            for face in zip(
-                photo.faces, photo.face_names, photo.matrices, photo.face_keys, strict=True
-            )
-        ],
+        'faces': [_face_record(photo, k) for k in range(len(photo.faces))],
     }
 
 
-def _face_record(face: Detection, item: str, matrix: np.ndarray, key: str) -> dict[str, Any]:
+def _face_record(photo: Photo, k: int) -> dict[str, Any]:
+    """The manifest record of face ``k``: how it was restored (its SR item, or none when it
+    was pasted by plain resizing) and why, where it is, and its noise key."""
+    face, matrix, method = photo.faces[k], photo.matrices[k], photo.methods[k]
     return {
-        'item': item,
-        'noise_key': key,
+        'item': photo.face_names[k] if method == SR else None,
+        'method': method,
+        'why': photo.reasons[k],
+        'noise_key': photo.face_keys[k],
         'lr_scale': round(lr_scale(matrix), 4),  # LR crop pixels per photo pixel.
         'box': [round(float(v), 2) for v in face.box],
         'landmarks': [[round(float(v), 2) for v in p] for p in face.landmarks],

@@ -203,10 +203,10 @@ def file_inputs(
             sources.append(str(f))
             keys.append(None)
             crops.append(fit_lr(image, data_config, str(f))[None])
-    for photo, face_crops in photos:
-        names += photo.face_names
-        sources += [f'{photo.source}#face{k:02d}' for k in range(len(photo.faces))]
-        keys += photo.face_keys
+    for photo, face_crops in photos:  # The faces restored by the model (Photo.restored).
+        names += [photo.face_names[k] for k in photo.restored]
+        sources += [f'{photo.source}#face{k:02d}' for k in photo.restored]
+        keys += [photo.face_keys[k] for k in photo.restored]
         crops.append(face_crops)
     photos = [photo for photo, _ in photos]
     lr = np.concatenate(crops).astype(np.float32)
@@ -404,6 +404,8 @@ def _validate(cfg: Any, hr_size: int) -> None:
             f'sr.feather {cfg.feather} + sr.margin {cfg.margin} leave no opaque part of the '
             f'{hr_size} px SR crop: keep their sum under {(hr_size - 1) / (2 * hr_size):.3f}'
         )
+    if cfg.max_shrink and cfg.max_shrink < 1:
+        raise ValueError(f'sr.max_shrink must be 0 (off) or >= 1, got {cfg.max_shrink}')
     frames_lib.parse_frames(cfg.frames)
     if cfg.output and Path(cfg.output).exists() and not Path(cfg.output).is_dir():
         raise ValueError(f'sr.output {cfg.output} is an existing file: give a folder')

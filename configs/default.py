@@ -121,6 +121,10 @@ def sr_config() -> ml_collections.ConfigDict:
     # Photos: detect on the photo upscaled by this: YuNet finds 90% of faces from a 12 px box at
     # 2 (19 px at 1) with half the landmark error (bench/results/small_faces.md); cost x4.
     sr.detect_scale = 2
+    # Photos: a face the model would shrink more than this into its LR crop (a face larger
+    # than the model's LR: SR comes out softer than the photo) is pasted back by plain
+    # resizing, and the manifest says so (photos.FaceFinder.method); 0 = always SR.
+    sr.max_shrink = 1.5
     sr.roll_search = True  # Photos: find each face's roll on rotated upscaled views (faces/roll).
     # Photos: CSV of faces per photo (file,x,y,w,h or file,x1,y1,...,x5,y5), for faces too
     # small for the detector; '' = none.

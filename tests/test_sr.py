@@ -540,7 +540,8 @@ def test_photos_faces_found_super_resolved_and_pasted(workdir, celeba_id128, tmp
         save.parent.mkdir(exist_ok=True)
         Image.fromarray(image).save(save)
     out = tmp_path / 'out'
-    config = _config(celeba_id128, input=str(inputs), output=str(out), aligned=False, upscale=2)
+    config = _config(celeba_id128, input=str(inputs), output=str(out), aligned=False, upscale=2,
+                     max_shrink=0)  # fmt: skip
     manifest = _run(config, workdir)
     by_name = {Path(p['input']).stem: p for p in manifest['photos']}
     assert len(by_name['two']['faces']) == 2 and manifest['no_face'] == [str(inputs / 'none.png')]
@@ -572,6 +573,44 @@ def test_photos_faces_found_super_resolved_and_pasted(workdir, celeba_id128, tmp
     assert [f['source'] for f in photo['faces']] == ['given']
 
 
+def test_faces_larger_than_the_lr_are_pasted_by_plain_resizing(workdir, celeba_id128, tmp_path):
+    """Issue 22: a face the model would shrink more than sr.max_shrink into its LR crop is not
+    made worse: it is the photo's bicubic enlargement, has no SR item, and the manifest says
+    how and why; a face near the LR size in the same photo is super-resolved. A photo whose
+    faces are all resized is still written (nothing is sampled)."""
+    from faces.paste import upscale_photo
+
+    (file,) = sorted((celeba_id128 / 'images').glob('*.png'))[:1]
+    frame = to_uint8(_photo_frame(120, 160))
+    frame[30:78, 60:108] = np.asarray(Image.open(file).convert('RGB').resize((48, 48)))
+    frame[90:98, 10:18] = np.asarray(Image.open(file).convert('RGB').resize((8, 8)))
+    inputs = tmp_path / 'in'
+    inputs.mkdir()
+    Image.fromarray(frame).save(inputs / 'p.png')
+    csv = tmp_path / 'faces.csv'
+    csv.write_text('file,x,y,w,h\np.png,11,92,5,6\n')  # The 8 px face: too small for YuNet.
+    out = tmp_path / 'out'
+    config = _config(celeba_id128, input=str(inputs), output=str(out), aligned=False, upscale=2,
+                     faces_csv=str(csv))  # fmt: skip
+    manifest = _run(config, workdir)
+    (photo,) = manifest['photos']
+    small, large = photo['faces']
+    assert (small['method'], large['method']) == ('sr', 'resize'), photo['faces']
+    assert large['item'] is None and 'more than sr.max_shrink 1.5' in large['why']
+    assert 1 / large['lr_scale'] > 1.5 >= 1 / small['lr_scale']
+    assert manifest['num_inputs'] == 1 and (out / f'{small["item"]}.png').is_file()
+    pasted = _read(out / 'p.png').astype(int)
+    bicubic = to_uint8(upscale_photo(frame, 2)).astype(int)
+    assert np.abs(pasted[50:166, 110:226] - bicubic[50:166, 110:226]).max() <= 1  # Resized.
+    assert np.abs(pasted[176:200, 16:40] - bicubic[176:200, 16:40]).mean() > 1  # SR'd.
+    config.sr.update(faces_csv='', min_face=10, output=str(tmp_path / 'out2'))  # The large one.
+    manifest = _run(config, workdir)
+    assert manifest['num_inputs'] == 0 and [
+        f['method'] for f in manifest['photos'][0]['faces']
+    ] == ['resize']
+    assert np.abs(_read(tmp_path / 'out2' / 'p.png').astype(int) - bicubic).max() <= 1
+
+
 def test_bad_sr_options_are_refused_before_anything_loads(celeba_id128, tmp_path, monkeypatch):
     """Each user error names its option, before the model (or a photo) is read."""
     import experiment
@@ -589,6 +628,7 @@ def test_bad_sr_options_are_refused_before_anything_loads(celeba_id128, tmp_path
         ({'upscale': -1}, 'sr.upscale must be >= 0'),
         ({'faces_csv': str(tmp_path / 'none.csv')}, 'sr.faces_csv'),
         ({'noise_key_grid': 0.0}, 'sr.noise_key_grid must be > 0'),
+        ({'max_shrink': 0.5}, 'sr.max_shrink must be 0 (off) or >= 1'),
         ({'frames': '0'}, 'sr.frames'),
     ):
         config = _config(celeba_id128, input=str(tmp_path), aligned=False, **fields)
@@ -662,7 +702,8 @@ def test_a_faces_noise_follows_its_box_not_its_index(workdir, celeba_id128, tmp_
     def run(rows, out, **fields):
         csv.write_text('\n'.join(['file,x,y,w,h', *rows]) + '\n')
         config = _config(celeba_id128, input=str(inputs), output=str(tmp_path / out),
-                         aligned=False, faces_csv=str(csv), min_face=1000, **fields)  # fmt: skip
+                         aligned=False, faces_csv=str(csv), min_face=1000, max_shrink=0,
+                         **fields)  # fmt: skip
         (photo,) = _run(config, workdir)['photos']
         return photo, tmp_path / out
 
