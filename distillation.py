@@ -57,11 +57,18 @@ ImageLosses = Any  # losses.ImageLosses (losses imports this module).
 WeightedImageLosses = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
+def distill_schedule(config: Any) -> str:
+    """The schedule a student is distilled on: ``training.distill_schedule``, or
+    ``sampling.schedule`` where that is '' (records from before the field)."""
+    return config.training.distill_schedule or config.sampling.schedule
+
+
 def teacher_grid(config: Any, sde: SDE) -> np.ndarray:
     """The teacher's time grid: ``training.distill_teacher_steps`` steps of
-    ``sampling.schedule`` from ``T`` to ``sampling.eps``."""
+    :func:`distill_schedule` from ``T`` to ``sampling.eps``."""
     student = config.sampling.copy_and_resolve_references()
     student.method, student.num_steps = 'dpm2m', config.training.distill_teacher_steps
+    student.schedule = distill_schedule(config)
     return sampling.time_steps(student, sde)
 
 
@@ -78,12 +85,12 @@ def level_indices(config: Any, sde: SDE, levels: int | None = None) -> np.ndarra
         )
     grid = teacher_grid(config, sde)
     own = config.sampling.copy_and_resolve_references()
-    own.method, own.num_steps = 'student', levels
+    own.method, own.num_steps, own.schedule = 'student', levels, distill_schedule(config)
     wanted = sampling.time_steps(own, sde)[:-1]
     index = np.arange(levels) * (steps // levels)
     if not np.allclose(grid[index], wanted, rtol=1e-4, atol=1e-6):
         raise ValueError(
-            f'sampling.schedule={config.sampling.schedule!r}: the {levels}-step grid '
+            f'schedule {distill_schedule(config)!r}: the {levels}-step grid '
             f'{wanted.tolist()} is not a subset of the teacher grid of '
             f'training.distill_teacher_steps={steps}; use a uniform schedule '
             "('logsnr', 'uniform' or 'karras')"
@@ -93,7 +100,8 @@ def level_indices(config: Any, sde: SDE, levels: int | None = None) -> np.ndarra
 
 def check_sampling(config: Any, sampling_config: Any) -> None:
     """Refuses ``sampling.method='student'`` for a model that was not distilled, or at a step
-    count whose levels it was not trained at (it must divide ``training.distill_levels``)."""
+    count whose levels it was not trained at (it must divide ``training.distill_levels``, on
+    ``training.distill_schedule``'s grid; one step is at ``T`` on any schedule)."""
     if sampling_config.method != 'student':
         return
     tcfg = config.training
@@ -107,6 +115,12 @@ def check_sampling(config: Any, sampling_config: Any) -> None:
         raise ValueError(
             f'sampling.num_steps={steps}: this student was trained at '
             f'training.distill_levels={tcfg.distill_levels} levels; use a divisor of it'
+        )
+    trained = tcfg.get('distill_schedule', '')
+    if steps > 1 and trained and sampling_config.schedule != trained:
+        raise ValueError(
+            f'sampling.schedule={sampling_config.schedule!r}: this student was trained at the '
+            f'levels of training.distill_schedule={trained!r}; its {steps} steps need that one'
         )
 
 

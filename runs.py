@@ -138,6 +138,9 @@ MIGRATIONS = {
     'training.quality_unroll': Migration(False, 'before it existed, the solve was not unrolled'),
     'sampling.temperature': Migration(1.0, 'before it existed, the prior was not tempered'),
     'training.identity_weight': Migration(0.0, 'before it existed, there was no identity loss'),
+    'training.distill_schedule': Migration(
+        '', "before it existed, students were distilled on sampling.schedule's grid (unchecked)"
+    ),
     **{
         f'training.{name}': Migration(value, 'before it existed, nothing was distilled')
         for name, value in (

@@ -292,7 +292,10 @@ def get_config() -> ml_collections.ConfigDict:
     # teacher's DPM-Solver++(2M) sample from the same prior draw (squared error, state frame).
     training.distill_weight = 0.0
     training.distill_teacher = ''  # The teacher: a run or package (same model, SDE, data).
-    training.distill_teacher_steps = 20  # Steps of the teacher's solve (sampling.schedule).
+    training.distill_teacher_steps = 20  # Steps of the teacher's solve (distill_schedule).
+    # The schedule of the teacher's grid and the student's levels ('' = sampling.schedule);
+    # a student sampled in 2 or more steps on another schedule is refused.
+    training.distill_schedule = ''
     # Levels the student is trained at: 1 (one step), or L > 1 for 1..L-step sampling at the
     # divisors of L (points of the teacher's grid: L must divide distill_teacher_steps).
     training.distill_levels = 1

@@ -67,6 +67,7 @@ def get_config(arg: str = ''):
         distill_weight=1.0,
         distill_teacher=str(folder.absolute()),
         distill_teacher_steps=steps,
+        distill_schedule=sampling.schedule,
         distill_levels=1 if 'one' in stages else LEVELS,
         distill_temperature=(0.5, 1.0),
         distill_gt_weight=1.0,

@@ -227,6 +227,15 @@ def test_student_sampling_is_refused_for_an_undistilled_model_or_untrained_level
     config.sampling.num_steps = 4
     with pytest.raises(ValueError, match='distill_levels=2 levels'):
         distillation.check_sampling(config, config.sampling)
+    config.sampling.num_steps = 2
+    config.training.distill_schedule = config.sampling.schedule
+    distillation.check_sampling(config, config.sampling)
+    other = config.sampling.copy_and_resolve_references()
+    other.schedule = 'uniform' if config.sampling.schedule != 'uniform' else 'logsnr'
+    with pytest.raises(ValueError, match=r'trained at the levels of training\.distill_schedule'):
+        distillation.check_sampling(config, other)
+    other.num_steps = 1  # One step is at T on any schedule.
+    distillation.check_sampling(config, other)
     config.training.distill_weight = 0.0
     with pytest.raises(ValueError, match='was not distilled'):
         distillation.check_sampling(config, config.sampling)
