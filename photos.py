@@ -226,6 +226,15 @@ def lr_crops(photo: Photo) -> np.ndarray:
     return np.stack(crops) if crops else np.zeros((0, size, size, image.shape[-1]), np.float32)
 
 
+def pasted_outputs(photo: Photo, num_samples: int, with_mean: bool, pasted: bool) -> list[str]:
+    """The pasted photos written for ``photo``: none with ``sr.crops_only`` (``pasted``
+    false) or for a photo without a face; a video's frames all are (a video has every
+    frame)."""
+    if not pasted or not (photo.faces or photo.frame is not None):
+        return []
+    return output_names(photo, num_samples, with_mean)
+
+
 def output_names(photo: Photo, num_samples: int, with_mean: bool) -> list[str]:
     """The pasted photos written for ``photo`` (see the module doc)."""
     names = [f'{photo.name}.png'] if num_samples == 1 else [
@@ -260,8 +269,8 @@ def write_photo(
     band by band (``faces.paste.pasted_bands``: memory stays that of the photo at any
     upscale); its manifest record. With ``sr.crops_only`` nothing is pasted."""
     scale = paste_scale(photo.shape, factor, cfg)
-    outputs = [] if cfg.crops_only else output_names(photo, cfg.num_samples, cfg.uncertainty)
-    if photo.faces and outputs:  # Faces pasted by plain resizing are the upscaled photo's.
+    outputs = pasted_outputs(photo, cfg.num_samples, cfg.uncertainty, not cfg.crops_only)
+    if outputs:  # Faces pasted by plain resizing are the upscaled photo's.
         mine = [items[photo.face_names[k]] for k in photo.restored]
         matrices = [photo.matrices[k] for k in photo.restored]
         sources = [[item['sr'][k] for item in mine] for k in range(cfg.num_samples)]
@@ -279,10 +288,37 @@ def write_photo(
     return {
         'input': photo.source,
         **({'frame': photo.frame} if photo.frame is not None else {}),
-        'outputs': outputs if photo.faces else [],
+        'outputs': outputs,
         'scale': scale,
         'faces': [_face_record(photo, k) for k in range(len(photo.faces))],
     }
+
+
+def write_videos(out_dir: Path, photos: Sequence[Photo], records: Sequence[dict]) -> list[dict]:
+    """Encodes the pasted frames of each video or animated image (``records``: the manifest
+    records of ``photos``, :func:`write_photo`) into ``<name>.mp4`` (per sample
+    ``<name>_s<k>.mp4``, and ``<name>_mean.mp4``) at the source's frame rate, reading the
+    frames back one at a time (``frames.write_video``); the manifest's ``videos``."""
+    groups: dict[str, list[tuple[Photo, dict]]] = {}
+    for photo, record in zip(photos, records, strict=True):
+        if photo.frame is not None and record['outputs']:
+            groups.setdefault(photo.source.rsplit('#frame', 1)[0], []).append((photo, record))
+    videos = []
+    for source, frames in groups.items():
+        rate, (first, first_record) = frames_lib.frame_rate(source), frames[0]
+        for j, output in enumerate(first_record['outputs']):
+            suffix = output[len(first.name) : -len(Path(output).suffix)]
+            name = f'{Path(first.name).parent.as_posix()}{suffix}.mp4'
+            images = (_read_uint8(out_dir / record['outputs'][j]) for _, record in frames)
+            count = frames_lib.write_video(images, out_dir / name, rate)
+            videos.append({'input': source, 'output': name, 'frames': count,
+                           'fps': round(rate, 3)})  # fmt: skip
+    return videos
+
+
+def _read_uint8(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert('RGB'))
 
 
 def _face_record(photo: Photo, k: int) -> dict[str, Any]:

@@ -308,9 +308,8 @@ def plan_outputs(
     grids = [f'grid_{b:04d}.png' for b in range(num_grids)]
     owners: dict[str, str] = {g: 'a grid' for g in grids}
     for photo in inputs.photos:  # The pasted photos (none with sr.crops_only).
-        if photo.faces and pasted:
-            for out in photos_lib.output_names(photo, num_samples, with_uncertainty):
-                owners[out] = photo.source
+        for out in photos_lib.pasted_outputs(photo, num_samples, with_uncertainty, pasted):
+            owners[out] = photo.source
     for item in items:
         singles = ('lr', 'hr', *UNCERTAINTY_OUTPUTS)
         for out in item['sr'] + [item[k] for k in singles if k in item]:
@@ -404,6 +403,8 @@ def _validate(cfg: Any, hr_size: int) -> None:
             f'sr.feather {cfg.feather} + sr.margin {cfg.margin} leave no opaque part of the '
             f'{hr_size} px SR crop: keep their sum under {(hr_size - 1) / (2 * hr_size):.3f}'
         )
+    if cfg.video and cfg.crops_only:
+        raise ValueError('sr.video encodes the pasted frames: sr.crops_only writes none')
     if cfg.max_shrink and cfg.max_shrink < 1:
         raise ValueError(f'sr.max_shrink must be 0 (off) or >= 1, got {cfg.max_shrink}')
     frames_lib.parse_frames(cfg.frames)
@@ -645,11 +646,14 @@ def _write_photos(out_dir: Path, inputs: Inputs, plan: Plan, cfg: Any, factor: i
     ``no_face`` entries (none without photo inputs)."""
     if not inputs.photos:
         return {}
-    records = []
+    records, videos = [], []
     if jax.process_index() == 0:
         items = {name: item for name, item in zip(inputs.names, plan.items, strict=True)}
         records = [photos_lib.write_photo(out_dir, p, items, cfg, factor) for p in inputs.photos]
-    return {'photos': records, 'no_face': [p.source for p in inputs.photos if not p.faces]}
+        if cfg.video:
+            videos = photos_lib.write_videos(out_dir, inputs.photos, records)
+    no_face = [p.source for p in inputs.photos if not p.faces]
+    return {'photos': records, 'no_face': no_face, **({'videos': videos} if cfg.video else {})}
 
 
 def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]:

@@ -137,6 +137,9 @@ def sr_config() -> ml_collections.ConfigDict:
     # Videos and animated images (frames.py): which frames, 'all', 'N' (the first N) or
     # 'start:stop' (0-based, stop excluded); each is a photo, <input>/frame<NNNNNN>.png.
     sr.frames = 'all'
+    # Videos and animated images: also encode the pasted frames of each into <input>.mp4
+    # (H.264, the source's frame rate; photos.write_videos), beside the frame folder.
+    sr.video = False
     # Photos: a face's noise comes from the photo's name and its box rounded to this many
     # pixels (photos.face_key), not its index among the faces found.
     sr.noise_key_grid = 8.0

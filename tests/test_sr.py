@@ -629,6 +629,7 @@ def test_bad_sr_options_are_refused_before_anything_loads(celeba_id128, tmp_path
         ({'faces_csv': str(tmp_path / 'none.csv')}, 'sr.faces_csv'),
         ({'noise_key_grid': 0.0}, 'sr.noise_key_grid must be > 0'),
         ({'max_shrink': 0.5}, 'sr.max_shrink must be 0 (off) or >= 1'),
+        ({'video': True, 'crops_only': True}, 'sr.video encodes the pasted frames'),
         ({'frames': '0'}, 'sr.frames'),
     ):
         config = _config(celeba_id128, input=str(tmp_path), aligned=False, **fields)
@@ -722,8 +723,10 @@ def test_a_faces_noise_follows_its_box_not_its_index(workdir, celeba_id128, tmp_
 
 
 def test_frames_of_an_animated_image_are_photos(workdir, celeba_id128, tmp_path):
-    """sr.frames picks frames 1 and 2 of three; each is a photo of its own, its faces keyed by
-    name and frame, pasted into <input>/frame<NNNNNN>.png; as aligned crops it is refused."""
+    """sr.frames picks frames 1 to 3 of four; each is a photo of its own, its faces keyed by
+    name and frame, pasted into <input>/frame<NNNNNN>.png (a frame without a face too), and
+    with sr.video encoded into <input>.mp4 at the GIF's rate; as aligned crops it is refused."""
+    import frames as frames_lib
     from tests.test_frames import write_gif
 
     face = np.asarray(Image.open(sorted((celeba_id128 / 'images').glob('*.png'))[0])
@@ -733,21 +736,33 @@ def test_frames_of_an_animated_image_are_photos(workdir, celeba_id128, tmp_path)
         frame = to_uint8(_photo_frame(80, 128))
         frame[16:64, x : x + 48] = face
         clip.append(frame)
+    clip.append(to_uint8(_photo_frame(80, 128)))  # It has left.
     inputs = tmp_path / 'in'
     inputs.mkdir()
     write_gif(inputs / 'walk.gif', clip)
     out = tmp_path / 'out'
     config = _config(celeba_id128, input=str(inputs), output=str(out), aligned=False,
-                     frames='1:3', crops_only=False)  # fmt: skip
+                     frames='1:4', crops_only=False, video=True)  # fmt: skip
     manifest = _run(config, workdir)
-    assert [p['frame'] for p in manifest['photos']] == [1, 2]
-    for photo, x in zip(manifest['photos'], (40, 70), strict=True):
+    assert [p['frame'] for p in manifest['photos']] == [1, 2, 3]
+    assert manifest['no_face'] == [f'{inputs / "walk.gif"}#frame3']
+    assert manifest['videos'] == [
+        {'input': str(inputs / 'walk.gif'), 'output': 'walk.mp4', 'frames': 3, 'fps': 25.0}
+    ]
+    pasted = [_read(out / f'walk/frame{k:06d}.png').astype(int) for k in (1, 2, 3)]
+    decoded = [
+        image for _, image in frames_lib.read_frames(out / 'walk.mp4', frames_lib.ALL_FRAMES)
+    ]
+    assert len(decoded) == 3
+    for image, png in zip(decoded, pasted, strict=True):  # H.264 at CRF 18: close, not equal.
+        assert image.shape == png.shape and np.abs(image.astype(int) - png).mean() < 3
+    for photo, x in zip(manifest['photos'][:2], (40, 70), strict=True):
         (face_record,) = photo['faces']
         assert face_record['noise_key'].startswith(f'walk/frame{photo["frame"]:06d}@')
         assert abs(face_record['box'][0] - (x + 48 * 0.2)) < 8  # Found where it walked.
         assert photo['input'] == f'{inputs / "walk.gif"}#frame{photo["frame"]}'
         assert _read(out / f'walk/frame{photo["frame"]:06d}.png').shape == (320, 512, 3)
     assert not (out / 'walk' / 'frame000000.png').exists()
-    config.sr.update(aligned=True, output=str(tmp_path / 'out2'))
+    config.sr.update(aligned=True, video=False, output=str(tmp_path / 'out2'))
     with pytest.raises(datasets.DataError, match='walk.gif is a video or an animated image'):
         _run(config, workdir)
