@@ -64,7 +64,7 @@ class Photo:
     matrices: list[np.ndarray]  # Per face: photo pixels -> LR crop pixels, [2, 3].
     lr_size: int  # The LR crop side.
     face_keys: list[str]  # Per face: the stable key of its noise (face_key).
-    shape: tuple[int, ...] = ()  # The image's shape.
+    shape: tuple[int, ...]  # The image's shape (kept when the pixels are dropped).
     frame: int | None = None  # Its index in a video or animated image (frames.py).
     reread: Callable[[], np.ndarray] | None = None  # The pixels again, when image is None.
     methods: tuple[str, ...] = ()  # Per face: SR or RESIZE (FaceFinder.method).

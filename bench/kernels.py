@@ -33,16 +33,8 @@ from configs import degradation_presets  # noqa: E402
 from evaluation.report import PRIMARY_RECOGNISER  # noqa: E402
 from utils.cpu_devices import use_all_cpu_cores  # noqa: E402
 
-#: The kernel specs evaluated (``eval.down_kernel``), in table order.
-KERNELS = (
-    'area',
-    'bilinear',
-    'bilinear:noaa',
-    'bicubic',
-    'bicubic:noaa',
-    'lanczos3',
-    'lanczos3:noaa',
-)
+#: The kernel specs evaluated (``eval.down_kernel``), in table order: every one trained on.
+KERNELS = degradation_presets.KERNELS
 DEGRADED = 'degraded'  # The fixed eval degradation reported beside the kernels.
 METHODS = ('sr', 'bicubic')
 # Columns of the table: (header, row key); "model" is sr, the margins are sr - bicubic.

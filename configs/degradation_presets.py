@@ -45,20 +45,24 @@ from typing import Any
 
 GREY_LEVELS = 255  # Noise sigmas below are given in 8-bit grey levels.
 
+#: Every downscaling kernel spec (module doc): drawn from in training, each reported by
+#: ``bench/kernels.py``.
+KERNELS = (
+    'area',
+    'bilinear',
+    'bilinear:noaa',
+    'bicubic',
+    'bicubic:noaa',
+    'lanczos3',
+    'lanczos3:noaa',
+)
+
 #: Ranges of random training degradation (``config.data`` fields; see the module doc).
 TRAINING: dict[str, Any] = dict(
     blur_sigma_range=(0.0, 2.0),
     noise_sigma_range=(0.0, 20 / GREY_LEVELS),
     jpeg_quality_range=(40, 95),
-    down_kernels=(
-        'area',
-        'bilinear',
-        'bilinear:noaa',
-        'bicubic',
-        'bicubic:noaa',
-        'lanczos3',
-        'lanczos3:noaa',
-    ),
+    down_kernels=KERNELS,
 )
 
 #: Fixed LR degradations an eval may report (``eval.degradation``): ``config.data`` fields set

@@ -9,7 +9,7 @@ package's pixel-centre convention (:mod:`faces`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,7 +55,14 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter + 1e-12)
 
 
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+class Detector(Protocol):
+    """What face finding needs of a detector (:class:`YuNetDetector`, or a test's stand-in):
+    detections of an image in its pixels, best first."""
+
+    def detect(self, image: Any) -> list[Detection]: ...
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
     """Greedy non-maximum suppression on ``(x, y, w, h)`` boxes; indices by falling score."""
     order = list(np.argsort(-scores, kind='stable'))
     keep: list[int] = []
@@ -140,7 +147,7 @@ class YuNetDetector:
         if not scores:
             return []
         box, lm, sc = np.concatenate(boxes), np.concatenate(lms), np.concatenate(scores)
-        keep_idx = _nms(box, sc, self.nms_threshold)[: self.top_k]
+        keep_idx = nms(box, sc, self.nms_threshold)[: self.top_k]
         return [Detection(box[i], lm[i], float(sc[i])) for i in keep_idx]
 
 

@@ -26,7 +26,7 @@ its exact inverse; coordinates follow the package's pixel-centre convention (:mo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -38,7 +38,7 @@ from faces.align import (
     similarity_transform,
     to_3x3,
 )
-from faces.detect import SOURCE_GIVEN, Detection, to_float255
+from faces.detect import SOURCE_GIVEN, Detection, Detector, to_float255
 from faces.wild import landmarks_from_box
 
 #: Width (px) of the face box in a view: large enough that YuNet's landmarks follow a nearly
@@ -65,12 +65,6 @@ WINDOW_MARGIN = 2
 
 #: (x, y) <-> (row, column): scipy.ndimage indexes arrays by row first.
 _SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-
-
-class Detector(Protocol):
-    """What :func:`refine_roll` needs of a detector (:class:`faces.detect.YuNetDetector`)."""
-
-    def detect(self, image: Any) -> list[Detection]: ...
 
 
 def landmark_roll(landmarks: np.ndarray) -> float:

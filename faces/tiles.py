@@ -16,12 +16,12 @@ no larger than a tile is detected whole, as before (the same detections).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from faces.align import resize_image, resize_matrix
-from faces.detect import Detection, _nms, to_float255
+from faces.detect import Detection, Detector, nms, to_float255
 
 #: Largest side (pixels, at detection scale) of an image given to YuNet at once: about
 #: 0.4 GB of activations.
@@ -31,10 +31,6 @@ TILE = 1536
 OVERLAP = 256
 #: YuNet's NMS threshold (faces.detect.YuNetDetector), across tiles.
 MERGE_IOU = 0.3
-
-
-class Detector(Protocol):
-    def detect(self, image: Any) -> list[Detection]: ...
 
 
 def detect(
@@ -100,4 +96,4 @@ def _merge(found: list[Detection]) -> list[Detection]:
         return []
     boxes = np.stack([d.box for d in found])
     scores = np.array([d.score for d in found])
-    return [found[i] for i in _nms(boxes, scores, MERGE_IOU)]
+    return [found[i] for i in nms(boxes, scores, MERGE_IOU)]

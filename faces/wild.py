@@ -30,12 +30,12 @@ import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from faces import tiles
-from faces.detect import SOURCE_GIVEN, Detection, box_iou, select_central
+from faces.detect import SOURCE_GIVEN, Detection, Detector, box_iou, select_central
 from utils import csvfile
 
 #: Landmarks as fractions of YuNet's box, ``(landmark - (x, y)) / (w, h)``: the per-point
@@ -57,12 +57,6 @@ SAME_FACE_IOU = 0.3
 
 class FaceListError(ValueError):
     """A face list (CSV) that cannot be read; the message names the file and line."""
-
-
-class Detector(Protocol):
-    """What :func:`find_faces` needs of a detector (:class:`faces.detect.YuNetDetector`)."""
-
-    def detect(self, image: Any) -> list[Detection]: ...
 
 
 def landmarks_from_box(box: np.ndarray) -> np.ndarray:
