@@ -18,7 +18,10 @@ GFPGAN / CodeFormer style. Each input photo (any input that is not an aligned cr
 3. **SR** of every face crop, batched with the other inputs (``sr.py``); the aligned SR crops
    are written as ``<photo>_face<kk>[_s<k>].png``. A face the model would shrink more than
    ``sr.max_shrink`` into its LR crop is not super-resolved (SR of it comes out softer than
-   the photo): it stays the photo's bicubic enlargement (:meth:`FaceFinder.method`).
+   the photo): it stays the photo's bicubic enlargement (:meth:`FaceFinder.method`). With a
+   size ladder (``sr.ladder``, ``--sr.model auto``: several models of different LR sizes,
+   :class:`Rung`) each face goes to the model whose LR side is nearest its own size
+   (:func:`choose_rung`); only a face too large for every model is resized.
 4. **Paste-back** (``faces.paste``): the photo is upscaled by :func:`paste_scale` (bicubic)
    and each SR crop is warped back through the inverse transform with a feathered mask
    (``sr.feather`` and ``sr.margin``, fractions of the crop side), band by band (memory: the
@@ -61,18 +64,28 @@ class Photo:
     source: str
     image: np.ndarray | None  # uint8 [H, W, C]; None for a video frame (read again: reread).
     faces: list[Detection]
-    matrices: list[np.ndarray]  # Per face: photo pixels -> LR crop pixels, [2, 3].
-    lr_size: int  # The LR crop side.
+    # Per face: photo pixels -> LR crop pixels of its rung ([2, 3]; a resized face: of the
+    # rung with the largest LR).
+    matrices: list[np.ndarray]
+    rungs: tuple[Rung, ...]  # The size ladder (one rung: a single model).
     face_keys: list[str]  # Per face: the stable key of its noise (face_key).
     shape: tuple[int, ...]  # The image's shape (kept when the pixels are dropped).
     frame: int | None = None  # Its index in a video or animated image (frames.py).
     reread: Callable[[], np.ndarray] | None = None  # The pixels again, when image is None.
     methods: tuple[str, ...] = ()  # Per face: SR or RESIZE (FaceFinder.method).
     reasons: tuple[str, ...] = ()  # Per face: why that method.
+    face_rungs: tuple[int, ...] = ()  # Per face: the index of its rung in ``rungs``.
 
     def __post_init__(self):
-        if len(self.methods) != len(self.faces) or len(self.reasons) != len(self.faces):
-            raise ValueError(f'{self.source}: a method and a reason per face are needed')
+        per_face = (self.methods, self.reasons, self.face_rungs, self.matrices, self.face_keys)
+        if any(len(field) != len(self.faces) for field in per_face):
+            raise ValueError(
+                f'{self.source}: a matrix, key, method, reason and rung per face are needed'
+            )
+
+    def lr_size(self, k: int) -> int:
+        """The LR crop side of face ``k`` (its rung's)."""
+        return self.rungs[self.face_rungs[k]].lr_size
 
     def pixels(self) -> np.ndarray:
         """The photo's uint8 pixels (a frame is decoded again)."""
@@ -89,8 +102,14 @@ class Photo:
 
     @property
     def restored(self) -> list[int]:
-        """The indices of the faces the model super-resolves (method SR)."""
+        """The indices of the faces the models super-resolve (method SR)."""
         return [k for k, method in enumerate(self.methods) if method == SR]
+
+    def scale_factor(self) -> int:
+        """The SR factor its pasted copy defaults to (:func:`paste_scale`): the largest of the
+        rungs that restore its faces (the first rung's when none does)."""
+        used = {self.face_rungs[k] for k in self.restored} or {0}
+        return max(self.rungs[r].factor for r in used)
 
 
 def face_key(name: str, box: np.ndarray, grid: float) -> str:
@@ -107,10 +126,18 @@ def face_key(name: str, box: np.ndarray, grid: float) -> str:
     return f'{name}@' + ','.join(str(c) for c in cells)
 
 
-def is_photo(image: np.ndarray, lr_size: int) -> bool:
-    """Without ``sr.aligned`` inputs are photos, except those of exactly the LR size: aligned
-    crops (nothing in them could be detected)."""
-    return image.shape[:2] != (lr_size, lr_size)
+def is_photo(image: np.ndarray, lr_sizes: Sequence[int]) -> bool:
+    """Without ``sr.aligned`` inputs are photos, except those of exactly a model's LR size
+    (``lr_sizes``: of each model of the run): aligned crops (nothing in them could be
+    detected)."""
+    return all(image.shape[:2] != (size, size) for size in lr_sizes)
+
+
+def crop_rung(image: np.ndarray, lr_sizes: Sequence[int]) -> int:
+    """The model an aligned crop goes to: the one of exactly its LR size, else the first
+    (it is resized to that model's LR size)."""
+    exact = [r for r, size in enumerate(lr_sizes) if image.shape[:2] == (size, size)]
+    return exact[0] if exact else 0
 
 
 def lr_scale(matrix: np.ndarray) -> float:
@@ -126,16 +153,56 @@ def lr_matrix(landmarks: np.ndarray, hr_size: int, lr_size: int) -> np.ndarray:
 #: Below this LR scale (a face more than twice the LR crop's size) a warning says that SR
 #: discards more of the face than it restores (when ``sr.max_shrink`` lets such faces through).
 MIN_LR_SCALE = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+    """One model of a size ladder, as faces are assigned to it: its name (a shipped model or
+    a folder) and its LR and HR sides."""
+
+    name: str
+    lr_size: int
+    hr_size: int
+
+    @property
+    def factor(self) -> int:
+        return self.hr_size // self.lr_size
+
+
+def native_size(matrix: np.ndarray, lr_size: int) -> float:
+    """The face's own size: photo pixels across the LR crop of a photo -> LR ``matrix`` (the
+    same for every rung: all share the training crop geometry)."""
+    return lr_size / lr_scale(matrix)
+
+
+def choose_rung(native: float, lr_sizes: Sequence[int], max_shrink: float) -> int | None:
+    """The rung for a face of ``native`` photo pixels: among the LR sides that shrink it at
+    most ``max_shrink`` (0: no limit), the nearest to it in ratio (``|log(lr / native)|``;
+    ties to the larger LR, which keeps more of the face); ``None`` when every model would
+    shrink it more (it is then resized, :data:`RESIZE`).
+
+    Nearest in ratio, not "largest that fits": a face of 10 px gains more from an 8 px LR
+    model (shrunk 1.25x) than from being enlarged 1.6x, blurred, into a 16 px one.
+    """
+    fits = [r for r, size in enumerate(lr_sizes) if not max_shrink or native / size <= max_shrink]
+    if not fits:
+        return None
+    return min(fits, key=lambda r: (abs(np.log(lr_sizes[r] / native)), -lr_sizes[r]))
+
+
 #: How a photo's face is restored: by the model, or pasted back by plain resizing (the
 #: photo's own bicubic enlargement) when the model would shrink it (``sr.max_shrink``).
 SR, RESIZE = 'sr', 'resize'
 
 
 class FaceFinder:
-    """``sr.*`` face options bound once: the detector and the CSV of given faces."""
+    """``sr.*`` face options bound once: the size ladder (``rungs``; one for a single model),
+    the detector and the CSV of given faces."""
 
-    def __init__(self, cfg: Any, hr_size: int, lr_size: int):
-        self.cfg, self.hr_size, self.lr_size = cfg, hr_size, lr_size
+    def __init__(self, cfg: Any, rungs: Sequence[Rung]):
+        if not rungs:
+            raise ValueError('a face finder needs at least one model (rung)')
+        self.cfg, self.rungs = cfg, tuple(rungs)
         self.detector = YuNetDetector()
         self.given = read_face_csv(cfg.faces_csv) if cfg.faces_csv else FaceList('', {}, {})
 
@@ -158,29 +225,48 @@ class FaceFinder:
             logging.warning(
                 '%s: no face found (min_face %s, detect_scale %s); nothing to super-resolve',
                 source, cfg.min_face, cfg.detect_scale)  # fmt: skip
-        matrices = [lr_matrix(f.landmarks, self.hr_size, self.lr_size) for f in found]
-        methods, reasons = zip(*(self.method(m, source, k) for k, m in enumerate(matrices)),
-                               strict=True) if found else ((), ())  # fmt: skip
+        choices = [self.method(f.landmarks, source, k) for k, f in enumerate(found)]
+        methods, reasons, face_rungs, matrices = (tuple(c) for c in zip(*choices, strict=True)) \
+            if found else ((), (), (), ())  # fmt: skip
         keys = [face_key(name, f.box, cfg.noise_key_grid) for f in found]
-        return Photo(name, source, image, found, matrices, self.lr_size, keys, image.shape, frame,
-                     methods=methods, reasons=reasons)  # fmt: skip
+        return Photo(name, source, image, found, list(matrices), self.rungs, keys, image.shape,
+                     frame, methods=methods, reasons=reasons, face_rungs=face_rungs)  # fmt: skip
 
-    def method(self, matrix: np.ndarray, source: str, k: int) -> tuple[str, str]:
-        """How face ``k`` (photo -> LR ``matrix``) is restored, and why: by the model unless
-        it would shrink the face more than ``sr.max_shrink`` into the LR crop, where SR comes
-        out softer than the photo itself; such a face is pasted back by plain resizing."""
-        shrink, size, limit = 1 / lr_scale(matrix), self.lr_size, float(self.cfg.max_shrink)
+    def method(
+        self, landmarks: np.ndarray, source: str, k: int
+    ) -> tuple[str, str, int, np.ndarray]:
+        """How face ``k`` is restored, and why, by which rung, and its photo -> LR matrix:
+        by the model of :func:`choose_rung` unless every model would shrink the face more than
+        ``sr.max_shrink`` into its LR crop, where SR comes out softer than the photo itself;
+        such a face is pasted back by plain resizing (its matrix that of the largest LR)."""
+        limit = float(self.cfg.max_shrink)
+        largest = max(range(len(self.rungs)), key=lambda r: self.rungs[r].lr_size)
+        native = native_size(self._matrix(landmarks, largest), self.rungs[largest].lr_size)
+        chosen = choose_rung(native, [r.lr_size for r in self.rungs], limit)
+        rung = self.rungs[largest if chosen is None else chosen]
+        matrix = self._matrix(landmarks, largest if chosen is None else chosen)
+        shrink, size = native / rung.lr_size, rung.lr_size
         why = f'the face is {shrink:.2f}x the {size}x{size} LR crop'
-        if limit and shrink > limit:
+        if len(self.rungs) > 1:
+            why += f' of {rung.name} (LR sides {sorted(r.lr_size for r in self.rungs)})'
+        if chosen is None:
             logging.info('%s face %d: %s (> sr.max_shrink %g): pasted by plain resizing, '
                          'not super-resolved', source, k, why, limit)  # fmt: skip
-            return RESIZE, f'{why}, more than sr.max_shrink {limit:g}'
+            return RESIZE, f'{why}, more than sr.max_shrink {limit:g}', largest, matrix
+        return SR, self._warn(why, shrink, size, limit, source, k), chosen, matrix
+
+    def _matrix(self, landmarks: np.ndarray, rung: int) -> np.ndarray:
+        return lr_matrix(landmarks, self.rungs[rung].hr_size, self.rungs[rung].lr_size)
+
+    @staticmethod
+    def _warn(why: str, shrink: float, size: int, limit: float, source: str, k: int) -> str:
+        """The reason of an SR face; a warning when it is shrunk a lot (``max_shrink`` off)."""
         if shrink > 1 / MIN_LR_SCALE:
             logging.warning(
                 '%s face %d is shrunk %.1fx into the %dx%d LR crop: SR restores less detail '
                 'than the photo already has (the models are for faces at most about the LR '
                 'size)', source, k, shrink, size, size)  # fmt: skip
-        return SR, f'{why}, at most sr.max_shrink {limit:g}' if limit else f'{why}'
+        return f'{why}, at most sr.max_shrink {limit:g}' if limit else why
 
     def listed_key(self, name: str, source: str, frame: int | None) -> str | None:
         """The name under which the CSV lists a photo's faces (:func:`listed_names`), if any."""
@@ -217,13 +303,12 @@ def listed_names(name: str, source: str, frame: int | None) -> tuple[str, str]:
     return relative, base
 
 
-def lr_crops(photo: Photo) -> np.ndarray:
-    """The LR crops of a photo's restored faces (:attr:`Photo.restored`), ``[F, lr, lr, C]``
-    float32 in [0, 1]."""
-    image, size = photo.pixels().astype(np.float32) / 255.0, photo.lr_size
-    matrices = [photo.matrices[k] for k in photo.restored]
-    crops = [np.clip(warp_face(image, m, size), 0.0, 1.0) for m in matrices]
-    return np.stack(crops) if crops else np.zeros((0, size, size, image.shape[-1]), np.float32)
+def lr_crops(photo: Photo) -> list[np.ndarray]:
+    """The LR crops of a photo's restored faces (:attr:`Photo.restored`), each
+    ``[lr, lr, C]`` float32 in [0, 1] at its rung's LR side."""
+    image = photo.pixels().astype(np.float32) / 255.0
+    return [np.clip(warp_face(image, photo.matrices[k], photo.lr_size(k)), 0.0, 1.0)
+            for k in photo.restored]  # fmt: skip
 
 
 def pasted_outputs(photo: Photo, num_samples: int, with_mean: bool, pasted: bool) -> list[str]:
@@ -262,17 +347,16 @@ def paste_scale(shape: tuple[int, ...], factor: int, cfg: Any) -> int:
     return int(max(1, min(factor, fits)))
 
 
-def write_photo(
-    out_dir: Path, photo: Photo, items: dict[str, dict], cfg: Any, factor: int
-) -> dict[str, Any]:
+def write_photo(out_dir: Path, photo: Photo, items: dict[str, dict], cfg: Any) -> dict[str, Any]:
     """Pastes the photo's SR crops (read back from ``out_dir``) into its upscaled copies,
     band by band (``faces.paste.pasted_bands``: memory stays that of the photo at any
     upscale); its manifest record. With ``sr.crops_only`` nothing is pasted."""
-    scale = paste_scale(photo.shape, factor, cfg)
+    scale = paste_scale(photo.shape, photo.scale_factor(), cfg)
     outputs = pasted_outputs(photo, cfg.num_samples, cfg.uncertainty, not cfg.crops_only)
     if outputs:  # Faces pasted by plain resizing are the upscaled photo's.
         mine = [items[photo.face_names[k]] for k in photo.restored]
         matrices = [photo.matrices[k] for k in photo.restored]
+        lr_sizes = [photo.lr_size(k) for k in photo.restored]
         sources = [[item['sr'][k] for item in mine] for k in range(cfg.num_samples)]
         if cfg.uncertainty:
             sources.append([item['mean'] for item in mine])
@@ -282,7 +366,7 @@ def write_photo(
             images = [_read(out_dir / c) for c in crops]
             side = images[0].shape[0] if images else 0
             bands = pasted_bands(
-                image, images, matrices, scale, cfg.feather * side, photo.lr_size,
+                image, images, matrices, scale, cfg.feather * side, lr_sizes,
                 cfg.margin * side)  # fmt: skip
             save_png_rows(bands, (h * scale, w * scale, c), out_dir / output)
     return {
@@ -328,6 +412,7 @@ def _face_record(photo: Photo, k: int) -> dict[str, Any]:
     return {
         'item': photo.face_names[k] if method == SR else None,
         'method': method,
+        'model': photo.rungs[photo.face_rungs[k]].name if method == SR else None,
         'why': photo.reasons[k],
         'noise_key': photo.face_keys[k],
         'lr_scale': round(lr_scale(matrix), 4),  # LR crop pixels per photo pixel.

@@ -16,9 +16,14 @@ import runs
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / 'pretrained'
 CONFIG_FILE = Path(__file__).resolve().parent / 'configs' / 'pretrained.py'
-#: The default of ``--mode sr`` without a config: the best model trained here (its card says
-#: what it is and how it measures).
-DEFAULT_MODEL = 'ecdp_x4_student'
+#: ``--sr.model auto``: not a package but a size ladder of them (``ladder.py``): each face of
+#: a photo goes to the model whose LR side is nearest its size. The first is the primary: its
+#: config and folder are the run's, and it takes aligned crops.
+AUTO = 'auto'
+AUTO_LADDER = ('ecdp_x4_student', 'ecdp_x8_student')
+#: The default of ``--mode sr`` without a config: the ladder of the best models trained here
+#: (their cards say what they are and how they measure).
+DEFAULT_MODEL = AUTO
 MODEL_FLAG = '--sr.model'
 
 
@@ -36,19 +41,24 @@ def available() -> list[str]:
 
 
 def package_dir(name: str) -> Path:
-    """The folder of shipped model ``name``; unknown names are refused, listing the known."""
+    """The folder of shipped model ``name`` (``auto``: its primary's); unknown names are
+    refused, listing the known."""
+    name = AUTO_LADDER[0] if name == AUTO else name
     folder = PRETRAINED_DIR / name
     if not name or '/' in name or not _shipped(name):
         raise ValueError(
-            f'no shipped model {name!r} in {PRETRAINED_DIR} (available: {available()})'
+            f'no shipped model {name!r} in {PRETRAINED_DIR} (available: {available()}, or {AUTO!r})'
         )
     return folder
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-    """The complete config of shipped model ``name`` (``runs.Run.config``), ``sr.model`` set."""
+    """The complete config of shipped model ``name`` (``runs.Run.config``), ``sr.model`` set;
+    ``auto``: its primary's (``sr.model``), with ``sr.ladder`` the ladder's models."""
     config = runs.Run.open(package_dir(name)).config()
-    config.sr.model = name
+    config.sr.model = AUTO_LADDER[0] if name == AUTO else name  # (The model of this config.)
+    if name == AUTO:
+        config.sr.ladder = AUTO_LADDER
     return config
 
 

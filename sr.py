@@ -46,7 +46,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ import degradations
 import experiment
 import frames as frames_lib
 import guidance as guidance_lib
+import ladder as ladder_lib
 import mean_model
 import photos as photos_lib
 import runs
@@ -81,12 +82,20 @@ class Inputs:
 
     names: list[str]  # Output name of each input (relative, no extension).
     sources: list[str]  # Where each input comes from (a file, or a dataset entry).
-    batches: Callable[[int], Iterator[Batch]]  # inputs per batch -> 'lr', 'lr_up' (, 'hr').
+    # (inputs per batch, rung) -> batches 'lr', 'lr_up' (, 'hr') of the rung's inputs in order.
+    batches: Callable[[int, int], Iterator[Batch]]
     with_hr: bool
     photos: tuple[photos_lib.Photo, ...] = ()  # Photos whose faces are among the inputs.
     # Per input, the stable key its noise comes from (photos' faces: photos.face_key), or
     # None: then its index in the inputs (see sample_ids). () = None for every input.
     keys: tuple[str | None, ...] = ()
+    # Per input, the model of the size ladder that restores it (ladder.py); () = all rung 0.
+    rungs: tuple[int, ...] = ()
+
+    def of_rung(self, rung: int) -> list[int]:
+        """The indices of the inputs of ``rung``, in order (its batches' order)."""
+        rungs = self.rungs or (0,) * len(self.names)
+        return [i for i, r in enumerate(rungs) if r == rung]
 
     def sample_ids(self, num_samples: int) -> np.ndarray:
         """``[inputs, num_samples]`` int32 sample ids: sample ``k`` of input ``i`` is
@@ -166,24 +175,27 @@ def upsample_lr(lr: np.ndarray, data_config: Any) -> np.ndarray:
 
 def file_inputs(
     path: str | os.PathLike,
-    data_config: Any,
+    data_configs: Sequence[Any],
     max_images: int = 0,
     finder: photos_lib.FaceFinder | None = None,
     frame_range: frames_lib.FrameRange = frames_lib.ALL_FRAMES,
 ) -> Inputs:
     """An image or video file or a folder of them (decoded and fitted now; see the module
-    docstring).
+    docstring); ``data_configs``: per model of the run (its size ladder, ``ladder.py``; one
+    for a single model).
 
-    With a ``finder`` (``sr.aligned`` false), inputs that are not of the LR size are photos:
-    their faces, aligned into LR crops, are the inputs (``photos.py``); so is every frame of a
-    video or animated image in ``frame_range`` (``frames.py``).
+    With a ``finder`` (``sr.aligned`` false), inputs that are not of a model's LR size are
+    photos: their faces, aligned into LR crops of the model each goes to, are the inputs
+    (``photos.py``); so is every frame of a video or animated image in ``frame_range``
+    (``frames.py``). A crop of exactly a model's LR size goes to that model, any other to the
+    first (resized to its LR size).
     """
     files, root = _input_files(Path(path))
     if finder is not None:
         finder.check_names(files, root)
     files = files[:max_images] if max_images else files
-    channels, size = int(data_config.num_channels), lr_size(data_config)
-    names, sources, crops, keys, photos = [], [], [], [], []
+    channels, sizes = int(data_configs[0].num_channels), [lr_size(c) for c in data_configs]
+    names, sources, crops, keys, rungs, photos = [], [], [], [], [], []
     for f in files:
         name = f.relative_to(root).with_suffix('').as_posix()
         if frames_lib.has_frames(f):
@@ -195,28 +207,32 @@ def file_inputs(
             photos += _frame_photos(f, name, finder, frame_range)
             continue
         image = datasets.decode_image(f, channels)
-        if finder is not None and photos_lib.is_photo(image, size):
+        if finder is not None and photos_lib.is_photo(image, sizes):
             photo = finder(name, str(f), image)
             photos.append((photo, photos_lib.lr_crops(photo)))
         else:
+            rung = photos_lib.crop_rung(image, sizes)
             names.append(name)
             sources.append(str(f))
             keys.append(None)
-            crops.append(fit_lr(image, data_config, str(f))[None])
-    for photo, face_crops in photos:  # The faces restored by the model (Photo.restored).
+            rungs.append(rung)
+            crops.append(fit_lr(image, data_configs[rung], str(f)))
+    for photo, face_crops in photos:  # The faces restored by the models (Photo.restored).
         names += [photo.face_names[k] for k in photo.restored]
         sources += [f'{photo.source}#face{k:02d}' for k in photo.restored]
         keys += [photo.face_keys[k] for k in photo.restored]
-        crops.append(face_crops)
+        rungs += [photo.face_rungs[k] for k in photo.restored]
+        crops += face_crops
     photos = [photo for photo, _ in photos]
-    lr = np.concatenate(crops).astype(np.float32)
 
-    def batches(per_batch: int) -> Iterator[Batch]:
-        for start in range(0, len(lr), per_batch):
+    def batches(per_batch: int, rung: int) -> Iterator[Batch]:
+        mine = [crops[i] for i, r in enumerate(rungs) if r == rung]
+        lr = np.stack(mine).astype(np.float32) if mine else np.zeros((0,))
+        for start in range(0, len(mine), per_batch):
             chunk = lr[start : start + per_batch]
-            yield {'lr': chunk, 'lr_up': upsample_lr(chunk, data_config)}
+            yield {'lr': chunk, 'lr_up': upsample_lr(chunk, data_configs[rung])}
 
-    return Inputs(names, sources, batches, False, tuple(photos), tuple(keys))
+    return Inputs(names, sources, batches, False, tuple(photos), tuple(keys), tuple(rungs))
 
 
 def _input_files(path: Path) -> tuple[list[Path], Path]:
@@ -233,10 +249,10 @@ def _input_files(path: Path) -> tuple[list[Path], Path]:
 
 def _frame_photos(
     path: Path, name: str, finder: photos_lib.FaceFinder, frame_range: frames_lib.FrameRange
-) -> list[tuple[photos_lib.Photo, np.ndarray]]:
+) -> list[tuple[photos_lib.Photo, list[np.ndarray]]]:
     """The frames of a video or animated image in ``frame_range`` as photos (``<name>/frame
     <NNNNNN>``) with their faces' LR crops; the pixels are dropped, read again to paste."""
-    reader, found = frames_lib.FrameReader(path), []
+    reader, found = frames_lib.FrameReader(path), []  # (photo, its faces' LR crops)
     for index, image in frames_lib.read_frames(path, frame_range):
         photo = finder(f'{name}/frame{index:06d}', str(path), image, index)
         reread = functools.partial(reader.frame, index)
@@ -262,7 +278,8 @@ def dataset_inputs(config: Any, max_images: int = 0) -> Inputs:
     where = f'{config.data.source}:{config.data.path}[eval]'
     sources = [str(files[i]) if files else f'{where}[{i}]' for i in range(n)]
 
-    def batches(per_batch: int) -> Iterator[Batch]:
+    def batches(per_batch: int, rung: int = 0) -> Iterator[Batch]:
+        del rung  # Every input of the eval split is the run's own model's.
         data = datasets.get_dataset(config.data, 'eval', per_batch, seed=config.seed, train=False)
         for batch in data:
             keep = batch['mask'] & (batch['index'] < n)
@@ -509,20 +526,23 @@ def _sample_batches(
     sampler: Callable,
     params: Any,
     inputs: Inputs,
-    per_batch: int,
-    rows: int,
+    part: Part,
     mean: mean_model.MeanModel,
     targets: np.ndarray | None = None,
 ) -> Iterator:
-    """Yields ``(batch, sr [inputs, num_samples, H, W, C] in [0, 1], nfe)`` per batch."""
+    """Yields ``(batch, sr [inputs, num_samples, H, W, C] in [0, 1], nfe)`` per batch of the
+    inputs of ``part`` (one model's)."""
     config, num_samples = exp.config, exp.config.sr.num_samples
     key = parallel.replicate(jax.random.PRNGKey(config.sr.seed), exp.mesh)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
-    ids = inputs.sample_ids(num_samples)
-    for b, batch in enumerate(inputs.batches(per_batch)):
+    ids = inputs.sample_ids(num_samples)[part.indices]
+    targets = targets[part.indices] if targets is not None else None
+    for b, batch in enumerate(inputs.batches(part.per_batch, part.rung)):
         batch = {k: np.asarray(v) for k, v in mean(batch).items()}
         local = _local_rows(
-            _sampler_inputs(batch, b * per_batch, ids, rows, config.data.centered, targets)
+            _sampler_inputs(
+                batch, b * part.per_batch, ids, part.rows, config.data.centered, targets
+            )  # fmt: skip
         )
         sharded = parallel.shard_batch(local, exp.mesh)
         cond = {k: v for k, v in sharded.items() if k != 'ids'}
@@ -538,23 +558,46 @@ def _sample_batches(
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """How the inputs are batched, and the output names of every input and batch grid."""
+class Part:
+    """The inputs one model of the run restores (a rung of its size ladder) and their
+    batching."""
 
+    rung: int
+    indices: list[int]  # Its inputs (into Inputs and Plan.items), in batch order.
     per_batch: int  # Inputs per batch.
     rows: int  # Samples per sampler call: per_batch * num_samples, padded to the devices.
-    items: list[dict[str, Any]]  # Per input: 'input' and its outputs ('sr', 'lr', 'hr').
     grids: list[str]  # Per batch (empty when sr.grid is off).
 
 
-def make_plan(inputs: Inputs, cfg: Any, num_devices: int) -> Plan:
-    """Batching over ``num_devices`` and output names (see :func:`plan_outputs`)."""
-    n = len(inputs.names)
-    per_batch = max(1, min(n, cfg.batch_size // cfg.num_samples))
-    rows = -(-per_batch * cfg.num_samples // num_devices) * num_devices
-    num_grids = -(-n // per_batch) if cfg.grid else 0
-    outputs = plan_outputs(inputs, cfg.num_samples, num_grids, cfg.uncertainty, not cfg.crops_only)
-    return Plan(per_batch, rows, *outputs)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The output names of every input and batch grid, and the inputs of each model."""
+
+    items: list[dict[str, Any]]  # Per input: 'input' and its outputs ('sr', 'lr', 'hr').
+    grids: list[str]  # Every part's grids, in order.
+    parts: list[Part]  # Per model with inputs, in the run's model order.
+
+
+def make_plan(inputs: Inputs, cfg: Any, num_devices: int, num_models: int = 1) -> Plan:
+    """Batching of each model's inputs over ``num_devices`` and output names (see
+    :func:`plan_outputs`); grids are numbered across the models."""
+    batching = []
+    for rung in range(num_models):
+        indices = inputs.of_rung(rung)
+        if indices:
+            per_batch = max(1, min(len(indices), cfg.batch_size // cfg.num_samples))
+            rows = -(-per_batch * cfg.num_samples // num_devices) * num_devices
+            batching.append((rung, indices, per_batch, rows, -(-len(indices) // per_batch)))
+    num_grids = sum(b[-1] for b in batching) if cfg.grid else 0
+    items, grids = plan_outputs(
+        inputs, cfg.num_samples, num_grids, cfg.uncertainty, not cfg.crops_only
+    )
+    parts, first = [], 0
+    for rung, indices, per_batch, rows, count in batching:
+        mine = grids[first : first + count] if cfg.grid else []
+        parts.append(Part(rung, indices, per_batch, rows, mine))
+        first += count
+    return Plan(items, grids, parts)
 
 
 def _sample_and_write(
@@ -563,27 +606,24 @@ def _sample_and_write(
     params,
     inputs: Inputs,
     plan: Plan,
+    part: Part,
     out_dir: Path,
     mean: mean_model.MeanModel,
     targets: np.ndarray | None = None,
 ) -> dict:
-    """Samples every batch, writes its images (process 0); images, NFE, seconds and rate."""
-    is_chief = jax.process_index() == 0
-    if is_chief:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / MANIFEST).unlink(missing_ok=True)  # Stale: the outputs are about to change.
-    num_batches = -(-len(inputs.names) // plan.per_batch)
-    progress = Progress(len(plan.items) * exp.config.sr.num_samples, unit='images')
+    """Samples every batch of ``part``, writes its images (process 0); images, NFE, seconds
+    and rate."""
+    num_batches = -(-len(part.indices) // part.per_batch)
+    progress = Progress(len(part.indices) * exp.config.sr.num_samples, unit='images')
     nfe, start = 0, time.perf_counter()
-    batches = _sample_batches(
-        exp, sampler, params, inputs, plan.per_batch, plan.rows, mean, targets
-    )
-    cfg = exp.config.sr
+    batches = _sample_batches(exp, sampler, params, inputs, part, mean, targets)
+    cfg, is_chief = exp.config.sr, jax.process_index() == 0
     embedders = _embedders(cfg) if is_chief else {}
     for b, (batch, sr, batch_nfe) in enumerate(batches):
         if is_chief:
-            items = plan.items[b * plan.per_batch : b * plan.per_batch + len(sr)]
-            write_batch(out_dir, items, batch, sr, plan.grids[b] if plan.grids else None)
+            mine = part.indices[b * part.per_batch : b * part.per_batch + len(sr)]
+            items = [plan.items[i] for i in mine]
+            write_batch(out_dir, items, batch, sr, part.grids[b] if part.grids else None)
             if cfg.uncertainty:
                 write_uncertainty(out_dir, items, batch, sr, cfg, embedders)
         nfe = max(nfe, batch_nfe)
@@ -630,18 +670,20 @@ def _guidance(exp: experiment.Experiment, params: Any, inputs: Inputs) -> tuple:
     return guide, guidance_lib.sampler_params(params, variables), targets
 
 
-def _inputs(config: Any) -> Inputs:
-    """The inputs of ``config.sr``: files (photos or crops, ``sr.aligned``) or the eval split."""
+def _inputs(models: Sequence[ladder_lib.Model]) -> Inputs:
+    """The inputs of ``config.sr`` (the first model's): files (photos or crops,
+    ``sr.aligned``), each face to a model of the run's ``models``, or the eval split."""
+    config = models[0].config
     cfg = config.sr
     if not cfg.input:
         return dataset_inputs(config, cfg.max_images)
-    hr = int(config.data.image_size)
-    finder = None if cfg.aligned else photos_lib.FaceFinder(cfg, hr, lr_size(config.data))
+    finder = None if cfg.aligned else photos_lib.FaceFinder(cfg, [m.rung for m in models])
     frame_range = frames_lib.parse_frames(cfg.frames)
-    return file_inputs(cfg.input, config.data, cfg.max_images, finder, frame_range)
+    data = [m.config.data for m in models]
+    return file_inputs(cfg.input, data, cfg.max_images, finder, frame_range)
 
 
-def _write_photos(out_dir: Path, inputs: Inputs, plan: Plan, cfg: Any, factor: int) -> dict:
+def _write_photos(out_dir: Path, inputs: Inputs, plan: Plan, cfg: Any) -> dict:
     """Pastes SR faces into their photos (process 0); the manifest's ``photos`` and
     ``no_face`` entries (none without photo inputs)."""
     if not inputs.photos:
@@ -649,48 +691,104 @@ def _write_photos(out_dir: Path, inputs: Inputs, plan: Plan, cfg: Any, factor: i
     records, videos = [], []
     if jax.process_index() == 0:
         items = {name: item for name, item in zip(inputs.names, plan.items, strict=True)}
-        records = [photos_lib.write_photo(out_dir, p, items, cfg, factor) for p in inputs.photos]
+        records = [photos_lib.write_photo(out_dir, p, items, cfg) for p in inputs.photos]
         if cfg.video:
             videos = photos_lib.write_videos(out_dir, inputs.photos, records)
     no_face = [p.source for p in inputs.photos if not p.faces]
     return {'photos': records, 'no_face': no_face, **({'videos': videos} if cfg.video else {})}
 
 
+def _load(
+    model: ladder_lib.Model, exp: experiment.Experiment, inputs: Inputs, primary: bool
+) -> tuple:
+    """``(guide, sampler params, guidance targets, step)`` of ``model``: its EMA weights
+    (``sr.checkpoint`` for the run's own model, the latest for a ladder's other ones) and
+    guidance (:func:`_guidance`; ladders have none). Every model is loaded before anything is
+    written."""
+    checkpoint = (model.config.sr.checkpoint or None) if primary else None
+    params, step = exp.load_ema_params(model.workdir, checkpoint)
+    return (*_guidance(exp, params, inputs), step)
+
+
+def _restore(
+    model: ladder_lib.Model,
+    exp: experiment.Experiment,
+    loaded: tuple[Any, Any, Any, int],
+    inputs: Inputs,
+    plan: Plan,
+    part: Part | None,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Samples and writes the inputs of ``model``'s ``part`` (none: nothing to do); its
+    manifest record."""
+    cfg, (guide, params, targets, step) = model.config.sr, loaded
+    record = {'name': model.name, 'workdir': str(model.workdir), 'checkpoint_step': step,
+              'lr_size': lr_size(model.config.data), 'hr_size': exp.hr_shape[0],
+              'inputs': len(part.indices) if part else 0}  # fmt: skip
+    if part is None:  # (Photos without a face leave nothing to sample: no compilation.)
+        return record
+    logging.info(
+        'super-resolving %d inputs x %d samples with checkpoint %d of %s into %s (%d samples '
+        'per call on %d devices)', len(part.indices), cfg.num_samples, step, model.workdir,
+        out_dir, part.rows, exp.mesh.devices.size)  # fmt: skip
+    compile_start = time.perf_counter()
+    mean = mean_model.load(model.config, exp.mesh.devices.flatten(), model.workdir)
+    sampler = _compiled_sampler(exp, params, part.rows, guide, mean)
+    record['compile_seconds'] = round(time.perf_counter() - compile_start, 3)
+    stats = _sample_and_write(exp, sampler, params, inputs, plan, part, out_dir, mean, targets)
+    return {**record, **stats}
+
+
+def _totals(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run's images, NFE (the most of any model), seconds and rate over its models."""
+    images = sum(r.get('images', 0) for r in records)
+    seconds = sum(r.get('seconds', 0.0) for r in records)
+    return {
+        'compile_seconds': round(sum(r.get('compile_seconds', 0.0) for r in records), 3),
+        'images': images,
+        'nfe': max((r.get('nfe', 0) for r in records), default=0),
+        'seconds': round(seconds, 3),
+        'images_per_sec': round(images / seconds, 3) if seconds else 0.0,
+    }
+
+
 def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]:
-    """Super-resolves ``config.sr.input`` with the checkpoint in ``workdir``; the manifest.
+    """Super-resolves ``config.sr.input`` with the checkpoint in ``workdir`` (and the other
+    models of ``sr.ladder``, ``ladder.py``); the manifest.
 
     ``devices`` (default: all devices of all hosts) is the data-parallel mesh.
     """
-    # ----- Checks: inputs, checkpoint, output names (nothing is written before they pass) -----
+    # ----- Checks: inputs, checkpoints, output names (nothing is written before they pass) -----
     config = for_uncertainty(config)
     cfg = config.sr
     _validate(cfg, int(config.data.image_size))
-    workdir = Path(workdir)
+    models = [dataclasses.replace(m, config=for_uncertainty(m.config))
+              for m in ladder_lib.resolve(config, workdir)]  # fmt: skip
     out_dir = Path(cfg.output or runs.Run.open(workdir).output_dir('sr'))
-    inputs = _inputs(config)
-    exp = experiment.build(config, devices, workdir)
-    params, step = exp.load_ema_params(workdir, cfg.checkpoint or None)
-    guide, params, targets = _guidance(exp, params, inputs)
-    plan = make_plan(inputs, cfg, exp.mesh.devices.size)
-    logging.info(
-        'super-resolving %d inputs x %d samples with checkpoint %d of %s into %s (%d samples '
-        'per call on %d devices)', len(plan.items), cfg.num_samples, step, workdir, out_dir,
-        plan.rows, exp.mesh.devices.size)  # fmt: skip
-    compile_start = time.perf_counter()
-    mean = mean_model.load(config, exp.mesh.devices.flatten(), workdir)
-    # (Photos without a face leave nothing to sample: no compilation.)
-    sampler = _compiled_sampler(exp, params, plan.rows, guide, mean) if plan.items else None
-    compile_seconds = round(time.perf_counter() - compile_start, 3)
+    inputs = _inputs(models)
+    exps = [experiment.build(m.config, devices, m.workdir) for m in models]
+    loaded = [_load(m, e, inputs, r == 0)
+              for r, (m, e) in enumerate(zip(models, exps, strict=True))]  # fmt: skip
+    plan = make_plan(inputs, cfg, exps[0].mesh.devices.size, len(models))
 
-    # ----- Sample and write; the manifest goes last -----
-    stats = _sample_and_write(exp, sampler, params, inputs, plan, out_dir, mean, targets)
-    pasted = _write_photos(out_dir, inputs, plan, cfg, int(config.data.downscale))
+    # ----- Sample and write, model by model; the manifest goes last -----
+    if jax.process_index() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # Stale: the outputs are about to change.
+    parts = {part.rung: part for part in plan.parts}
+    records = [_restore(m, e, w, inputs, plan, parts.get(r), out_dir)
+               for r, (m, e, w) in enumerate(zip(models, exps, loaded, strict=True))]  # fmt: skip
+    for part in plan.parts:
+        for i in part.indices:
+            plan.items[i]['model'] = models[part.rung].name
+    pasted = _write_photos(out_dir, inputs, plan, cfg)
+    stats = _totals(records)
     manifest = {
         'complete': True,
         'input': cfg.input or f'eval split of {config.data.path}',
         'output': str(out_dir),
         'workdir': str(workdir),
-        'checkpoint_step': step,
+        'checkpoint_step': records[0]['checkpoint_step'],
         'num_inputs': len(plan.items),
         'sr': config.sr.to_dict(),
         'sampling': config.sampling.to_dict(),
@@ -698,10 +796,10 @@ def run(config: Any, workdir: str | Path, devices: Any = None) -> dict[str, Any]
         **({'identity_stability_means': STABILITY_MEANS} if _stability(cfg) else {}),
         'guidance': config.guidance.to_dict(),
         'lr_size': lr_size(config.data),
-        'hr_size': exp.hr_shape[0],
-        'devices': exp.mesh.devices.size,
-        'compile_seconds': compile_seconds,
+        'hr_size': exps[0].hr_shape[0],
+        'devices': exps[0].mesh.devices.size,
         **stats,
+        'models': records,
         'items': plan.items,
         'grids': plan.grids,
         **pasted,

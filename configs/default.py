@@ -101,6 +101,10 @@ def sr_config() -> ml_collections.ConfigDict:
     # The shipped model in use (pretrained/<name>; set by --sr.model NAME, which replaces
     # --config and --workdir; '' = the run in --workdir).
     sr.model = ''
+    # Photos: a size ladder, models of other LR sizes beside this one (shipped names or run /
+    # package folders; CLI: --config.sr.ladder=a,b): each face goes to the model whose LR side
+    # is nearest its own size (ladder.py, photos.choose_rung). --sr.model auto sets it.
+    sr.ladder = ()
     sr.checkpoint = 0  # Checkpoint step to load EMA weights from (0 = the latest readable).
     sr.num_samples = 1  # SR samples per input (diversity): <name>_s<k>.png when > 1.
     # SR images per sampler call; a batch holds whole inputs (batch_size // num_samples, at

@@ -63,7 +63,7 @@ def pasted_bands(
     matrices: Sequence[np.ndarray],
     scale: int,
     feather: float,
-    lr_size: int | None = None,
+    lr_sizes: Sequence[int | None] | None = None,
     margin: float = 0.0,
     band_rows: int = BAND_ROWS,
 ) -> Iterator[np.ndarray]:
@@ -76,7 +76,8 @@ def pasted_bands(
     whose filter reads the rows around the band as the whole-photo resize does, and every face
     crossing the band is pasted into it (:func:`paste_back` with the band's origin): equal to
     the whole-photo :func:`paste_faces` up to float rounding (1 level of 8 bits).
-    ``scale``: a whole number >= 1.
+    ``scale``: a whole number >= 1; ``lr_sizes``: per crop, the LR side its matrix maps to
+    (faces of a size ladder differ; ``None``: the crop's own side, as :func:`paste_back`).
     """
     from PIL import Image
 
@@ -88,8 +89,9 @@ def pasted_bands(
     planes = [Image.fromarray(np.ascontiguousarray(image[..., k], np.float32)) for k in range(c)]
     step = max(1, band_rows // scale) * scale
     shape = (h * scale, w * scale)
-    regions = [_crop_region(shape, _to_unit(f).shape[0], m, scale, lr_size)
-               for f, m in zip(crops, matrices, strict=True)]  # fmt: skip
+    lr_sizes = list(lr_sizes) if lr_sizes is not None else [None] * len(crops)
+    regions = [_crop_region(shape, _to_unit(f).shape[0], m, scale, lr)
+               for f, m, lr in zip(crops, matrices, lr_sizes, strict=True)]  # fmt: skip
     for top in range(0, h * scale, step):
         rows = min(step, h * scale - top)
         if scale == 1:
@@ -99,11 +101,11 @@ def pasted_bands(
             band = np.stack([np.asarray(p.resize((w * scale, rows), Image.Resampling.BICUBIC,
                                                  box)) for p in planes], -1)  # fmt: skip
             band = np.clip(band, 0.0, 1.0)
-        for crop, matrix, region in zip(crops, matrices, regions, strict=True):
+        for crop, matrix, region, lr in zip(crops, matrices, regions, lr_sizes, strict=True):
             if region is None or region[1][1] <= top or region[0][1] >= top + rows:
                 continue  # The face misses this band.
             band, _ = paste_back(
-                band, crop, _shifted(matrix, (0, top), scale), scale, feather, lr_size, margin
+                band, crop, _shifted(matrix, (0, top), scale), scale, feather, lr, margin
             )
         yield to_uint8(band)
 

@@ -38,7 +38,7 @@ def test_bands_equal_the_whole_photo_paste(scale, band_rows):
     boxes = [(10.3, 4.2, 14.0, 17.0), (18.0, 12.5, 16.0, 19.0), (50.0, 30.0, 15.0, 18.0)]
     crops, matrices = _faces(boxes)
     whole, mask = paste_faces(upscale_photo(photo, scale), crops, matrices, scale, 3.0, LR, 0.5)
-    bands = list(pasted_bands(photo, crops, matrices, scale, 3.0, LR, 0.5, band_rows))
+    bands = list(pasted_bands(photo, crops, matrices, scale, 3.0, [LR] * 3, 0.5, band_rows))
     assert all(b.dtype == np.uint8 for b in bands) and len(bands) > 1
     streamed = np.concatenate(bands)
     assert streamed.shape == whole.shape

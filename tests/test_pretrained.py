@@ -125,3 +125,23 @@ def test_a_package_missing_a_field_is_refused_unless_a_migration_fills_it(tmp_pa
     (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(record, default=list))
     with pytest.raises(ValueError, match=r'config.json has no value for config.sampling.method'):
         runs.Run.open(tmp_path).config()
+
+
+def test_auto_is_the_default_ladder_of_shipped_models():
+    """``--sr.model auto`` (the default): the primary's config and folder, every model of
+    the ladder shipped, with LR sides all different (ladder.resolve's checks pass)."""
+    import ladder
+
+    assert pretrained.DEFAULT_MODEL == pretrained.AUTO
+    assert set(pretrained.AUTO_LADDER) <= set(pretrained.available())
+    config = pretrained.load_config(pretrained.AUTO)
+    assert config.sr.model == pretrained.AUTO_LADDER[0]
+    assert tuple(config.sr.ladder) == pretrained.AUTO_LADDER
+    primary = pretrained.package_dir(pretrained.AUTO)
+    assert primary == pretrained.package_dir(pretrained.AUTO_LADDER[0])
+    models = ladder.resolve(config, primary)
+    assert [m.name for m in models] == list(pretrained.AUTO_LADDER)
+    sizes = [m.rung.lr_size for m in models]
+    assert len(set(sizes)) == len(sizes) == len(pretrained.AUTO_LADDER)
+    flags = pretrained.main_flags(['main.py', '--mode=sr', '--sr.input=x.png'])
+    assert flags[1] == f'--config={pretrained.CONFIG_FILE}:auto'

@@ -377,7 +377,7 @@ def test_bad_input_files_are_named_before_anything_is_written(kind, lr_dir, tmp_
     (folder / 'face0.png').write_bytes((lr_dir / 'face0.png').read_bytes())
     bad = _write_bad(kind, folder, lr_dir / 'face1.png')
     with pytest.raises(datasets.DataError, match=re.escape(f'cannot decode image {bad}')):
-        sr.file_inputs(folder, _config(lr_dir).data)
+        sr.file_inputs(folder, [_config(lr_dir).data])
 
 
 def test_odd_image_modes_are_converted_as_documented(lr_dir, tmp_path):
@@ -388,8 +388,8 @@ def test_odd_image_modes_are_converted_as_documented(lr_dir, tmp_path):
     Image.fromarray(gray).save(tmp_path / 'gray.png')
     Image.fromarray(np.dstack([rgb, np.full_like(gray, 7)])).save(tmp_path / 'rgba.png')
     Image.fromarray(gray.astype(np.uint16) * 256 + 255).save(tmp_path / 'sixteen.png')
-    inputs = sr.file_inputs(tmp_path, _config(lr_dir).data)
-    (batch,) = inputs.batches(8)
+    inputs = sr.file_inputs(tmp_path, [_config(lr_dir).data])
+    (batch,) = inputs.batches(8, 0)
     as_uint8 = np.round(batch['lr'] * 255).astype(np.uint8)
     assert inputs.names == ['gray', 'rgba', 'sixteen']
     np.testing.assert_array_equal(as_uint8[0], np.repeat(gray[..., None], 3, -1))
@@ -410,7 +410,7 @@ def test_unlistable_input_folder_is_named(lr_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, 'scandir', scandir)
     with pytest.raises(datasets.DataError, match=re.escape(f'cannot list folder {locked}')):
-        sr.file_inputs(tmp_path / 'inputs', _config(lr_dir).data)
+        sr.file_inputs(tmp_path / 'inputs', [_config(lr_dir).data])
 
 
 def test_guided_sr_at_h_0_is_unguided(workdir, lr_dir, tmp_path):
@@ -766,3 +766,108 @@ def test_frames_of_an_animated_image_are_photos(workdir, celeba_id128, tmp_path)
     config.sr.update(aligned=True, video=False, output=str(tmp_path / 'out2'))
     with pytest.raises(datasets.DataError, match='walk.gif is a video or an animated image'):
         _run(config, workdir)
+
+
+# ----------------------------------------------------------------------------- size ladder
+
+
+def test_choose_rung_takes_the_nearest_lr_side_that_does_not_shrink_too_much():
+    """Nearest in ratio among the LR sides that shrink the face at most max_shrink."""
+    from photos import choose_rung
+
+    sizes = [8, 16]
+    assert [choose_rung(n, sizes, 1.5) for n in (4, 6, 11, 12, 16, 24)] == [0, 0, 0, 1, 1, 1]
+    assert choose_rung(25, sizes, 1.5) is None  # 25 / 16 > 1.5: resized.
+    assert choose_rung(100, sizes, 0) == 1  # No limit: the largest LR.
+    assert choose_rung(8 * 2**0.5, sizes, 1.5) == 1  # A tie goes to the larger LR.
+    assert choose_rung(10, [16, 8], 1.5) == 1  # Indices of the given order.
+
+
+@pytest.fixture(scope='module')
+def workdir_x2(celeba_id128, tmp_path_factory) -> Path:
+    """A second smoke model: 32x32 from 2x downscaled 16x16, 4 steps."""
+    path = tmp_path_factory.mktemp('sr_workdir_x2')
+    config = _config(celeba_id128)
+    config.data.downscale = 2
+    config.training.update(n_iters=4, checkpoint_freq=4)
+    train.train(config, path, devices=jax.devices()[:DEVICES])
+    return path
+
+
+def _placed_landmarks(size: int, x: int, y: int) -> list[float]:
+    """The five landmarks of a celeba_id128 face resized to ``size`` px and placed at x, y."""
+    from faces.align import CELEBA_ID128_LANDMARKS, CELEBA_ID128_SIZE
+
+    scale = size / CELEBA_ID128_SIZE
+    return list(((CELEBA_ID128_LANDMARKS + 0.5) * scale - 0.5 + (x, y)).ravel())
+
+
+def test_size_ladder_gives_each_face_the_model_nearest_its_size(
+    workdir, workdir_x2, celeba_id128, tmp_path
+):
+    """Issue 22: faces of 7, 11, 16 and 40 px with two models (LR 8 and 16): the 7 and 11 px
+    faces go to the LR-8 model, the 16 px one to the LR-16 model, the 40 px one (2.5x the
+    largest LR) is resized; the manifest says which model and why, each model's record counts
+    its faces, and the paste (at the largest factor used, 4) holds each SR face."""
+    from faces.paste import upscale_photo
+
+    file = sorted((celeba_id128 / 'images').glob('*.png'))[0]
+    frame = to_uint8(_photo_frame(120, 160))
+    places = {7: (10, 10), 11: (30, 60), 16: (70, 20), 40: (100, 40)}
+    rows = ['file,' + ','.join(f'{c}{k}' for k in range(1, 6) for c in 'xy')]
+    for size, (x, y) in places.items():
+        frame[y : y + size, x : x + size] = np.asarray(
+            Image.open(file).convert('RGB').resize((size, size), Image.LANCZOS)
+        )
+        rows.append('p.png,' + ','.join(f'{v:.2f}' for v in _placed_landmarks(size, x, y)))
+    inputs, csv = tmp_path / 'in', tmp_path / 'faces.csv'
+    inputs.mkdir()
+    Image.fromarray(frame).save(inputs / 'p.png')
+    csv.write_text('\n'.join(rows) + '\n')
+    out = tmp_path / 'out'
+    config = _config(celeba_id128, input=str(inputs), output=str(out), aligned=False,
+                     faces_csv=str(csv), min_face=1000, roll_search=False,
+                     ladder=(str(workdir_x2),))  # fmt: skip
+    manifest = _run(config, workdir)
+    (photo,) = manifest['photos']
+    faces = sorted(photo['faces'], key=lambda f: f['box'][2])
+    assert [f['model'] for f in faces] == [str(workdir), str(workdir), str(workdir_x2), None]
+    assert [f['method'] for f in faces] == ['sr', 'sr', 'sr', 'resize']
+    assert (
+        'of ' + str(workdir_x2) in faces[2]['why'] and 'more than sr.max_shrink' in faces[3]['why']
+    )
+    assert [(m['name'], m['lr_size'], m['inputs']) for m in manifest['models']] == [
+        (str(workdir), 8, 2),
+        (str(workdir_x2), 16, 1),
+    ]
+    items = {item['sr'][0][: -len('.png')]: item for item in manifest['items']}
+    for face in faces[:3]:
+        assert items[face['item']]['model'] == face['model']
+        assert _read(out / f'{face["item"]}.png').shape == (HR, HR, 3)
+    assert photo['scale'] == 4 and manifest['num_inputs'] == 3
+    pasted = _read(out / 'p.png').astype(int)
+    bicubic = to_uint8(upscale_photo(frame, 4)).astype(int)
+    for size, (x, y) in places.items():
+        region = np.s_[4 * y + 4 : 4 * (y + size) - 4, 4 * x + 4 : 4 * (x + size) - 4]
+        diff = np.abs(pasted[region] - bicubic[region]).mean()
+        assert (diff <= 1) if size == 40 else (diff > 1), (size, diff)
+
+
+def test_ladder_models_must_agree(workdir, workdir_x2, celeba_id128, tmp_path):
+    """One model per LR side, one HR side, and no guidance: refused naming sr.ladder before
+    any weight is loaded; the run's own folder listed again is the same model."""
+    import ladder
+
+    config = _config(celeba_id128, ladder=(f'{workdir},{workdir_x2}',))
+    models = ladder.resolve(config, workdir)
+    assert [m.rung.lr_size for m in models] == [8, 16]
+    other = tmp_path / 'other'
+    shutil.copytree(workdir_x2, other)
+    with pytest.raises(ValueError, match='both take 16 px LR faces'):
+        ladder.resolve(_config(celeba_id128, ladder=(str(workdir_x2), str(other))), workdir)
+    with pytest.raises(ValueError, match='neither a shipped model'):
+        ladder.resolve(_config(celeba_id128, ladder=(str(tmp_path / 'nope'),)), workdir)
+    guided = _config(celeba_id128, ladder=(str(workdir_x2),))
+    guided.guidance.attributes = ('Male',)
+    with pytest.raises(ValueError, match='guidance'):
+        ladder.resolve(guided, workdir)
