@@ -90,6 +90,7 @@ MAY_CHANGE_ON_RESUME = (
     'training.snapshot_freq',
     'training.snapshot_batch',
     'training.init_from',  # (read only when a run starts without a checkpoint)
+    'training.init_fresh',  # (as init_from)
     'training.quality_max_unfinished',  # (when to stop, not what is trained)
     'sampling',
     'sr',
@@ -138,6 +139,7 @@ MIGRATIONS = {
     'training.quality_unroll': Migration(False, 'before it existed, the solve was not unrolled'),
     'sampling.temperature': Migration(1.0, 'before it existed, the prior was not tempered'),
     'training.identity_weight': Migration(0.0, 'before it existed, there was no identity loss'),
+    'training.init_fresh': Migration((), 'before it existed, init_from set every parameter'),
     'training.distill_schedule': Migration(
         '', "before it existed, students were distilled on sampling.schedule's grid (unchecked)"
     ),
@@ -425,7 +427,7 @@ class Run:
         if scopes:
             target = {k: target[k] for k in scopes}
         if self.is_package:
-            return self._package_params(target, step)
+            return self._package_params(target, step, bool(scopes))
         state, step = self._restore(state, step)
         params = state.ema_params
         return ({k: params[k] for k in scopes} if scopes else params), step
@@ -452,9 +454,13 @@ class Run:
             checkpointer.close()
         return state, int(state.step)
 
-    def _package_params(self, target: Any, step: int | None) -> tuple[Any, int]:
+    def _package_params(
+        self, target: Any, step: int | None, scoped: bool = False
+    ) -> tuple[Any, int]:
         """The exported EMA weights, checked against ``target`` (shapes, tree) and cast to its
-        dtypes, placed like ``target``."""
+        dtypes, placed like ``target``; ``scoped``: ``target`` holds some of the model's
+        top-level scopes, and the package's others are not read (they may differ: a warm
+        start of another SR factor, ``training.init_fresh``)."""
         import flax.serialization
         import jax
         import numpy as np
@@ -470,6 +476,8 @@ class Run:
             stored = flax.serialization.msgpack_restore(path.read_bytes())
         except (OSError, ValueError) as err:
             raise CheckpointError(f'{path}: unreadable weights ({err})') from err
+        if scoped:
+            stored = {k: v for k, v in stored.items() if k in target}
         want = dict(flatten_dict(target, sep='/'))
         got = dict(flatten_dict(stored, sep='/'))
         wrong = [f'{k}: missing' for k in sorted(want.keys() - got.keys())]

@@ -65,21 +65,33 @@ def initial_state(exp: experiment.Experiment, key: jax.Array) -> losses.TrainSta
 
 
 def initial_state_from(
-    exp: experiment.Experiment, workdir: str | Path, fresh: Any = None
+    exp: experiment.Experiment, workdir: str | Path, fresh: Any = None, keep_fresh: Any = ()
 ) -> losses.TrainState:
     """A fresh train state (step 0, new optimizer) whose parameters and EMA are the EMA
     parameters of the latest checkpoint in ``workdir``: a fine-tuning stage's start.
 
     A package pruned to some parameter scopes (a learned mean's ``mean/``: the encoder and its
     regression head) gives those scopes; the others keep ``fresh`` (initial parameters), which
-    suits a stage that trains only what the package kept (e.g. the regression + identity)."""
+    suits a stage that trains only what the package kept (e.g. the regression + identity).
+    ``keep_fresh`` (``training.init_fresh``) names top-level scopes that keep ``fresh`` too:
+    a model of another SR factor whose regression head differs."""
     scopes = runs.Run.open(workdir).scopes
+    if keep_fresh:
+        if fresh is None:
+            raise ValueError('training.init_fresh needs fresh parameters')
+        unknown = sorted(set(keep_fresh) - set(fresh))
+        if unknown:
+            raise ValueError(
+                f'training.init_fresh: {unknown} are not parameter scopes of this model '
+                f'(it has {sorted(fresh)})'
+            )
+        scopes = tuple(k for k in (scopes or tuple(fresh)) if k not in keep_fresh)
     params, step = exp.load_ema_params(workdir, must_match=('model',), scopes=scopes)
     if scopes:
         if fresh is None:
             raise ValueError(f'{workdir} holds only the scopes {scopes}: give fresh parameters')
         params = {**fresh, **params}
-        logging.info('%s holds only %s: the other parameters start fresh', workdir, scopes)
+        logging.info('%s gives only %s: the other parameters start fresh', workdir, scopes)
     logging.info('initialising from the EMA parameters of step %d of %s', step, workdir)
     optimizer = losses.make_optimizer(exp.config.optim)
     init = jax.jit(
@@ -240,7 +252,7 @@ def train(config: Any, workdir: str | Path, devices: Any = None) -> losses.Train
     parallel.barrier('initialised')
     restored = checkpointer.restore_latest(state)
     if restored is None and tcfg.init_from:
-        restored = initial_state_from(exp, tcfg.init_from, state.params)
+        restored = initial_state_from(exp, tcfg.init_from, state.params, tcfg.init_fresh)
     state = restored or state
     start = int(state.step)
     if start >= tcfg.n_iters:

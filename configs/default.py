@@ -317,6 +317,11 @@ def get_config() -> ml_collections.ConfigDict:
     # A workdir whose latest EMA parameters start this run (fine-tuning; '' = from scratch).
     # Used only when this run's workdir has no checkpoint yet.
     training.init_from = ''
+    # Top-level parameter scopes that start fresh in an init_from stage instead, e.g.
+    # ('lr_regression',): a model of another SR factor (its regression head has another number
+    # of upsampling convolutions) from a package of this one (init_from a package: a run's
+    # checkpoint is restored whole, so its model must match).
+    training.init_fresh = ()
     training.log_freq = 50  # Steps between metric summaries and progress lines.
     training.checkpoint_freq = 10_000  # Steps between checkpoints (and at the last step).
     training.checkpoint_keep = 3  # How many checkpoints to keep on disk.

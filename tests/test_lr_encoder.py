@@ -334,6 +334,21 @@ def test_export_packages_the_run_and_its_mean(two_stages, tmp_path, monkeypatch)
         expected = mean.params[scope] if scope in mean.params else fresh[scope]
         for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(expected), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=scope)
+    # A model of another SR factor (its regression head has another number of upsampling
+    # convolutions) from the package: everything but training.init_fresh's scopes.
+    other = ml_collections.ConfigDict(packaged.to_dict())
+    other.data.downscale, other.sde.name = 2, 'vpsde'  # (No statistics of its own yet.)
+    other_exp = experiment.build(other, None, folder)
+    fresh = other_exp.init_params(jax.random.key(4))
+    with pytest.raises(Exception, match='does not fit'):
+        train.initial_state_from(other_exp, folder, fresh)
+    with pytest.raises(ValueError, match="init_fresh: \\['head'\\] are not parameter scopes"):
+        train.initial_state_from(other_exp, folder, fresh, ('head',))
+    state = train.initial_state_from(other_exp, folder, fresh, ('lr_regression',))
+    for scope, sub in state.params.items():
+        expected = fresh[scope] if scope == 'lr_regression' else theirs[scope]
+        for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=scope)
     # Weights of another shape: refused, naming the file and the array.
     import flax.serialization
     from flax.traverse_util import flatten_dict, unflatten_dict
