@@ -1,6 +1,6 @@
 """The six-face surveillance frame of issue 22, before and after::
 
-    python bench/wild_frame.py [--model ecdp_x4_student] [--tag after] [--repo CHECKOUT]
+    python bench/wild_frame.py [--model auto] [--tag after] [--repo CHECKOUT]
         [-- --sr.opt=value ...]
 
 A 320x240 frame of smoothed noise holding six held-out ``celeba_id128`` test faces of six
@@ -94,6 +94,14 @@ def _match(placed: list[dict], found: list[dict]) -> list[dict | None]:
     return matched
 
 
+def _restored_by(face: dict, model: str) -> str:
+    """The model a face's manifest record names (a size ladder's choice; older checkouts
+    name none: the one model), or plain resizing."""
+    if face.get('method', 'sr') != 'sr':
+        return 'resize (bicubic)'
+    return face.get('model') or model
+
+
 def _roll(landmarks: list) -> float:
     """Counter-clockwise roll (degrees) of the eye line of five landmarks (image-left eye
     first; image y points down)."""
@@ -131,7 +139,7 @@ def sheet(frame: np.ndarray, pasted: np.ndarray, placed: list[dict], paths: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--model', default='ecdp_x4_student')
+    parser.add_argument('--model', default='auto', help='--sr.model: a shipped model, or auto')
     parser.add_argument('--tag', default='after')
     parser.add_argument(
         '--repo',
@@ -158,7 +166,7 @@ def main() -> None:
         row = {**p, 'found': face is not None}
         if face is not None:
             row.update(box_width=round(face['box'][2], 1), lr_scale=round(face['lr_scale'], 2),
-                       model=args.model if face.get('method', 'sr') == 'sr' else 'resize (bicubic)',
+                       model=_restored_by(face, args.model),
                        why=face.get('why', ''), source=face['source'],
                        residual_roll=round(_roll(face['landmarks']) - p['roll'], 1))  # fmt: skip
         rows.append(row)
