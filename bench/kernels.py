@@ -147,6 +147,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--data', default='', help='data.path (default: the recorded one)')
     parser.add_argument('--tag', default='', help='output name (default: the model name)')
     parser.add_argument('--eval_output', default='', help="eval.output ('' = the model's)")
+    parser.add_argument(
+        '--set', action='append', default=[], help='config override KEY=VALUE (repeatable), '
+        'e.g. sampling.temperature=0.5'
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -160,6 +164,7 @@ def main() -> None:
     from evaluation.run import sampler_tag
 
     config = runs.Run.open(args.model).config()
+    common.apply_sets(config, args.set)
     config.data.path = args.data or config.data.path
     faces = tuple(f for f in args.face.split(',') if f)
     config.eval.update(max_images=args.images, batch_size=args.batch, lpips=args.lpips,
@@ -171,7 +176,8 @@ def main() -> None:
     record = {
         'model': args.model, 'sampler': sampler_tag(config.sampling), 'images': args.images,
         'data': config.data.path, 'lpips': args.lpips, 'recogniser': faces[0] if faces else '',
-        'devices': jax.device_count(), 'backend': jax.default_backend(), 'rows': results,
+        'devices': jax.device_count(), 'backend': jax.default_backend(), 'sets': args.set,
+        'rows': results,
     }  # fmt: skip
     print(write(common.RESULTS / f'kernels_{tag}', record))
 
