@@ -16,13 +16,26 @@ import runs
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / 'pretrained'
 CONFIG_FILE = Path(__file__).resolve().parent / 'configs' / 'pretrained.py'
-#: ``--sr.model auto``: not a package but a size ladder of them (``ladder.py``): each face of
-#: a photo goes to the model whose LR side is nearest its size. The first is the primary: its
-#: config and folder are the run's, and it takes aligned crops.
+#: Size ladders of shipped models (``ladder.py``), picked like a model (``--sr.model auto``):
+#: each face of a photo goes to the model whose LR side is nearest its size. The first is the
+#: primary: its config and folder are the run's, and it takes aligned crops.
+#:
+#: * ``auto`` (the default): the models trained on clean LR, best on clean photos (16x16 and
+#:   8x8 LR; larger faces are resized).
+#: * ``auto_degraded``: for blurred, noisy, JPEG-compressed footage or an unknown downscaling
+#:   kernel: ``photo_x4``, trained on random degradations (its card: above the clean model on
+#:   degraded LR and every kernel it did not train on, below it on clean LR), and the clean 8x8
+#:   model (no degraded 8x8 one yet).
+#:
+#: No 32x32-LR model is in a ladder: the one trained (``bench/results/kernels_photo_x2.md``)
+#: was below bicubic on clean LR, so faces past 1.5x the 16x16 crop are still resized.
+LADDERS: dict[str, tuple[str, ...]] = {
+    'auto': ('ecdp_x4_student', 'ecdp_x8_student'),
+    'auto_degraded': ('photo_x4', 'ecdp_x8_student'),
+}
 AUTO = 'auto'
-AUTO_LADDER = ('ecdp_x4_student', 'ecdp_x8_student')
 #: The default of ``--mode sr`` without a config: the ladder of the best models trained here
-#: (their cards say what they are and how they measure).
+#: for clean photos (their cards say what they are and how they measure).
 DEFAULT_MODEL = AUTO
 MODEL_FLAG = '--sr.model'
 
@@ -41,24 +54,25 @@ def available() -> list[str]:
 
 
 def package_dir(name: str) -> Path:
-    """The folder of shipped model ``name`` (``auto``: its primary's); unknown names are
+    """The folder of shipped model ``name`` (a ladder: its primary's); unknown names are
     refused, listing the known."""
-    name = AUTO_LADDER[0] if name == AUTO else name
+    name = LADDERS[name][0] if name in LADDERS else name
     folder = PRETRAINED_DIR / name
     if not name or '/' in name or not _shipped(name):
         raise ValueError(
-            f'no shipped model {name!r} in {PRETRAINED_DIR} (available: {available()}, or {AUTO!r})'
+            f'no shipped model {name!r} in {PRETRAINED_DIR} (available: {available()}, or a '
+            f'ladder {sorted(LADDERS)})'
         )
     return folder
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
     """The complete config of shipped model ``name`` (``runs.Run.config``), ``sr.model`` set;
-    ``auto``: its primary's (``sr.model``), with ``sr.ladder`` the ladder's models."""
+    a ladder (:data:`LADDERS`): its primary's (``sr.model``), ``sr.ladder`` its models."""
     config = runs.Run.open(package_dir(name)).config()
-    config.sr.model = AUTO_LADDER[0] if name == AUTO else name  # (The model of this config.)
-    if name == AUTO:
-        config.sr.ladder = AUTO_LADDER
+    config.sr.model = LADDERS[name][0] if name in LADDERS else name  # (This config's model.)
+    if name in LADDERS:
+        config.sr.ladder = LADDERS[name]
     return config
 
 

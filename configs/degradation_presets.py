@@ -41,8 +41,9 @@ CodeFormer         heavier         0-20                  30-90       larger fact
   uniform over the seven, the trained bilinear one among them.
 
 The fixed eval setting ``'degraded'`` lies inside each training range (blur 1 HR px, noise
-10/255, JPEG 70: the upper part of blur and noise), at the eval's kernel (``eval.down_kernel``, default the model's own): one
-documented surveillance-like LR on which every model is reported beside clean LR.
+10/255, JPEG 70: the upper part of blur and noise), at the eval's kernel (``eval.down_kernel``,
+default the model's own): one documented surveillance-like LR on which every model is reported
+beside clean LR.
 """
 
 from __future__ import annotations

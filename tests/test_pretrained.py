@@ -127,21 +127,22 @@ def test_a_package_missing_a_field_is_refused_unless_a_migration_fills_it(tmp_pa
         runs.Run.open(tmp_path).config()
 
 
-def test_auto_is_the_default_ladder_of_shipped_models():
-    """``--sr.model auto`` (the default): the primary's config and folder, every model of
-    the ladder shipped, with LR sides all different (ladder.resolve's checks pass)."""
+@pytest.mark.parametrize('name', sorted(pretrained.LADDERS))
+def test_ladders_are_of_shipped_models(name):
+    """``--sr.model auto`` (the default) and the other ladders: the primary's config and
+    folder, every model shipped, with LR sides all different (ladder.resolve's checks)."""
     import ladder
 
-    assert pretrained.DEFAULT_MODEL == pretrained.AUTO
-    assert set(pretrained.AUTO_LADDER) <= set(pretrained.available())
-    config = pretrained.load_config(pretrained.AUTO)
-    assert config.sr.model == pretrained.AUTO_LADDER[0]
-    assert tuple(config.sr.ladder) == pretrained.AUTO_LADDER
-    primary = pretrained.package_dir(pretrained.AUTO)
-    assert primary == pretrained.package_dir(pretrained.AUTO_LADDER[0])
+    assert pretrained.DEFAULT_MODEL == pretrained.AUTO in pretrained.LADDERS
+    models_of = pretrained.LADDERS[name]
+    assert set(models_of) <= set(pretrained.available())
+    config = pretrained.load_config(name)
+    assert config.sr.model == models_of[0] and tuple(config.sr.ladder) == models_of
+    primary = pretrained.package_dir(name)
+    assert primary == pretrained.package_dir(models_of[0])
     models = ladder.resolve(config, primary)
-    assert [m.name for m in models] == list(pretrained.AUTO_LADDER)
+    assert [m.name for m in models] == list(models_of)
     sizes = [m.rung.lr_size for m in models]
-    assert len(set(sizes)) == len(sizes) == len(pretrained.AUTO_LADDER)
-    flags = pretrained.main_flags(['main.py', '--mode=sr', '--sr.input=x.png'])
-    assert flags[1] == f'--config={pretrained.CONFIG_FILE}:auto'
+    assert len(set(sizes)) == len(sizes) == len(models_of)
+    flags = pretrained.main_flags(['main.py', '--mode=sr', f'--sr.model={name}'])
+    assert flags[1] == f'--config={pretrained.CONFIG_FILE}:{name}'
