@@ -129,8 +129,9 @@ def write(out: Path, record: dict[str, Any]) -> str:
         f'bicubic. {record["devices"]} {record["backend"]} devices.\n\n' + table
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.json').write_text(json.dumps(record, indent=1))
-    out.with_suffix('.md').write_text(text + '\n')
+    # (Not with_suffix: a tag may hold a dot, e.g. photo_x4_t0.3.)
+    out.with_name(out.name + '.json').write_text(json.dumps(record, indent=1))
+    out.with_name(out.name + '.md').write_text(text + '\n')
     return text
 
 
