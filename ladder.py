@@ -46,12 +46,13 @@ def _entry(name: str) -> tuple[ml_collections.ConfigDict, Path]:
     if name in pretrained.available():
         return pretrained.load_config(name), pretrained.package_dir(name)
     folder = Path(name)
-    if not runs.Run.open(folder).has_config():
+    run = runs.Run.open(folder)
+    if not run.has_config():
         raise ValueError(
             f'sr.ladder entry {name!r} is neither a shipped model {pretrained.available()} nor '
             'a run or package folder'
         )
-    return runs.Run.open(folder).config(), folder
+    return run.config(), folder
 
 
 def ladder_names(ladder: Any) -> tuple[str, ...]:

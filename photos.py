@@ -175,6 +175,9 @@ def native_size(matrix: np.ndarray, lr_size: int) -> float:
     return lr_size / lr_scale(matrix)
 
 
+TIE_DIGITS = 9  # Log-ratio distances equal to this many digits are a tie (choose_rung).
+
+
 def choose_rung(native: float, lr_sizes: Sequence[int], max_shrink: float) -> int | None:
     """The rung for a face of ``native`` photo pixels: among the LR sides that shrink it at
     most ``max_shrink`` (0: no limit), the nearest to it in ratio (``|log(lr / native)|``;
@@ -187,7 +190,9 @@ def choose_rung(native: float, lr_sizes: Sequence[int], max_shrink: float) -> in
     fits = [r for r, size in enumerate(lr_sizes) if not max_shrink or native / size <= max_shrink]
     if not fits:
         return None
-    return min(fits, key=lambda r: (abs(np.log(lr_sizes[r] / native)), -lr_sizes[r]))
+    # Distances rounded: a tie stays a tie whatever libm rounds log's last bit to.
+    distance = {r: round(abs(float(np.log(lr_sizes[r] / native))), TIE_DIGITS) for r in fits}
+    return min(fits, key=lambda r: (distance[r], -lr_sizes[r]))
 
 
 #: How a photo's face is restored: by the model, or pasted back by plain resizing (the
